@@ -1,0 +1,157 @@
+"""The image model: GDN transforms, a mean–scale hyperprior and lattice quantization of the latent.
+
+::
+
+    x ──g_a──► y ──×2^θ_q──► y' ──(y'−μ') on Λ in blocks of n channels──► ŷ' ──×2^φ_q──► ŷ ──g_s──► x̂
+                              │                       ▲ μ', σ'
+                              └──h_a──► z ──round──► ẑ ──h_s──┘
+                                          factorized prior
+
+One set of transforms serves every quality: per-quality log2-gain vectors θ_q (encoder) and φ_q
+(decoder) scale the latent before quantization (Cui et al., "Asymmetric gained deep image compression
+with continuous rate adaptation", CVPR 2021); fractional qualities interpolate the gains.  The
+hyper-synthesis h_s sees only ẑ and predicts μ', σ' directly in lattice units; it uses integer-friendly
+layers (transposed convolutions and leaky ReLU with slope 1/8) so that it can be exported as an exact
+integer network (DESIGN-NOTES §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .entropy import FactorizedDensity, box_likelihood
+from .lattice import Lattice, get_lattice
+from .layers import GDN, conv, deconv, lower_bound
+
+__all__ = ["ImageModelConfig", "LatticeHyperprior", "DEFAULT_LAMBDAS"]
+
+#: Rate–distortion trade-offs of qualities 1–8 (loss = λ·255²·MSE + bpp), as CompressAI's MSE models.
+DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+
+#: Range of log2 σ' (lattice units) that the coding tables cover; the model's scales are clamped to it.
+LOG2_SCALE_MIN = -4.0
+LOG2_SCALE_MAX = 8.0
+
+
+@dataclass
+class ImageModelConfig:
+    N: int = 96
+    M: int = 128
+    lattice: str = "e8"
+    lambdas: tuple[float, ...] = field(default_factory=lambda: DEFAULT_LAMBDAS)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lambdas"] = list(self.lambdas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageModelConfig":
+        d = dict(d)
+        d["lambdas"] = tuple(d.get("lambdas", DEFAULT_LAMBDAS))
+        return cls(**d)
+
+
+class LatticeHyperprior(nn.Module):
+    def __init__(self, config: ImageModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ImageModelConfig()
+        N, M = config.N, config.M
+        self.lattice: Lattice = get_lattice(config.lattice)
+        if M % self.lattice.dim:
+            raise ValueError(f"M={M} is not a multiple of the lattice dimension {self.lattice.dim}")
+        self.g_a = nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+        self.g_s = nn.Sequential(
+            deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
+            deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
+        )
+        self.h_a = nn.Sequential(
+            conv(M, N, 3, 1), nn.LeakyReLU(0.125), conv(N, N), nn.LeakyReLU(0.125), conv(N, N),
+        )
+        H = N * 3 // 2
+        self.h_s = nn.Sequential(
+            deconv(N, N), nn.LeakyReLU(0.125), deconv(N, H), nn.LeakyReLU(0.125), conv(H, 2 * M, 3, 1),
+        )
+        self.z_density = FactorizedDensity(N)
+        q = len(config.lambdas)
+        init = torch.arange(q, dtype=torch.float32)[:, None] * 0.5 - 1.0
+        self.enc_gain = nn.Parameter(init.repeat(1, M))
+        self.dec_gain = nn.Parameter(-init.repeat(1, M))
+
+    @property
+    def qualities(self) -> int:
+        return len(self.config.lambdas)
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def gains(self, quality: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder and decoder gains (B, M, 1, 1) for 0-based, possibly fractional, quality indices."""
+        q = quality.clamp(0, self.qualities - 1)
+        lo = q.floor().long().clamp(max=self.qualities - 2) if self.qualities > 1 else q.long()
+        t = (q - lo.to(q.dtype))[:, None]
+        hi = (lo + 1).clamp(max=self.qualities - 1)
+        enc = (1 - t) * self.enc_gain[lo] + t * self.enc_gain[hi]
+        dec = (1 - t) * self.dec_gain[lo] + t * self.dec_gain[hi]
+        return torch.exp2(enc)[..., None, None], torch.exp2(dec)[..., None, None]
+
+    def to_blocks(self, t: Tensor) -> Tensor:
+        """(B, M, H, W) → (B, H, W, M/n, n): n consecutive channels at one position form a block."""
+        b, m, h, w = t.shape
+        n = self.lattice.dim
+        return t.permute(0, 2, 3, 1).reshape(b, h, w, m // n, n)
+
+    def from_blocks(self, t: Tensor) -> Tensor:
+        b, h, w, k, n = t.shape
+        return t.reshape(b, h, w, k * n).permute(0, 3, 1, 2)
+
+    def hyper_parameters(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean μ' and log2 σ' of y' in lattice units, from the decoded hyper-latent."""
+        mean, log2_scale = self.h_s(z_hat).chunk(2, dim=1)
+        log2_scale = lower_bound(log2_scale, LOG2_SCALE_MIN)
+        log2_scale = -lower_bound(-log2_scale, -LOG2_SCALE_MAX)
+        return mean, log2_scale
+
+    # -- training forward ----------------------------------------------------------------------------
+    def forward(self, x: Tensor, quality: Tensor) -> dict[str, Tensor]:
+        """Training pass: reconstruction and bits per image (y through the box likelihood, z factorized).
+
+        Distortion sees straight-through hard lattice quantization; the rate sees dithered
+        (Voronoi-uniform) noise, the usual mixed relaxation (Minnen & Singh 2020), here on a lattice.
+        """
+        enc_g, dec_g = self.gains(quality)
+        y = self.g_a(x) * enc_g
+        z = self.h_a(y)
+        z_noisy = z + torch.rand_like(z) - 0.5
+        z_hat = z + (torch.round(z) - z).detach()
+        mean, log2_scale = self.hyper_parameters(z_hat)
+        residual = self.to_blocks(y - mean)
+        scale = self.to_blocks(torch.exp2(log2_scale))
+        noisy = self.lattice.quantize(residual, "noise")
+        hard = self.lattice.quantize(residual, "ste")
+        lik_y = box_likelihood(noisy, self.lattice.diagonal, scale)
+        lik_z = self.z_density.likelihood(z_noisy)
+        y_hat = (self.from_blocks(hard) + mean) * dec_g
+        x_hat = self.g_s(y_hat)
+        bits_y = -torch.log2(lik_y).flatten(1).sum(1)
+        bits_z = -torch.log2(lik_z).flatten(1).sum(1)
+        return {"x_hat": x_hat, "bits_y": bits_y, "bits_z": bits_z}
+
+    @torch.no_grad()
+    def estimate(self, x: Tensor, quality: Tensor) -> dict[str, Tensor]:
+        """Evaluation pass with hard quantization everywhere: bits are the box-code ideal."""
+        enc_g, dec_g = self.gains(quality)
+        y = self.g_a(x) * enc_g
+        z_hat = torch.round(self.h_a(y))
+        mean, log2_scale = self.hyper_parameters(z_hat)
+        residual = self.to_blocks(y - mean)
+        hard = self.lattice.quantize(residual, "hard")
+        lik_y = box_likelihood(hard, self.lattice.diagonal, self.to_blocks(torch.exp2(log2_scale)))
+        lik_z = self.z_density.likelihood(z_hat)
+        x_hat = self.g_s((self.from_blocks(hard) + mean) * dec_g)
+        return {
+            "x_hat": x_hat,
+            "bits_y": -torch.log2(lik_y).flatten(1).sum(1),
+            "bits_z": -torch.log2(lik_z).flatten(1).sum(1),
+        }

@@ -1,0 +1,224 @@
+"""Train the variable-rate lattice image model.
+
+    python -m ltcodec.training.image --data ../shared/data/train/images --out ~/.cache/ltcodec/image-e8
+    python -m ltcodec.training.image --out ~/.cache/ltcodec/image-e8 --resume
+
+Design (DESIGN-NOTES §4): random 128² crops, batch 8, fp32, channels_last, 2 threads, data held in
+memory as uint8 and sampled in the main process (no DataLoader workers on 2 cores).  Each sample of a
+batch draws its own quality, so one model learns all of them.  A checkpoint with optimizer and RNG
+state is written atomically every few minutes; ``--resume`` continues bit-for-bit from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..image_model import ImageModelConfig, LatticeHyperprior
+
+DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
+
+
+def load_images(folder: Path, cache: Path | None = None) -> list[np.ndarray]:
+    """All RGB images of a folder as uint8 arrays (cached as one .npz beside the checkpoints)."""
+    if cache is not None and cache.exists():
+        with np.load(cache) as f:
+            return [f[k] for k in sorted(f.files, key=int)]
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
+    if not files:
+        raise SystemExit(f"no images in {folder}")
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in files]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **{str(i): a for i, a in enumerate(images)})
+    return images
+
+
+def sample_batch(images: list[np.ndarray], rng: np.random.Generator, batch: int, crop: int) -> torch.Tensor:
+    out = np.empty((batch, crop, crop, 3), dtype=np.uint8)
+    for b in range(batch):
+        img = images[rng.integers(len(images))]
+        h, w, _ = img.shape
+        i, j = rng.integers(h - crop + 1), rng.integers(w - crop + 1)
+        patch = img[i:i + crop, j:j + crop]
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        if rng.random() < 0.5:
+            patch = patch[::-1]
+        if rng.random() < 0.5:
+            patch = patch.transpose(1, 0, 2)
+        out[b] = patch
+    x = torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def rd_loss(model: LatticeHyperprior, x: torch.Tensor, quality: torch.Tensor) -> dict[str, torch.Tensor]:
+    out = model(x, quality)
+    pixels = x.shape[2] * x.shape[3]
+    mse = ((out["x_hat"] - x) ** 2).flatten(1).mean(1)
+    bpp = (out["bits_y"] + out["bits_z"]) / pixels
+    lam = torch.tensor(model.config.lambdas, dtype=x.dtype)[quality.long()]
+    loss = (lam * 255.0 ** 2 * mse + bpp).mean()
+    penalty = getattr(model.lattice, "orthogonality_penalty", None)
+    if penalty is not None:
+        loss = loss + 0.1 * penalty()
+    return {"loss": loss, "mse": mse.mean(), "bpp": bpp.mean()}
+
+
+@torch.no_grad()
+def evaluate(model: LatticeHyperprior, images: list[np.ndarray]) -> list[dict]:
+    """Ideal box-code bits and PSNR per quality on whole images (padded to a multiple of 64)."""
+    model.eval()
+    rows = []
+    for q in range(model.qualities):
+        bpps, psnrs = [], []
+        for img in images:
+            h, w, _ = img.shape
+            x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255.0
+            ph, pw = (-h) % 64, (-w) % 64
+            xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+            out = model.estimate(xp.contiguous(memory_format=torch.channels_last), torch.tensor([float(q)]))
+            x_hat = out["x_hat"][..., :h, :w].clamp(0, 1)
+            mse = float(((torch.round(x_hat * 255) - torch.round(x * 255)) ** 2).mean())
+            bpps.append(float(out["bits_y"] + out["bits_z"]) / (h * w))
+            psnrs.append(10 * math.log10(255.0 ** 2 / max(mse, 1e-10)))
+        rows.append({"quality": q + 1, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs))})
+    model.train()
+    return rows
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("../shared/data/train/images"))
+    p.add_argument("--eval", type=Path, default=Path("../shared/data/eval/images/kodak"))
+    p.add_argument("--eval-images", type=int, default=4, help="Kodak images used by the periodic eval")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, help="start from this checkpoint's weights (fresh optimizer)")
+    p.add_argument("--steps", type=int, default=200_000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr-drop-at", type=int, default=0, help="divide the learning rate by 10 from this step")
+    p.add_argument("--N", type=int, default=96)
+    p.add_argument("--M", type=int, default=128)
+    p.add_argument("--lattice", default="e8")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--eval-every", type=int, default=5000)
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--keep-every", type=int, default=20_000, help="also keep step-N.ckpt every N steps")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = args.out / "last.ckpt"
+    log_path = args.out / "log.jsonl"
+
+    if args.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        config = ImageModelConfig.from_dict(state["config"])
+    else:
+        state = None
+        config = ImageModelConfig(N=args.N, M=args.M, lattice=args.lattice)
+    model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    step = 0
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed at step {step}", flush=True)
+    elif args.init is not None:
+        init = torch.load(args.init, weights_only=False)
+        missing, unexpected = model.load_state_dict(init["model"], strict=False)
+        print(f"initialized from {args.init} (missing {missing}, unexpected {unexpected})", flush=True)
+
+    images = load_images(args.data, args.out / "train-images.npz")
+    eval_files = sorted(args.eval.glob("*.png"))[: args.eval_images] if args.eval.exists() else []
+    eval_images = [np.asarray(Image.open(f).convert("RGB")) for f in eval_files]
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{len(images)} training images, {params / 1e6:.2f} M parameters, config {config.to_dict()}", flush=True)
+
+    def lr_at(s: int) -> float:
+        return args.lr * (0.1 if args.lr_drop_at and s >= args.lr_drop_at else 1.0)
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+            "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "cpu_seconds": cpu_total(),
+        })
+
+    cpu_base = state.get("cpu_seconds", 0.0) if state else 0.0
+    cpu_start = time.process_time()
+
+    def cpu_total() -> float:
+        return cpu_base + time.process_time() - cpu_start
+
+    model.train()
+    last_ckpt = time.time()
+    t0, acc = time.time(), {"loss": 0.0, "mse": 0.0, "bpp": 0.0}
+    n_acc = 0
+    with open(log_path, "a") as log:
+        while step < args.steps:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            x = sample_batch(images, rng, args.batch, args.crop)
+            quality = torch.from_numpy(rng.integers(0, len(config.lambdas), args.batch)).float()
+            out = rd_loss(model, x, quality)
+            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(out["loss"]):
+                print(f"step {step}: non-finite loss, batch skipped", flush=True)
+                continue
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            for k in acc:
+                acc[k] += out[k].item()
+            n_acc += 1
+            if step % args.log_every == 0:
+                dt = (time.time() - t0) / n_acc
+                rec = {"step": step, **{k: v / n_acc for k, v in acc.items()}, "s_per_step": dt,
+                       "lr": lr_at(step), "cpu_hours": cpu_total() / 3600}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                print(json.dumps(rec), flush=True)
+                t0, acc, n_acc = time.time(), {k: 0.0 for k in acc}, 0
+            if eval_images and step % args.eval_every == 0:
+                rows = evaluate(model, eval_images)
+                log.write(json.dumps({"step": step, "eval": rows}) + "\n")
+                log.flush()
+                print(json.dumps({"step": step, "eval": rows}), flush=True)
+            if args.keep_every and step % args.keep_every == 0:
+                checkpoint()
+                save_checkpoint(args.out / f"step-{step:07d}.ckpt", torch.load(ckpt_path, weights_only=False))
+                last_ckpt = time.time()
+            if time.time() - last_ckpt > args.ckpt_minutes * 60:
+                checkpoint()
+                last_ckpt = time.time()
+        checkpoint()
+
+
+if __name__ == "__main__":
+    main()

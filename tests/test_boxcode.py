@@ -1,0 +1,93 @@
+"""The box code: exact round trips for every lattice, real bits close to the box likelihood."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from ltcodec.boxcode import BoxCoder, CodingError, LatticeCodingSpec, ScaleTables, level_of_scale
+from ltcodec.entropy import box_likelihood
+from ltcodec.lattice import LearnedLattice, get_lattice
+
+
+def _coder(lat, lmin=-40, lmax=40):
+    spec = LatticeCodingSpec.from_lattice(lat)
+    return BoxCoder(spec, ScaleTables.build(lmin, lmax, spec.fractions())), spec
+
+
+@pytest.mark.parametrize("name", ["z", "z8", "a2", "d4", "e8", "bw16", "leech"])
+def test_round_trip_is_exact_and_rate_matches_box_likelihood(name):
+    lat = get_lattice(name)
+    coder, spec = _coder(lat)
+    rng = np.random.default_rng(0)
+    blocks = 12000 // lat.dim
+    sig = 2 ** rng.uniform(-3, 3.5, size=(blocks, lat.dim))
+    x = lat.closest(torch.from_numpy(rng.normal(size=sig.shape) * sig))
+    u = lat.coordinates(x).numpy()
+    levels = level_of_scale(sig)
+    words = coder.encode(u, levels)
+    assert np.array_equal(coder.decode(words, levels), u)
+    ideal = -torch.log2(box_likelihood(x, lat.diagonal, torch.from_numpy(2.0 ** (levels / 8)))).sum().item()
+    bits = 32 * len(words)
+    assert ideal <= bits + 64  # real bits cannot beat the model by more than the final word
+    assert bits < ideal * (1.003 if spec.exact else 1.01) + 64
+
+
+def test_exact_specs_for_the_fixed_lattices():
+    for name in ["z8", "d4", "e8", "bw16", "leech"]:
+        assert LatticeCodingSpec.from_lattice(get_lattice(name)).exact
+    assert LatticeCodingSpec.from_lattice(get_lattice("e8")).fractions() == [
+        Fraction(-1, 2), Fraction(-1, 4), Fraction(0), Fraction(1, 4)]
+
+
+def test_far_outliers_use_the_escape_code():
+    lat = get_lattice("e8")
+    coder, _ = _coder(lat, -16, 16)
+    u = np.zeros((3, 8), dtype=np.int64)
+    u[0, 3] = 10**6
+    u[1, 0] = -(10**9)
+    u[2, 7] = 12345
+    levels = np.full(u.shape, -8)
+    assert np.array_equal(coder.decode(coder.encode(u, levels), levels), u)
+
+
+def test_learned_lattice_codes_exactly():
+    lat = LearnedLattice(8, init="e8")
+    with torch.no_grad():
+        lat.lower.add_(0.01 * torch.tril(torch.ones(8, 8), -1))
+    coder, spec = _coder(lat)
+    assert not spec.exact
+    rng = np.random.default_rng(1)
+    x = lat.closest(torch.from_numpy(rng.normal(size=(500, 8)) * 3).float())
+    g = torch.from_numpy(spec.generator / 4096.0)
+    u = torch.round(torch.linalg.solve_triangular(lat.generator.double(), x.double().T, upper=False).T).long().numpy()
+    levels = np.full(u.shape, 12)
+    assert np.array_equal(coder.decode(coder.encode(u, levels), levels), u)
+    assert g.shape == (8, 8)
+
+
+def test_tables_survive_serialization_and_reject_inconsistency():
+    spec = LatticeCodingSpec.from_lattice(get_lattice("e8"))
+    t = ScaleTables.build(-10, 10, spec.fractions())
+    arrays = t.to_arrays()
+    t2 = ScaleTables.from_arrays(arrays)
+    assert np.array_equal(t2.freqs, t.freqs) and t2.fractions == t.fractions
+    for f in t.fractions:
+        for level in (-10, 0, 10):
+            table = t.table(level, t.findex(f)).astype(np.int64) + 1
+            assert table.sum() == 1 << 16
+    arrays["tables.freqs"] = arrays["tables.freqs"][:100]
+    with pytest.raises(CodingError):
+        ScaleTables.from_arrays(arrays)
+
+
+def test_decoding_garbage_does_not_hang_or_return_silently_wrong_shapes():
+    lat = get_lattice("e8")
+    coder, _ = _coder(lat)
+    levels = np.zeros((50, 8), dtype=np.int64)
+    try:
+        out = coder.decode(np.zeros(0, dtype=np.uint32), levels)
+    except CodingError:
+        return
+    assert out.shape == (50, 8)
