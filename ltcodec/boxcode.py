@@ -29,7 +29,7 @@ import torch
 from .lattice import Lattice
 
 __all__ = ["LEVELS_PER_OCTAVE", "PRECISION", "LatticeCodingSpec", "ScaleTables", "BoxCoder",
-           "level_of_scale", "CodingError"]
+           "ChannelTables", "level_of_scale", "quantize_pmf", "CodingError"]
 
 #: Scale levels per octave of σ/g: the log2 grid of step 1/8 of DESIGN-NOTES §3.
 LEVELS_PER_OCTAVE = 8
@@ -193,6 +193,25 @@ class ScaleTables:
         return t
 
 
+def quantize_pmf(p: np.ndarray) -> np.ndarray:
+    """Frequencies − 1 (so that they fit uint16) of a pmf, every symbol ≥ 1, summing to 2^16.
+
+    Deterministic: floor of the scaled pmf, remainder to the largest fractional parts, ties by index.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    n = p.size
+    total = 1 << PRECISION
+    if n >= total:
+        raise ValueError("table too large for its precision")
+    free = total - n
+    scaled = p / p.sum() * free
+    extra = np.floor(scaled).astype(np.int64)
+    rem = free - int(extra.sum())
+    order = np.lexsort((np.arange(n), -(scaled - extra)))
+    extra[order[:rem]] += 1
+    return extra
+
+
 def _gaussian_frequencies(s: float, f: float, radius: int) -> np.ndarray:
     """Frequencies − 1 (uint16-safe) of v = −R … R and an escape, summing (with the +1s) to 2^16."""
     v = np.arange(-radius, radius + 1, dtype=np.float64)
@@ -204,19 +223,7 @@ def _gaussian_frequencies(s: float, f: float, radius: int) -> np.ndarray:
                     0.5 * erfc(-hi / math.sqrt(2)) - 0.5 * erfc(-lo / math.sqrt(2)))
     mass = np.clip(mass, 0.0, None)
     escape = max(0.0, 1.0 - mass.sum())
-    p = np.append(mass, escape)
-    n = p.size
-    total = 1 << PRECISION
-    if n >= total:
-        raise ValueError("table too large for its precision")
-    free = total - n  # every symbol gets at least 1
-    extra = np.floor(p / p.sum() * free).astype(np.int64)
-    # Hand out the remainder to the largest fractional parts (ties by index): deterministic.
-    rem = free - int(extra.sum())
-    frac = p / p.sum() * free - extra
-    order = np.lexsort((np.arange(n), -frac))
-    extra[order[:rem]] += 1
-    return extra  # frequency − 1, fits in uint16
+    return quantize_pmf(np.append(mass, escape))
 
 
 class BoxCoder:
@@ -226,8 +233,6 @@ class BoxCoder:
     (B, n), returns the range coder's uint32 words.  ``decode(words, levels)`` inverts it exactly.
     """
 
-    ESCAPE_LENGTH_ALPHABET = 64
-
     def __init__(self, spec: LatticeCodingSpec, tables: ScaleTables):
         self.spec = spec
         self.tables = tables
@@ -236,7 +241,6 @@ class BoxCoder:
             lo = -(g // 2)
             self._fidx[g] = np.array([tables.findex(spec.fraction(r, g)) for r in range(lo, lo + g)],
                                      dtype=np.int64)
-        self._uniform = {}
 
     def _table_levels(self, levels: np.ndarray, i: int) -> np.ndarray:
         return np.clip(levels[:, i] + self.spec.level_offset[i], self.tables.lmin, self.tables.lmax)
@@ -304,40 +308,131 @@ class BoxCoder:
             raise CodingError(f"entropy-coded data does not decode: {e}") from None
         return coords
 
-    # Escape: sign, then w = |v| − R − 1 ≥ 0 by Elias-gamma of w+1 with uniform symbols.
-    def _u(self, size: int):
-        m = self._uniform.get(size)
-        if m is None:
-            m = self._uniform[size] = constriction.stream.model.Uniform(size)
-        return m
-
     def _encode_escape(self, enc, value: int, radius: int) -> None:
-        sign = 0 if value > radius else 1
-        w = abs(value) - radius - 1 if sign == 0 else -value - radius - 1
-        w1 = w + 1
-        nbits = w1.bit_length()
-        if nbits > 62:
-            raise ValueError("value too large to code")
-        enc.encode(np.array([sign], dtype=np.int32), self._u(2))
-        enc.encode(np.array([nbits], dtype=np.int32), self._u(self.ESCAPE_LENGTH_ALPHABET))
-        rest, nb = w1 - (1 << (nbits - 1)), nbits - 1
-        while nb > 0:
-            take = min(nb, 16)
-            enc.encode(np.array([rest & ((1 << take) - 1)], dtype=np.int32), self._u(1 << take))
-            rest >>= take
-            nb -= take
+        encode_escape(enc, value, radius)
 
     def _decode_escape(self, dec, radius: int) -> int:
-        sign = int(dec.decode(self._u(2), 1)[0])
-        nbits = int(dec.decode(self._u(self.ESCAPE_LENGTH_ALPHABET), 1)[0])
-        if not 1 <= nbits <= 62:
-            raise CodingError("corrupt escape code")
-        rest, nb, shift = 0, nbits - 1, 0
-        while nb > 0:
-            take = min(nb, 16)
-            rest |= int(dec.decode(self._u(1 << take), 1)[0]) << shift
-            shift += take
-            nb -= take
-        w = rest + (1 << (nbits - 1)) - 1
-        mag = w + radius + 1
-        return mag if sign == 0 else -mag
+        return decode_escape(dec, radius)
+
+
+_UNIFORM: dict[int, object] = {}
+
+
+def _u(size: int):
+    m = _UNIFORM.get(size)
+    if m is None:
+        m = _UNIFORM[size] = constriction.stream.model.Uniform(size)
+    return m
+
+
+ESCAPE_LENGTH_ALPHABET = 64
+
+
+def encode_escape(enc, value: int, radius: int) -> None:
+    """Escape payload: sign, then w = |v| − R − 1 ≥ 0 as Elias-gamma of w+1 with uniform symbols."""
+    sign = 0 if value > radius else 1
+    w = abs(value) - radius - 1 if sign == 0 else -value - radius - 1
+    w1 = w + 1
+    nbits = w1.bit_length()
+    if nbits > 62:
+        raise ValueError("value too large to code")
+    enc.encode(np.array([sign], dtype=np.int32), _u(2))
+    enc.encode(np.array([nbits], dtype=np.int32), _u(ESCAPE_LENGTH_ALPHABET))
+    rest, nb = w1 - (1 << (nbits - 1)), nbits - 1
+    while nb > 0:
+        take = min(nb, 16)
+        enc.encode(np.array([rest & ((1 << take) - 1)], dtype=np.int32), _u(1 << take))
+        rest >>= take
+        nb -= take
+
+
+def decode_escape(dec, radius: int) -> int:
+    sign = int(dec.decode(_u(2), 1)[0])
+    nbits = int(dec.decode(_u(ESCAPE_LENGTH_ALPHABET), 1)[0])
+    if not 1 <= nbits <= 62:
+        raise CodingError("corrupt escape code")
+    rest, nb, shift = 0, nbits - 1, 0
+    while nb > 0:
+        take = min(nb, 16)
+        rest |= int(dec.decode(_u(1 << take), 1)[0]) << shift
+        shift += take
+        nb -= take
+    w = rest + (1 << (nbits - 1)) - 1
+    mag = w + radius + 1
+    return mag if sign == 0 else -mag
+
+
+class ChannelTables:
+    """One integer frequency table per channel, for scalar-quantized symbols such as the hyper-latent.
+
+    Channel c covers symbols ``offset[c] … offset[c] + size[c] − 1`` plus a trailing escape symbol.
+    """
+
+    def __init__(self, freqs: np.ndarray, starts: np.ndarray, offsets: np.ndarray):
+        self.freqs = np.asarray(freqs, dtype=np.uint16)
+        self.starts = np.asarray(starts, dtype=np.int64)  # (C + 1,)
+        self.offsets = np.asarray(offsets, dtype=np.int64)  # (C,)
+        if self.starts.shape != (self.offsets.size + 1,) or int(self.starts[-1]) != self.freqs.size \
+                or (np.diff(self.starts) < 2).any():
+            raise CodingError("channel tables have inconsistent shapes")
+        self._models: dict[int, object] = {}
+
+    @classmethod
+    def from_pmfs(cls, pmf: np.ndarray, lo: int, floor: float = 1e-9) -> "ChannelTables":
+        """Trim each channel's pmf (over lo … lo + len − 1) to where it exceeds ``floor``; add an escape."""
+        chunks, starts, offsets = [], [0], []
+        for p in pmf:
+            keep = np.nonzero(p > floor)[0]
+            a, b = (int(keep[0]), int(keep[-1])) if keep.size else (int(np.argmax(p)),) * 2
+            q = p[a:b + 1]
+            chunks.append(quantize_pmf(np.append(q, max(1.0 - q.sum(), 0.0))))
+            starts.append(starts[-1] + chunks[-1].size)
+            offsets.append(lo + a)
+        return cls(np.concatenate(chunks), np.array(starts), np.array(offsets))
+
+    @property
+    def channels(self) -> int:
+        return self.offsets.size
+
+    def _model(self, c: int):
+        m = self._models.get(c)
+        if m is None:
+            probs = self.freqs[self.starts[c]: self.starts[c + 1]].astype(np.float64) + 1.0
+            m = self._models[c] = constriction.stream.model.Categorical(probs, perfect=False)
+        return m
+
+    def encode(self, symbols: np.ndarray) -> np.ndarray:
+        """Encode int symbols of shape (C, K): all of channel 0, then channel 1, …"""
+        symbols = np.asarray(symbols, dtype=np.int64)
+        if symbols.ndim != 2 or symbols.shape[0] != self.channels:
+            raise ValueError(f"symbols must have shape ({self.channels}, K)")
+        enc = constriction.stream.queue.RangeEncoder()
+        for c in range(self.channels):
+            size = int(self.starts[c + 1] - self.starts[c]) - 1
+            s = symbols[c] - self.offsets[c]
+            out = (s < 0) | (s >= size)
+            enc.encode(np.where(out, size, s).astype(np.int32), self._model(c))
+            for j in np.nonzero(out)[0]:
+                encode_escape(enc, int(s[j]) - (size - 1) // 2, (size - 1) // 2)
+        return enc.get_compressed()
+
+    def decode(self, words: np.ndarray, count: int) -> np.ndarray:
+        dec = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
+        out = np.empty((self.channels, count), dtype=np.int64)
+        try:
+            for c in range(self.channels):
+                size = int(self.starts[c + 1] - self.starts[c]) - 1
+                s = np.asarray(dec.decode(self._model(c), count), dtype=np.int64)
+                for j in np.nonzero(s == size)[0]:
+                    s[j] = decode_escape(dec, (size - 1) // 2) + (size - 1) // 2
+                out[c] = s + self.offsets[c]
+        except (RuntimeError, ValueError, OverflowError) as e:
+            raise CodingError(f"entropy-coded data does not decode: {e}") from None
+        return out
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {prefix + "freqs": self.freqs, prefix + "starts": self.starts, prefix + "offsets": self.offsets}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> "ChannelTables":
+        return cls(arrays[prefix + "freqs"], arrays[prefix + "starts"], arrays[prefix + "offsets"])

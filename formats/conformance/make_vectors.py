@@ -1,0 +1,81 @@
+"""Regenerate the conformance vectors for the default image model.
+
+    python formats/conformance/make_vectors.py
+
+Writes small .ltc files made from synthetic images (no external data) and ``vectors.json`` with, per
+file, the SHA-256 of its normative integers (equal on every machine) and of the reference decoder's
+pixels (on the reference platform).  Run it whenever the shipped model changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ltcodec.image import decode_image, decoded_integers, encode_image
+from ltcodec.zoo import DEFAULT_IMAGE_MODEL, load_image_model
+
+HERE = Path(__file__).parent
+
+
+def synthetic(width: int, height: int, channels: int, seed: int) -> np.ndarray:
+    """A smooth colour field with edges and a little noise: exercises every part of the codec."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    r = 128 + 100 * np.sin(xx / max(width, 1) * 3.1 + seed)
+    g = 128 + 100 * np.cos(yy / max(height, 1) * 2.3)
+    b = np.where((xx // 8 + yy // 8) % 2 == 0, 200.0, 60.0)
+    a = np.clip(255 * xx / max(width - 1, 1), 0, 255)
+    img = np.stack([r, g, b, a], -1) + rng.normal(0, 4, (height, width, 4))
+    img = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    if channels == 1:
+        return img[..., 0]
+    if channels == 2:
+        return img[..., [0, 3]]
+    return img[..., :channels]
+
+
+CASES = [
+    ("rgb-48x32-q4", 48, 32, 3, 4.0),
+    ("rgb-1x1-q1", 1, 1, 3, 1.0),
+    ("gray-37x23-q8", 37, 23, 1, 8.0),
+    ("rgba-70x65-q2.5", 70, 65, 4, 2.5),
+    ("la-17x90-q6", 17, 90, 2, 6.0),
+]
+
+
+def main() -> None:
+    model = load_image_model(DEFAULT_IMAGE_MODEL)
+    for old in [*HERE.glob("*.ltc"), *HERE.glob("*.reference.png")]:
+        old.unlink()
+    vectors = []
+    for name, w, h, ch, q in CASES:
+        data = encode_image(synthetic(w, h, ch, seed=len(name)), quality=q, model=model)
+        (HERE / f"{name}.ltc").write_bytes(data)
+        decoded = decode_image(data, model=model)
+        decoded.save(HERE / f"{name}.reference.png")
+        pixels = np.asarray(decoded)
+        vectors.append({
+            "file": f"{name}.ltc", "width": w, "height": h, "channels": ch, "quality": q,
+            "integers_sha256": hashlib.sha256(decoded_integers(data, model=model)).hexdigest(),
+            "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
+        })
+    manifest = {
+        "model": model.name, "model_sha256": model.sha256, "generated": date.today().isoformat(),
+        "reference_platform": {"machine": platform.machine(), "torch": torch.__version__,
+                               "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "vectors": vectors,
+    }
+    (HERE / "vectors.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"wrote {len(vectors)} vectors for {model.name} ({model.sha256[:12]}…)")
+
+
+if __name__ == "__main__":
+    main()

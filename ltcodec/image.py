@@ -1,0 +1,248 @@
+"""Images in and out of .ltc: Pillow modes, alpha, orientation, metadata and rate control.
+
+Input rules (also in formats/ltc-v1.md §6):
+
+* EXIF orientation is applied before coding; the EXIF block is kept with its orientation reset to 1.
+  The ICC profile is kept.  Both travel in skippable ancillary chunks.
+* ``RGB`` is coded as is; ``L`` (grayscale) is coded as gray RGB and decoded back to ``L``; ``RGBA`` and
+  ``LA`` code the colour that way and the alpha plane *losslessly* (a PNG stream in an ``ALPH`` chunk).
+  ``P`` becomes ``RGBA`` if it has transparency, else ``RGB``; ``1`` becomes ``L``; ``CMYK``, ``YCbCr``,
+  ``LAB`` and ``HSV`` are converted to ``RGB``.
+* 16-bit grayscale (``I;16*``) is reduced to 8 bits by round(v / 257); 32-bit ``I`` and ``F`` images
+  are refused (their range is not defined).
+* Any width and height from 1 to 65,535; padding to the transform's grid is internal.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .boxcode import CodingError
+from .container import (ImageHeader, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, ModelId, read_container,
+                        write_container)
+from .errors import LtcFormatError, LtcInputError, LtcModelError
+from .image_codec import ImageCodecModel, Streams
+from .zoo import find_model, load_image_model
+
+__all__ = ["encode_image", "decode_image", "image_info", "prepare_image", "ImageInfo", "decoded_integers"]
+
+_KNOWN = frozenset({b"ZSTR", b"YSTR", b"ALPH", b"iCCP", b"eXIf"})
+_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+_MODES = {v: k for k, v in _CHANNELS.items()}
+
+
+def prepare_image(im: Image.Image) -> tuple[Image.Image, dict]:
+    """Apply orientation and the mode rules; returns the image in L, LA, RGB or RGBA and its metadata."""
+    meta = {}
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception as e:  # damaged EXIF must not make the pixels unreadable
+        raise LtcInputError(f"cannot apply EXIF orientation: {e}") from None
+    if im.info.get("icc_profile"):
+        meta["icc_profile"] = im.info["icc_profile"]
+    exif = im.getexif()
+    if len(exif):
+        exif[0x0112] = 1
+        meta["exif"] = exif.tobytes()
+    mode = im.mode
+    if mode in _CHANNELS:
+        pass
+    elif mode == "P" or mode == "PA":
+        im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode.startswith("I;16"):
+        a = np.asarray(im, dtype=np.uint32)
+        im = Image.fromarray(((a + 128) // 257).astype(np.uint8), "L")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"):
+        im = im.convert("RGBA" if mode in ("RGBa", "La") else "RGB")
+    else:
+        raise LtcInputError(f"images of mode {mode} are not supported (8-bit L/LA/RGB/RGBA, 16-bit L)")
+    w, h = im.size
+    if not (1 <= w <= MAX_IMAGE_SIDE and 1 <= h <= MAX_IMAGE_SIDE) or w * h > MAX_IMAGE_PIXELS:
+        raise LtcInputError(f"image size {w}×{h} is outside the supported range")
+    return im, meta
+
+
+def _to_pil(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        raise LtcInputError(f"numpy images must be uint8, got {a.dtype}")
+    if a.ndim == 2:
+        return Image.fromarray(a, "L")
+    if a.ndim == 3 and a.shape[2] in (1, 2, 3, 4):
+        return Image.fromarray(a[..., 0] if a.shape[2] == 1 else a, _MODES[a.shape[2]])
+    raise LtcInputError(f"numpy images must be (H, W) or (H, W, 1–4), got shape {a.shape}")
+
+
+def _words(payload: bytes) -> np.ndarray:
+    if len(payload) % 4:
+        raise LtcFormatError("entropy-coded chunk length is not a multiple of 4")
+    return np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+
+
+def encode_image(image, quality: float | None = None, bpp: float | None = None,
+                 model: str | ImageCodecModel | None = None) -> bytes:
+    """Encode a PIL image or a uint8 array to .ltc bytes.
+
+    ``quality`` is 1 … 8 (fractions allowed, default 4); ``bpp`` instead searches the highest quality
+    whose file is at most ``bpp`` bits per pixel (the lowest quality if even that is larger).
+    """
+    if quality is not None and bpp is not None:
+        raise LtcInputError("give either quality or bpp, not both")
+    m = model if isinstance(model, ImageCodecModel) else load_image_model(model)
+    im, meta = prepare_image(_to_pil(image))
+    channels = _CHANNELS[im.mode]
+    w, h = im.size
+    rgb = np.asarray(im.convert("RGB"))
+    extra = []
+    if channels in (2, 4):
+        buf = io.BytesIO()
+        im.getchannel("A").save(buf, "PNG", optimize=True)
+        extra.append((b"ALPH", buf.getvalue()))
+    if "icc_profile" in meta:
+        extra.append((b"iCCP", meta["icc_profile"]))
+    if "exif" in meta:
+        extra.append((b"eXIf", meta["exif"]))
+    y = m.analysis(rgb)
+
+    def build(q: float) -> bytes:
+        q = round(q * 256) / 256
+        s = m.compress_latent(y, q)
+        head = ImageHeader(w, h, channels, q, m.config.lattice if m.config.lattice in
+                           ("z", "a2", "d4", "e8", "bw16", "leech") else "learned")
+        chunks = [(b"ZSTR", s.z_words.astype("<u4").tobytes()), (b"YSTR", s.y_words.astype("<u4").tobytes())]
+        return write_container(head.pack(), ModelId(m.name, bytes.fromhex(m.sha256)), chunks + extra)
+
+    if bpp is None:
+        q = 4.0 if quality is None else float(quality)
+        if not 1.0 <= q <= m.qualities:
+            raise LtcInputError(f"quality must be between 1 and {m.qualities}, got {quality}")
+        return build(q)
+    if not bpp > 0:
+        raise LtcInputError(f"target bits per pixel must be positive, got {bpp}")
+    target = bpp * w * h / 8
+    lo, hi = 1.0, float(m.qualities)
+    best = build(lo)
+    if len(best) > target:
+        return best
+    top = build(hi)
+    if len(top) <= target:
+        return top
+    for _ in range(9):  # quality resolution 7/512
+        mid = (lo + hi) / 2
+        data = build(mid)
+        if len(data) <= target:
+            lo, best = mid, data
+        else:
+            hi = mid
+    return best
+
+
+@dataclass
+class ImageInfo:
+    width: int
+    height: int
+    mode: str
+    quality: float
+    lattice: str
+    model: str
+    model_sha256: str
+    bytes: int
+    bpp: float
+    has_icc: bool
+    has_exif: bool
+    version: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__, kind="image")
+
+
+def _parse(data: bytes):
+    c = read_container(data, _KNOWN)
+    if c.media != 1:
+        raise LtcFormatError("this .ltc file holds audio, not an image")
+    return c, ImageHeader.unpack(c.head)
+
+
+def image_info(data: bytes) -> ImageInfo:
+    c, hd = _parse(data)
+    return ImageInfo(hd.width, hd.height, _MODES[hd.channels], hd.quality, hd.lattice, c.model.name,
+                     c.model.hex, c.size, 8 * c.size / (hd.width * hd.height), bool(c.get(b"iCCP")),
+                     bool(c.get(b"eXIf")), f"{c.version[0]}.{c.version[1]}")
+
+
+def _model_for(c, model) -> ImageCodecModel:
+    if isinstance(model, ImageCodecModel):
+        m = model
+    else:
+        try:
+            m = load_image_model(model or c.model.name)
+        except LtcModelError:
+            raise LtcModelError(f"this file needs model {c.model.name!r} (sha256 {c.model.hex[:12]}…), "
+                                "which is not installed") from None
+    if m.sha256 != c.model.hex:
+        raise LtcModelError(f"this file was encoded with {c.model.name} sha256 {c.model.hex[:12]}…, "
+                            f"but the model found has sha256 {m.sha256[:12]}…")
+    return m
+
+
+def _streams(c, hd, m: ImageCodecModel) -> Streams:
+    if hd.lattice != m.config.lattice and hd.lattice != "learned":
+        raise LtcFormatError(f"header lattice {hd.lattice} does not match the model's {m.config.lattice}")
+    lh, lw = -(-hd.height // 64) * 4, -(-hd.width // 64) * 4
+    streams = Streams(_words(c.one(b"ZSTR")), _words(c.one(b"YSTR")), (lh, lw))
+    max_words = 64 + 4 * (lh * lw * m.config.M + lh * lw * m.config.N)  # > 128 bits per symbol is corrupt
+    if streams.y_words.size + streams.z_words.size > max_words:
+        raise LtcFormatError("entropy-coded data is larger than any valid stream for this size")
+    return streams
+
+
+def decoded_integers(data: bytes, model: str | ImageCodecModel | None = None) -> bytes:
+    """The normative integers of a file (ẑ then u, little-endian int64): equal on every machine."""
+    c, hd = _parse(data)
+    m = _model_for(c, model)
+    try:
+        z_hat, u, _ = m.decode_symbols(_streams(c, hd, m))
+    except CodingError as e:
+        raise LtcFormatError(str(e)) from None
+    return z_hat.astype("<i8").tobytes() + u.astype("<i8").tobytes()
+
+
+def decode_image(data: bytes, model: str | ImageCodecModel | None = None) -> Image.Image:
+    """Decode .ltc bytes to a PIL image in the file's mode (L, LA, RGB or RGBA), with ICC and EXIF."""
+    c, hd = _parse(data)
+    m = _model_for(c, model)
+    streams = _streams(c, hd, m)
+    try:
+        y_hat = m.decompress_latent(streams, hd.quality)
+    except CodingError as e:
+        raise LtcFormatError(str(e)) from None
+    rgb = m.synthesis(y_hat, hd.height, hd.width)
+    im = Image.fromarray(rgb, "RGB")
+    if hd.channels in (1, 2):
+        im = im.convert("L")
+    if hd.channels in (2, 4):
+        try:
+            alpha = Image.open(io.BytesIO(c.one(b"ALPH")))
+            alpha.load()
+        except LtcFormatError:
+            raise
+        except Exception:
+            raise LtcFormatError("alpha plane is damaged") from None
+        if alpha.mode != "L" or alpha.size != (hd.width, hd.height):
+            raise LtcFormatError("alpha plane has the wrong size or mode")
+        im.putalpha(alpha)
+    icc = c.get(b"iCCP")
+    if icc:
+        im.info["icc_profile"] = icc[0]
+    exif = c.get(b"eXIf")
+    if exif:
+        im.info["exif"] = exif[0]
+    return im

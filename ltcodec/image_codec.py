@@ -1,0 +1,275 @@
+"""The shipped image codec: float transforms, an exact integer hyper-synthesis, and frozen tables.
+
+A model file (safetensors, never pickle) holds g_a, h_a, g_s and the gains as float tensors, h_s as
+integers (:mod:`ltcodec.intnet`), the hyper-latent's per-channel tables and the latent's box-code
+tables (:mod:`ltcodec.boxcode`), plus JSON metadata.  Decoding the streams touches only integers:
+
+    ẑ ◄─ z stream (channel tables)
+    ẑ ──integer h_s──► mean μ' (1/16 grid), scale level ──► box code ◄─ y stream ──► u
+    ŷ' = G·u + μ' ──× decoder gain──► g_s (float) ──► pixels
+
+so a stream parses identically on every machine; only the float synthesis moves pixel values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+from torch import Tensor, nn
+
+from .boxcode import BoxCoder, ChannelTables, CodingError, LatticeCodingSpec, ScaleTables
+from .errors import LtcModelError
+from .image_model import LOG2_SCALE_MAX, LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
+from .intnet import IntegerNetwork, quantize_network
+
+__all__ = ["ImageCodecModel", "export_image_model", "Streams", "MEAN_GRID", "Z_CLAMP"]
+
+MEAN_GRID = 16  # μ' is an integer number of 1/16 lattice units
+LEVEL_MIN = int(LOG2_SCALE_MIN * 8)
+LEVEL_MAX = int(LOG2_SCALE_MAX * 8) - 1
+Z_CLAMP = 2047  # the integer h_s sees ẑ clamped to ±2047
+MEAN_LIMIT = 1 << 24
+#: Tiles for the float transforms, in latents, with a halo (DESIGN-NOTES §4): bounded memory.
+TILE_LATENTS = 64
+HALO_LATENTS = 2
+FORMAT_TAG = "ltcodec-model"
+
+
+@dataclass
+class Streams:
+    z_words: np.ndarray
+    y_words: np.ndarray
+    latent_shape: tuple[int, int]  # (h, w) of y
+
+
+def _tiled(fn, x: Tensor, factor: float, tile: int, halo: int) -> Tensor:
+    """Apply a translation-equivariant ``fn`` tile by tile with a halo; ``factor`` = output/input size.
+
+    ``tile`` and ``halo`` are in units of the coarser grid (latents).  Tiles are cropped after the
+    transform, so the halo absorbs the border effects of each cut.
+    """
+    _, _, h, w = x.shape
+    unit = int(round(1 / factor)) if factor < 1 else 1  # input pixels per latent (for g_a)
+    up = int(round(factor)) if factor >= 1 else 1  # output pixels per latent (for g_s)
+    lh, lw = h // unit, w // unit
+    if lh <= tile + 2 * halo and lw <= tile + 2 * halo:
+        return fn(x)
+    rows = []
+    for i0 in range(0, lh, tile):
+        cols = []
+        for j0 in range(0, lw, tile):
+            i1, j1 = min(i0 + tile, lh), min(j0 + tile, lw)
+            a0, b0 = max(i0 - halo, 0), max(j0 - halo, 0)
+            a1, b1 = min(i1 + halo, lh), min(j1 + halo, lw)
+            out = fn(x[:, :, a0 * unit: a1 * unit, b0 * unit: b1 * unit].contiguous(memory_format=torch.channels_last))
+            cols.append(out[:, :, (i0 - a0) * up: (i1 - a0) * up, (j0 - b0) * up: (j1 - b0) * up])
+        rows.append(torch.cat(cols, dim=3))
+    return torch.cat(rows, dim=2)
+
+
+class ImageCodecModel(nn.Module):
+    """A loaded image model, ready to compress and decompress RGB arrays."""
+
+    def __init__(self, config: ImageModelConfig, name: str, sha256: str):
+        super().__init__()
+        self.config = config
+        self.name = name
+        self.sha256 = sha256
+        net = LatticeHyperprior(config)
+        self.g_a, self.g_s, self.h_a = net.g_a, net.g_s, net.h_a
+        self.enc_gain, self.dec_gain = net.enc_gain, net.dec_gain
+        self.lattice = net.lattice
+        self._net = net  # for gains() and block helpers (shares the parameters above)
+        self.h_s_int: IntegerNetwork | None = None
+        self.z_tables: ChannelTables | None = None
+        self.y_coder: BoxCoder | None = None
+        self.eval()
+
+    @property
+    def qualities(self) -> int:
+        return len(self.config.lambdas)
+
+    # -- loading -------------------------------------------------------------------------------------
+    @classmethod
+    def from_bytes(cls, blob: bytes, name: str | None = None) -> "ImageCodecModel":
+        sha = hashlib.sha256(blob).hexdigest()
+        try:
+            arrays = st_load(blob)
+            meta = _metadata(blob)
+        except Exception as e:  # safetensors raises several types for damaged files
+            raise LtcModelError(f"model file is damaged: {e}") from None
+        if meta.get("format") != FORMAT_TAG or meta.get("kind") != "image":
+            raise LtcModelError("not an ltcodec image model")
+        config = ImageModelConfig.from_dict(json.loads(meta["config"]))
+        model = cls(config, name or meta.get("name", "unnamed"), sha)
+        state = {k[len("float."):]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()
+                 if k.startswith("float.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not m.startswith("_net.")]
+        if missing or unexpected:
+            raise LtcModelError(f"model file does not match its architecture (missing {missing[:3]})")
+        specs = json.loads(meta["h_s"])
+        model.h_s_int = IntegerNetwork.from_arrays(arrays, "h_s.", specs, Z_CLAMP)
+        if model.h_s_int.fingerprint(config.N) != meta["h_s_fingerprint"]:
+            raise LtcModelError("integer hyper-synthesis failed its self-test")
+        model.z_tables = ChannelTables.from_arrays(arrays, "z_tables.")
+        spec = LatticeCodingSpec.from_lattice(model.lattice)
+        model.y_coder = BoxCoder(spec, ScaleTables.from_arrays(arrays, "y_tables."))
+        model.to(memory_format=torch.channels_last)
+        return model
+
+    @classmethod
+    def from_file(cls, path: str | Path, name: str | None = None) -> "ImageCodecModel":
+        path = Path(path)
+        try:
+            blob = path.read_bytes()
+        except OSError as e:
+            raise LtcModelError(f"cannot read model {path}: {e.strerror}") from None
+        return cls.from_bytes(blob, name or path.stem)
+
+    # -- the pipeline --------------------------------------------------------------------------------
+    def _gains(self, quality: float) -> tuple[Tensor, Tensor]:
+        return self._net.gains(torch.tensor([quality - 1.0]))
+
+    def hyper(self, z_hat: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Integer h_s: (mean on the 1/16 grid, scale level) per latent element, shape (M, h, w)."""
+        out = self.h_s_int(torch.from_numpy(z_hat)[None])[0]
+        h, w = shape
+        m = self.config.M
+        return out[:m, :h, :w].numpy(), out[m:, :h, :w].numpy()
+
+    def _blocks(self, a: np.ndarray) -> np.ndarray:
+        """(M, h, w) → (h·w·M/n, n): the lattice blocks in coding order."""
+        m, h, w = a.shape
+        n = self.lattice.dim
+        return a.transpose(1, 2, 0).reshape(h * w * (m // n), n)
+
+    def _unblocks(self, b: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        h, w = shape
+        return b.reshape(h, w, self.config.M).transpose(2, 0, 1)
+
+    @torch.no_grad()
+    def analysis(self, rgb: np.ndarray) -> Tensor:
+        """Latent y (before gains) of an (H, W, 3) uint8 image, padded internally to a multiple of 64."""
+        h, w, _ = rgb.shape
+        x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float().div_(255.0)
+        x = nn.functional.pad(x, (0, (-w) % 64, 0, (-h) % 64), mode="replicate")
+        x = x.contiguous(memory_format=torch.channels_last)
+        return _tiled(self.g_a, x, 1 / 16, TILE_LATENTS, HALO_LATENTS)
+
+    @torch.no_grad()
+    def compress_latent(self, y: Tensor, quality: float) -> Streams:
+        enc_g, _ = self._gains(quality)
+        y = y * enc_g
+        z_hat = torch.round(self.h_a(y))[0].to(torch.int64).numpy()
+        lh, lw = y.shape[2], y.shape[3]
+        mean_int, level_idx = self.hyper(np.clip(z_hat, -Z_CLAMP, Z_CLAMP), (lh, lw))
+        residual = y[0].double().numpy() - mean_int / MEAN_GRID
+        r_blocks = torch.from_numpy(self._blocks(residual))
+        points = self.lattice.closest(r_blocks)
+        u = self.lattice.coordinates(points).numpy()
+        levels = self._blocks(level_idx)
+        z_words = self.z_tables.encode(z_hat.reshape(z_hat.shape[0], -1))
+        y_words = self.y_coder.encode(u, levels)
+        return Streams(z_words, y_words, (lh, lw))
+
+    def decode_symbols(self, streams: Streams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The exact integer part of decoding: ẑ (N, h/4, w/4), coordinates u (blocks, n), means (M, h, w)."""
+        lh, lw = streams.latent_shape
+        zh, zw = lh // 4, lw // 4
+        z_hat = self.z_tables.decode(streams.z_words, zh * zw).reshape(-1, zh, zw)
+        mean_int, level_idx = self.hyper(np.clip(z_hat, -Z_CLAMP, Z_CLAMP), (lh, lw))
+        u = self.y_coder.decode(streams.y_words, self._blocks(level_idx))
+        return z_hat, u, mean_int
+
+    @torch.no_grad()
+    def decompress_latent(self, streams: Streams, quality: float) -> Tensor:
+        _, u, mean_int = self.decode_symbols(streams)
+        points = self.lattice.points(torch.from_numpy(u), torch.float64).numpy()
+        y_hat = self._unblocks(points, streams.latent_shape) + mean_int / MEAN_GRID
+        _, dec_g = self._gains(quality)
+        return torch.from_numpy(y_hat.astype(np.float32))[None] * dec_g
+
+    @torch.no_grad()
+    def synthesis(self, y_hat: Tensor, height: int, width: int) -> np.ndarray:
+        y_hat = y_hat.contiguous(memory_format=torch.channels_last)
+        x = _tiled(self.g_s, y_hat, 16, TILE_LATENTS, HALO_LATENTS)
+        x = x[0, :, :height, :width].clamp_(0, 1).mul_(255).round_()
+        return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def _metadata(blob: bytes) -> dict:
+    n = int.from_bytes(blob[:8], "little")
+    if n > len(blob) - 8 or n > 100_000_000:
+        raise ValueError("bad safetensors header")
+    return json.loads(blob[8:8 + n]).get("__metadata__", {})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _calibration_z(net: LatticeHyperprior, images: list[np.ndarray], crop: int = 256) -> Tensor:
+    zs = []
+    for img in images:
+        x = torch.from_numpy(np.array(img[:crop, :crop], dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
+        x = nn.functional.pad(x, (0, (-x.shape[3]) % 64, 0, (-x.shape[2]) % 64), mode="replicate")
+        y = net.g_a(x)
+        for q in range(net.qualities):
+            enc_g, _ = net.gains(torch.tensor([float(q)]))
+            zs.append(torch.round(net.h_a(y * enc_g)).clamp(-Z_CLAMP, Z_CLAMP))
+    return torch.cat(zs)
+
+
+@torch.no_grad()
+def export_image_model(net: LatticeHyperprior, calibration_images: list[np.ndarray], path: str | Path,
+                       name: str, half: bool = True, extra_meta: dict | None = None) -> str:
+    """Freeze a trained model into a shipped model file; returns the file's SHA-256.
+
+    Quantizes h_s to an integer network on hyper-latents of the calibration images at every quality,
+    freezes the hyper-latent density into per-channel tables and builds the box-code tables.
+    """
+    net = net.eval()
+    M = net.config.M
+    z_cal = _calibration_z(net, calibration_images)
+    out_scale = np.concatenate([np.full(M, MEAN_GRID, np.float64), np.full(M, 8.0)])
+    out_post = np.concatenate([np.zeros(M, np.int64), np.zeros(M, np.int64)])
+    lo = np.concatenate([np.full(M, -MEAN_LIMIT, np.int64), np.full(M, LEVEL_MIN, np.int64)])
+    hi = np.concatenate([np.full(M, MEAN_LIMIT, np.int64), np.full(M, LEVEL_MAX, np.int64)])
+    h_s_int = quantize_network(net.h_s, z_cal, out_scale, out_post, lo, hi)
+    radius = 2048
+    pmf = net.z_density.pmf(radius)
+    z_tables = ChannelTables.from_pmfs(pmf, -radius)
+    spec = LatticeCodingSpec.from_lattice(net.lattice)
+    lmin = LEVEL_MIN + int(spec.level_offset.min())
+    lmax = LEVEL_MAX + int(spec.level_offset.max())
+    y_tables = ScaleTables.build(lmin, lmax, spec.fractions())
+
+    arrays: dict[str, np.ndarray] = {}
+    for k, v in net.state_dict().items():
+        if k.startswith(("h_s.", "z_density.")):
+            continue
+        a = v.detach().cpu().numpy()
+        big = a.ndim == 4 and k.endswith("weight")
+        arrays["float." + k] = a.astype(np.float16 if (half and big) else np.float32)
+    int_arrays, specs = h_s_int.to_arrays("h_s.")
+    arrays.update(int_arrays)
+    arrays.update(z_tables.to_arrays("z_tables."))
+    arrays.update(y_tables.to_arrays("y_tables."))
+    meta = {
+        "format": FORMAT_TAG, "kind": "image", "name": name, "config": json.dumps(net.config.to_dict()),
+        "h_s": json.dumps(specs), "h_s_fingerprint": h_s_int.fingerprint(net.config.N),
+        **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra_meta or {}).items()},
+    }
+    blob = st_save(arrays, metadata=meta)
+    Path(path).write_bytes(blob)
+    return hashlib.sha256(blob).hexdigest()

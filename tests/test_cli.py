@@ -1,0 +1,90 @@
+"""The command line: success paths, one-line errors with exit status 1, no partial output files."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from ltcodec.cli import main
+
+from conftest import smooth_image
+
+
+def _png(tmp_path, name="in.png", size=(64, 48)):
+    p = tmp_path / name
+    Image.fromarray(smooth_image(*size)).save(p)
+    return p
+
+
+def test_encode_info_decode(tmp_path):
+    src = _png(tmp_path)
+    r = CliRunner().invoke(main, ["encode", str(src), str(tmp_path / "a.ltc"), "--quality", "6"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "a.ltc"), "--json"])
+    info = json.loads(r.output)
+    assert (info["width"], info["height"], info["quality"], info["model"]) == (64, 48, 6.0, "ltc-image-e8")
+    assert info["bytes"] == (tmp_path / "a.ltc").stat().st_size
+    r = CliRunner().invoke(main, ["decode", str(tmp_path / "a.ltc"), str(tmp_path / "a.png")])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "a.png").size == (64, 48)
+
+
+def test_bpp_option(tmp_path):
+    src = _png(tmp_path, size=(256, 192))
+    r = CliRunner().invoke(main, ["encode", str(src), str(tmp_path / "b.ltc"), "--bpp", "0.5"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "b.ltc").stat().st_size * 8 / (256 * 192) <= 0.5
+
+
+def test_stdin_and_stdout(tmp_path):
+    src = _png(tmp_path)
+    enc = subprocess.run([sys.executable, "-m", "ltcodec.cli", "encode", "-", "-"], input=src.read_bytes(),
+                         capture_output=True, check=True).stdout
+    assert enc[:4] == b"\x89LTC"
+    dec = subprocess.run([sys.executable, "-m", "ltcodec.cli", "decode", "-", "-"], input=enc,
+                         capture_output=True, check=True).stdout
+    assert dec[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fails(args, tmp_path):
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1
+    lines = [l for l in r.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ltcodec: error: "), r.output
+    assert "Traceback" not in r.output
+    return lines[0]
+
+
+def test_errors_are_one_line_and_leave_no_partial_file(tmp_path):
+    bad = tmp_path / "bad.ltc"
+    bad.write_bytes(b"\x89LTC\r\n\x1a\n\x01\x00garbage")
+    msg = _fails(["decode", str(bad), str(tmp_path / "out.png")], tmp_path)
+    assert "truncated" in msg or "invalid" in msg
+    assert not (tmp_path / "out.png").exists()
+    assert list(tmp_path.iterdir()) == [bad]  # no temporary file left behind either
+    notimg = tmp_path / "x.txt"
+    notimg.write_text("hello")
+    assert "not a readable image" in _fails(["encode", str(notimg), str(tmp_path / "o.ltc")], tmp_path)
+    assert "cannot read" in _fails(["encode", str(tmp_path / "missing.png"), str(tmp_path / "o.ltc")], tmp_path)
+    assert not (tmp_path / "o.ltc").exists()
+    src = _png(tmp_path)
+    assert "quality" in _fails(["encode", str(src), str(tmp_path / "o.ltc"), "-q", "0"], tmp_path)
+    assert "not installed" in _fails(["encode", str(src), str(tmp_path / "o.ltc"), "--model", "nope"], tmp_path)
+
+
+def test_existing_output_needs_force(tmp_path):
+    src = _png(tmp_path)
+    out = tmp_path / "o.ltc"
+    out.write_bytes(b"keep me")
+    assert "exists" in _fails(["encode", str(src), str(out)], tmp_path)
+    assert out.read_bytes() == b"keep me"
+    r = CliRunner().invoke(main, ["encode", str(src), str(out), "-f"])
+    assert r.exit_code == 0 and out.read_bytes()[:4] == b"\x89LTC"
+
+
+def test_models_command_lists_the_shipped_model():
+    r = CliRunner().invoke(main, ["models"])
+    assert r.exit_code == 0 and "ltc-image-e8" in r.output
