@@ -61,6 +61,7 @@ class LatticeCodingSpec:
     generator: np.ndarray  # (n, n) int64, lower triangular
     level_offset: np.ndarray  # (n,) int64
     exact: bool
+    unit_generator: np.ndarray | None = None  # float64 basis at unit volume (conditional coding only)
 
     @property
     def dim(self) -> int:
@@ -79,7 +80,7 @@ class LatticeCodingSpec:
         level_offset = np.round(off).astype(np.int64)
         if exact and np.abs(off - level_offset).max() > 1e-9:
             exact = False
-        return cls(gen, level_offset, exact)
+        return cls(gen, level_offset, exact, g_unit)
 
     #: Offsets of lattices without an exact small-integer generator are snapped to this grid.
     SNAP = 64
@@ -90,9 +91,12 @@ class LatticeCodingSpec:
             return Fraction(r, g)
         return Fraction(int(round(r * self.SNAP / g)), self.SNAP)
 
-    def fractions(self) -> list[Fraction]:
-        """Every table offset f that can occur, as reduced fractions in [−½, ½]."""
-        out = set()
+    def fractions(self, conditional: bool = False) -> list[Fraction]:
+        """Every table offset f that can occur, as reduced fractions in [−½, ½).
+
+        ``conditional``: also the 1/64 grid used when coordinates have their own means.
+        """
+        out = set(Fraction(r, self.SNAP) for r in range(-self.SNAP // 2, self.SNAP // 2)) if conditional else set()
         for g in set(int(v) for v in np.diagonal(self.generator)):
             for r in range(-(g // 2), (g + 1) // 2):
                 out.add(self.fraction(r, g))
@@ -259,16 +263,53 @@ class BoxCoder:
         k, r, g = self.spec.split(i, partial.astype(np.int64))
         return k, self._fidx[g][r + g // 2]
 
-    def encode(self, coords: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    def _conditional_offsets(self, coords: np.ndarray, i: int, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shift and table offset when coordinate i has density N(mean, ·) (float; same-process only)."""
+        g = self._g_unit
+        t = ((coords[:, :i] @ g[i, :i]) if i else 0.0) - np.asarray(mean, dtype=np.float64)
+        t = t / g[i, i]
+        k = np.floor(t + 0.5)
+        snapped = np.round((t - k) * LatticeCodingSpec.SNAP).astype(np.int64)
+        wrap = snapped >= LatticeCodingSpec.SNAP // 2
+        k = k + wrap
+        snapped = np.where(wrap, snapped - LatticeCodingSpec.SNAP, snapped)
+        fidx = self._snap_index[snapped + LatticeCodingSpec.SNAP // 2]
+        return k.astype(np.int64), fidx
+
+    def _setup_conditional(self) -> None:
+        if getattr(self, "_snap_index", None) is not None:
+            return
+        snap = LatticeCodingSpec.SNAP
+        try:
+            self._snap_index = np.array([self.tables.findex(Fraction(r, snap)) for r in range(-snap // 2, snap // 2)])
+        except CodingError:
+            raise ValueError("conditional coding needs tables built for the 1/64 offset grid") from None
+        if self.spec.unit_generator is None:
+            raise ValueError("conditional coding needs the lattice's unit-volume generator")
+        self._g_unit = np.asarray(self.spec.unit_generator, dtype=np.float64)
+
+    def encode(self, coords: np.ndarray, levels: np.ndarray | None, conditional=None) -> np.ndarray:
+        """Encode u (blocks, n).  ``levels`` gives each coordinate's σ level; or ``conditional(i, u[:, :i])``
+        returns (levels, means) of coordinate i given the block's earlier coordinates."""
         coords = np.ascontiguousarray(coords, dtype=np.int64)
-        levels = np.asarray(levels, dtype=np.int64)
-        if coords.ndim != 2 or coords.shape[1] != self.spec.dim or levels.shape != coords.shape:
-            raise ValueError("coords and levels must both have shape (blocks, n)")
+        if coords.ndim != 2 or coords.shape[1] != self.spec.dim:
+            raise ValueError("coords must have shape (blocks, n)")
+        if conditional is None:
+            levels = np.asarray(levels, dtype=np.int64)
+            if levels.shape != coords.shape:
+                raise ValueError("coords and levels must both have shape (blocks, n)")
+        else:
+            self._setup_conditional()
         enc = constriction.stream.queue.RangeEncoder()
         for i in range(self.spec.dim):
-            k, fidx = self._offsets(coords, i)
+            if conditional is None:
+                k, fidx = self._offsets(coords, i)
+                tl = self._table_levels(levels, i)
+            else:
+                lv, mean = conditional(i, coords[:, :i])
+                k, fidx = self._conditional_offsets(coords, i, mean)
+                tl = np.clip(np.asarray(lv, np.int64) + self.spec.level_offset[i], self.tables.lmin, self.tables.lmax)
             v = coords[:, i] + k
-            tl = self._table_levels(levels, i)
             escapes = []
             for lvl, fi, idx in self._groups(tl, fidx):
                 r = int(self.tables.radii[lvl - self.tables.lmin])
@@ -282,17 +323,28 @@ class BoxCoder:
                 self._encode_escape(enc, int(v[j]), r)
         return enc.get_compressed()
 
-    def decode(self, words: np.ndarray, levels: np.ndarray) -> np.ndarray:
-        levels = np.asarray(levels, dtype=np.int64)
-        if levels.ndim != 2 or levels.shape[1] != self.spec.dim:
-            raise ValueError("levels must have shape (blocks, n)")
+    def decode(self, words: np.ndarray, levels: np.ndarray | None, conditional=None,
+               blocks: int | None = None) -> np.ndarray:
+        if conditional is None:
+            levels = np.asarray(levels, dtype=np.int64)
+            if levels.ndim != 2 or levels.shape[1] != self.spec.dim:
+                raise ValueError("levels must have shape (blocks, n)")
+            blocks = levels.shape[0]
+        else:
+            self._setup_conditional()
         dec = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
-        coords = np.zeros(levels.shape, dtype=np.int64)
+        coords = np.zeros((blocks, self.spec.dim), dtype=np.int64)
         try:
             for i in range(self.spec.dim):
-                k, fidx = self._offsets(coords, i)
-                tl = self._table_levels(levels, i)
-                v = np.empty(levels.shape[0], dtype=np.int64)
+                if conditional is None:
+                    k, fidx = self._offsets(coords, i)
+                    tl = self._table_levels(levels, i)
+                else:
+                    lv, mean = conditional(i, coords[:, :i])
+                    k, fidx = self._conditional_offsets(coords, i, mean)
+                    tl = np.clip(np.asarray(lv, np.int64) + self.spec.level_offset[i], self.tables.lmin,
+                                 self.tables.lmax)
+                v = np.empty(blocks, dtype=np.int64)
                 escapes = []
                 for lvl, fi, idx in self._groups(tl, fidx):
                     r = int(self.tables.radii[lvl - self.tables.lmin])
