@@ -73,31 +73,37 @@ def lagrangian(source: str, rate: float) -> float:
 # ----------------------------------------------------------------------------------------------------
 
 class Compander(nn.Module):
-    """Elementwise map x ↦ a·x + MLP(x): the transform of iid sources (per sample)."""
+    """Elementwise increasing map x ↦ a·x + Σ_k w_k·tanh(s_k·(x − b_k)), w_k, s_k ≥ 0.
 
-    def __init__(self, gain: float, hidden: int = 32):
+    The transform of iid sources (per sample).  Monotonicity is the structure of optimal scalar
+    companding; an unconstrained MLP learns to park inputs on quantizer boundaries, where the
+    uniform-noise relaxation of rounding is most wrong.
+    """
+
+    def __init__(self, gain: float, hidden: int = 16):
         super().__init__()
         self.log_gain = nn.Parameter(torch.tensor(math.log(gain)))
-        self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.Softplus(), nn.Linear(hidden, hidden), nn.Softplus(),
-                                 nn.Linear(hidden, 1))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        self.w = nn.Parameter(torch.full((hidden,), -6.0))  # softplus(-6) ≈ 0: starts linear
+        self.s = nn.Parameter(torch.zeros(hidden))
+        self.b = nn.Parameter(torch.linspace(-3, 3, hidden) / max(gain, 1e-3) ** 0)
 
     def forward(self, x):
-        return torch.exp(self.log_gain) * x + self.mlp(x.unsqueeze(-1)).squeeze(-1)
+        w = nn.functional.softplus(self.w)
+        s = nn.functional.softplus(self.s)
+        return torch.exp(self.log_gain) * x + (w * torch.tanh(s * (x.unsqueeze(-1) - self.b))).sum(-1)
 
 
 class VectorMLP(nn.Module):
     """x ↦ A·x + MLP(x) for vector sources."""
 
-    def __init__(self, d_in: int, d_out: int, gain: float, hidden: int = 128):
+    def __init__(self, d_in: int, d_out: int, gain: float, hidden: int = 256):
         super().__init__()
         self.linear = nn.Linear(d_in, d_out, bias=False)
         nn.init.orthogonal_(self.linear.weight)
         with torch.no_grad():
             self.linear.weight.mul_(gain)
-        self.mlp = nn.Sequential(nn.Linear(d_in, hidden), nn.Softplus(), nn.Linear(hidden, hidden), nn.Softplus(),
-                                 nn.Linear(hidden, d_out))
+        self.mlp = nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, hidden),
+                                 nn.LeakyReLU(0.1), nn.Linear(hidden, d_out))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
@@ -109,13 +115,16 @@ def _transforms(source: str, latent: int, gain: float):
     if S.iid(source):
         return Compander(gain), Compander(1 / gain)
     d = S.dimension(source)
+    if source == "sawbridge":
+        # A realization's norm is ~√(d/3); start with latents of unit spread per quantizer step.
+        gain = gain / math.sqrt(d / 3)
     return VectorMLP(d, latent, gain), VectorMLP(latent, d, 1 / gain)
 
 
 def _step_for_rate(source: str, rate: float) -> float:
     """High-rate estimate of the quantizer step that gives ``rate`` bits per sample."""
     h = {"gaussian": 0.5 * math.log2(2 * math.pi * math.e), "laplace": math.log2(2 * math.e / math.sqrt(2)),
-         "ar1": 0.5 * math.log2(2 * math.pi * math.e * (1 - S.AR1_RHO**2)), "sawbridge": -2.0}[source]
+         "ar1": 0.5 * math.log2(2 * math.pi * math.e * (1 - S.AR1_RHO**2)), "sawbridge": 0.0}[source]
     return 2.0 ** (h - rate)
 
 
@@ -165,6 +174,16 @@ class LatticeCode(nn.Module):
         self.g_a, self.g_s = _transforms(source, self.latent, 1 / _step_for_rate(source, rate))
         self.log_scale = nn.Parameter(torch.zeros(n))
         self.context: BlockContext | None = None
+        # Voronoi-uniform noise drawn once: a closest-point search per training step saved (Leech).
+        if not isinstance(lattice, LearnedLattice):
+            self.register_buffer("noise_bank", lattice.voronoi_noise((1 << 16, n),
+                                                                     generator=torch.Generator().manual_seed(7)))
+
+    def noise(self, y):
+        if isinstance(self.lattice, LearnedLattice):
+            return self.lattice.quantize(y, "noise")
+        idx = torch.randint(0, self.noise_bank.shape[0], (y.shape[0],))
+        return y + self.noise_bank[idx]
 
     def blocks(self, y):
         return y.reshape(-1, self.lattice.dim)
@@ -172,7 +191,7 @@ class LatticeCode(nn.Module):
     def forward(self, x):
         y = self.blocks(self.g_a(x))
         scale = torch.exp(self.log_scale).expand_as(y)
-        noisy = self.lattice.quantize(y, "noise")
+        noisy = self.noise(y)
         hard = self.lattice.quantize(y, "ste")
         bits = -torch.log2(box_likelihood(noisy, self.lattice.diagonal, scale)).sum()
         x_hat = self.g_s(hard.reshape(x.shape[0], -1))
@@ -223,7 +242,7 @@ class ScalarCode(nn.Module):
     def __init__(self, source: str, rate: float):
         super().__init__()
         self.source = source
-        self.latent = S.dimension(source) if S.iid(source) else (16 if source == "ar1" else 4)
+        self.latent = S.dimension(source) if S.iid(source) else (16 if source == "ar1" else 1)
         self.channels = 1 if S.iid(source) else self.latent
         self.g_a, self.g_s = _transforms(source, self.latent, 1 / _step_for_rate(source, rate))
         self.density = FactorizedDensity(self.channels, init_scale=4.0)
@@ -354,7 +373,8 @@ def klt_points(source: str, rates: list[float], rng: np.random.Generator, test: 
     for rate in rates:
         step = _step_for_rate(source, rate) if source != "sawbridge" else 2.0 ** (-rate) * 1.2
         best = None
-        for mult in (0.7, 0.85, 1.0, 1.2, 1.45):
+        mults = (0.7, 0.85, 1.0, 1.2, 1.45) if source != "sawbridge" else tuple(np.geomspace(1, 400, 24))
+        for mult in mults:
             delta = step * mult
             c_train = np.round(train_x @ vecs / delta).astype(np.int64)
             c_test = np.round(test.astype(np.float64) @ vecs / delta).astype(np.int64)
@@ -402,6 +422,42 @@ def build(method: str, source: str, lattice: str, rate: float) -> nn.Module:
     raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
+def finetune_hard(model: nn.Module, source: str, lam: float, cfg: RunConfig, rng: np.random.Generator) -> None:
+    """Freeze the encoder; fit decoder and entropy model to hard-quantized latents.
+
+    Both objectives are then exact: the decoder learns the conditional means of the real quantization
+    cells, and the density the real symbol frequencies, so the training loss is the coded loss.
+    """
+    d = S.dimension(source)
+    batch = max(cfg.batch_samples // d, 64)
+    per = d if source != "sawbridge" else 1
+    entropy = list(model.density.parameters()) if isinstance(model, ScalarCode) else [model.log_scale]
+    groups = [{"params": list(model.g_s.parameters()), "lr": 1e-3}, {"params": entropy, "lr": 1e-2}]
+    opt = torch.optim.Adam(groups)
+    steps = cfg.steps // 2
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[1e-3, 1e-2], total_steps=steps, pct_start=0.05)
+    for _ in range(steps):
+        x = torch.from_numpy(S.sample(source, batch, rng))
+        with torch.no_grad():
+            y = model.g_a(x)
+            if isinstance(model, ScalarCode):
+                q = torch.round(y)
+            else:
+                q = model.lattice.closest(model.blocks(y))
+        if isinstance(model, ScalarCode):
+            bits = -torch.log2(model._lik(q)).sum()
+            x_hat = model.g_s(q)
+        else:
+            scale = torch.exp(model.log_scale).expand_as(q)
+            bits = -torch.log2(box_likelihood(q, model.lattice.diagonal, scale)).sum()
+            x_hat = model.g_s(q.reshape(x.shape[0], -1))
+        loss = ((x_hat - x) ** 2).mean() + lam * bits / (batch * per)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+
+
 def fit_context(model: LatticeCode, source: str, cfg: RunConfig, rng: np.random.Generator) -> None:
     """Fit the block context model to hard-quantized points of the trained (now frozen) transform."""
     model.context = BlockContext(model.lattice.dim)
@@ -440,6 +496,8 @@ def run(source: str, method: str, lattice: str, quick: bool, seed: int = 0, cont
         model = build(method, source, lattice, rate)
         lam = lagrangian(source, rate)
         train(model, source, lam, cfg, rng)
+        if isinstance(model, (ScalarCode, LatticeCode)):
+            finetune_hard(model, source, lam, cfg, rng)
         if isinstance(model, LatticeCode) and context:
             fit_context(model, source, cfg, rng)
         model.eval()
@@ -475,10 +533,11 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
 
 
-def write_report(rows: list[dict], quick: bool, command: str, seconds: float) -> None:
+def write_report(rows: list[dict], quick: bool, command: str, seconds: float, date: str | None = None,
+                 host: str | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = {"command": command, "date": stamp, "machine": machine(), "quick": quick, "seconds": seconds}
+    stamp = date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    meta = {"command": command, "date": stamp, "machine": host or machine(), "quick": quick, "seconds": seconds}
     (RESULTS / "synthetic.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [
         "# Synthetic sources: rate–distortion against known limits",
@@ -536,25 +595,30 @@ def write_report(rows: list[dict], quick: bool, command: str, seconds: float) ->
     except ImportError:
         return
     present = [s for s in S.SOURCES if any(r["source"] == s for r in rows)]
-    fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 4.2), squeeze=False)
-    for ax, source in zip(axes[0], present):
+    fig, axes = plt.subplots(2, len(present), figsize=(5 * len(present), 8), squeeze=False)
+    for col, source in enumerate(present):
+        top, bottom = axes[0][col], axes[1][col]
         sub = [r for r in rows if r["source"] == source]
         rmax = max(r["rate_bits"] for r in sub) * 1.1
         grid = np.linspace(0.05 if source != "sawbridge" else 0.3, rmax, 200)
-        ax.plot(grid, [10 * math.log10(S.bound_distortion(source, g)) for g in grid], "k-", lw=2,
-                label="H(D)" if source == "sawbridge" else "R(D)")
-        keys = sorted({(r["method"], r["lattice"]) for r in sub})
-        for method, lat in keys:
-            pts = sorted((r["rate_bits"], 10 * math.log10(r["mse"])) for r in sub
+        top.plot(grid, [10 * math.log10(S.bound_distortion(source, g)) for g in grid], "k-", lw=2,
+                 label="H(D)" if source == "sawbridge" else "R(D)")
+        for method, lat in sorted({(r["method"], r["lattice"]) for r in sub}):
+            pts = sorted((r["rate_bits"], 10 * math.log10(r["mse"]), r["gap_db"]) for r in sub
                          if r["method"] == method and r["lattice"] == lat)
-            ax.plot(*zip(*pts), "o-", ms=3, label=f"{method} {lat}" if lat != "-" else method)
-        ax.set_title(source)
-        ax.set_xlabel(sub[0]["rate_unit"])
-        ax.set_ylabel("distortion (dB)")
-        ax.grid(alpha=0.3)
+            label = f"{method} {lat}" if lat != "-" else method
+            top.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=label)
+            bottom.plot([p[0] for p in pts], [p[2] for p in pts], "o-", ms=3, label=label)
+        top.set_title(source)
+        top.set_ylabel("distortion (dB)")
+        bottom.set_ylabel("gap to the bound at equal rate (dB)")
+        for ax in (top, bottom):
+            ax.set_xlabel(sub[0]["rate_unit"])
+            ax.grid(alpha=0.3)
+        bottom.set_ylim(bottom=0)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "synthetic.png", dpi=110)
+    fig.savefig(RESULTS / "synthetic.png", dpi=100)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -569,12 +633,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-context", action="store_true", help="LTC: plain per-coordinate Gaussians")
     p.add_argument("--all", action="store_true", help="every source and method; writes bench/results/synthetic.*")
     p.add_argument("--sources", nargs="*", default=list(S.SOURCES), help="with --all: these sources only")
+    p.add_argument("--report", action="store_true", help="rewrite the Markdown and plot from synthetic.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.report:
+        saved = json.loads((RESULTS / "synthetic.json").read_text())
+        m = saved["meta"]
+        write_report(saved["rows"], m["quick"], m["command"], m["seconds"], date=m["date"], host=m["machine"])
+        return
     if args.all:
         t0 = time.time()
+        # Rows of sources not rerun are kept from the previous report, so sources can be run one by one.
+        previous = RESULTS / "synthetic.json"
+        kept = []
+        if previous.exists():
+            kept = [r for r in json.loads(previous.read_text())["rows"] if r["source"] not in args.sources]
         rows = []
         configs = configurations(args.sources)
+        cmd = "python -m bench.synthetic --all" + (" --quick" if args.quick else "") + (
+            f" --sources {' '.join(args.sources)}" if list(args.sources) != list(S.SOURCES) else "")
         for n, (source, method, lat) in enumerate(configs, 1):
             t1 = time.time()
             got = run(source, method, lat if lat != "-" else "e8", args.quick, args.seed, context=not args.no_context)
@@ -582,9 +659,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[{n}/{len(configs)}] {source} {method} {lat}: " + ", ".join(
                 f"{r['rate_bits']:.2f}→{r['gap_db']:+.2f} dB" for r in got) + f" ({time.time() - t1:.0f} s)",
                 file=sys.stderr, flush=True)
-        cmd = "python -m bench.synthetic --all" + (" --quick" if args.quick else "") + (
-            f" --sources {' '.join(args.sources)}" if list(args.sources) != list(S.SOURCES) else "")
-        write_report(rows, args.quick, cmd, time.time() - t0)
+            write_report(kept + rows, args.quick, cmd, time.time() - t0)
         return
     rows = run(args.source, args.method, args.lattice, args.quick, args.seed, context=not args.no_context)
     for r in rows:

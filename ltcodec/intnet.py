@@ -60,7 +60,8 @@ class IntegerNetwork:
             if acc_bound.max() >= _EXACT or (acc_bound * l.mult).max() >= 2 ** 62:
                 raise ValueError("integer network could overflow its exact range")
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, trace: list | None = None) -> Tensor:
+        """Run the network; ``trace`` (a list) receives every layer's exact accumulator."""
         a = x.to(torch.int64).clamp(-self.input_clamp, self.input_clamp)
         for layer, w, b in zip(self.layers, self._w, self._b):
             af = a.to(torch.float64)
@@ -70,6 +71,8 @@ class IntegerNetwork:
                 acc = F.conv_transpose2d(af, w, b, stride=layer.stride, padding=layer.padding,
                                          output_padding=layer.output_padding)
             acc = acc.to(torch.int64)
+            if trace is not None:
+                trace.append(acc)
             m = torch.from_numpy(layer.mult)[None, :, None, None]
             s = torch.from_numpy(layer.shift)[None, :, None, None]
             a = ((acc * m + torch.bitwise_left_shift(torch.ones_like(s), s - 1)) >> s) + torch.from_numpy(layer.post)[None, :, None, None]
@@ -80,10 +83,19 @@ class IntegerNetwork:
         return a
 
     def fingerprint(self, channels: int, size: int = 4) -> str:
-        """SHA-256 of the output on a fixed pseudo-random input: a self-test stored with the weights."""
+        """SHA-256 of every layer's accumulator on a fixed pseudo-random input.
+
+        Stored with the weights and checked at load: a platform whose arithmetic is not exact (or a
+        damaged weight) changes the accumulators even where the clamped outputs would not show it.
+        """
         rng = np.random.default_rng(1234)
         x = torch.from_numpy(rng.integers(-8, 9, size=(1, channels, size, size)).astype(np.int64))
-        return hashlib.sha256(self(x).numpy().astype("<i8").tobytes()).hexdigest()
+        trace: list = []
+        out = self(x, trace)
+        h = hashlib.sha256()
+        for t in [*trace, out]:
+            h.update(t.numpy().astype("<i8").tobytes())
+        return h.hexdigest()
 
     # -- (de)serialization -------------------------------------------------------------------------------
     FIELDS = ("weight", "bias", "mult", "shift", "post", "lo", "hi")

@@ -491,11 +491,12 @@ class LearnedLattice(Lattice):
         if mode == "hard":
             return q
         if mode == "ste":
-            # Gradient reaches G through the reconstruction G·round(G⁻¹x).
+            # Forward Q(x); backward identity for x, and for G the gradient of G·round(G⁻¹x) with the
+            # integer coordinates held fixed.
             g = self.generator.to(x.dtype)
-            u = torch.linalg.solve_triangular(g.detach(), x.reshape(-1, self.dim).T, upper=False)
+            u = torch.linalg.solve_triangular(g.detach(), x.detach().reshape(-1, self.dim).T, upper=False)
             q_g = (g @ torch.round(u)).T.reshape(x.shape)
-            return x + (q_g - x) - (q_g - x).detach() + (q - x).detach()
+            return x + (q - x).detach() + (q_g - q_g.detach())
         raise ValueError(f"unknown quantization mode {mode!r}")
 
     def orthogonality_penalty(self) -> Tensor:

@@ -150,9 +150,11 @@ def test_learned_lattice_babai_is_exact_for_orthogonal_basis_and_trains():
     x = torch.randn(100, 4) * 3
     assert torch.equal(lat.closest(x), torch.round(x))
     assert lat.orthogonality_penalty().item() == pytest.approx(0.0, abs=1e-12)
-    y = lat.quantize(x.requires_grad_(), "ste")
+    xg = x.clone().requires_grad_()
+    y = lat.quantize(xg, "ste")
     ((y - 0.3) ** 2).sum().backward()
     assert lat.lower.grad is not None and lat.log_diag.grad is not None
+    assert torch.allclose(xg.grad, 2 * (y.detach() - 0.3))  # straight-through: identity for the input
     with torch.no_grad():
         lat.lower[2, 0] = 0.7
     assert lat.orthogonality_penalty().item() > 0.1

@@ -1,0 +1,57 @@
+"""Bjøntegaard delta rate (piecewise-cubic variant): average bitrate difference at equal quality.
+
+BD-rate of a test curve against an anchor: log-rate is interpolated as a function of quality with a
+monotone piecewise-cubic (PCHIP) interpolant on each curve, integrated over the overlapping quality
+range, and the mean difference is turned into a percentage: negative means the test codec needs fewer
+bits.  (Bjøntegaard, VCEG-M33, 2001; the piecewise-cubic form is the one of VCEG-AL22 / JVET-K0491.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.interpolate import PchipInterpolator
+
+__all__ = ["bd_rate", "bd_psnr"]
+
+
+def _curve(rates, quality):
+    r = np.asarray(rates, dtype=np.float64)
+    q = np.asarray(quality, dtype=np.float64)
+    order = np.argsort(q)
+    q, lr = q[order], np.log(r[order])
+    keep = np.concatenate([[True], np.diff(q) > 0])  # PCHIP needs strictly increasing abscissae
+    return q[keep], lr[keep]
+
+
+def bd_rate(anchor_rates, anchor_quality, test_rates, test_quality) -> float:
+    """Percentage rate difference of test vs anchor at equal quality (NaN without overlap)."""
+    qa, la = _curve(anchor_rates, anchor_quality)
+    qt, lt = _curve(test_rates, test_quality)
+    lo, hi = max(qa.min(), qt.min()), min(qa.max(), qt.max())
+    if len(qa) < 2 or len(qt) < 2 or hi <= lo:
+        return math.nan
+    ia = PchipInterpolator(qa, la).integrate(lo, hi)
+    it = PchipInterpolator(qt, lt).integrate(lo, hi)
+    return (math.exp((it - ia) / (hi - lo)) - 1) * 100
+
+
+def bd_psnr(anchor_rates, anchor_quality, test_rates, test_quality) -> float:
+    """Average quality difference of test vs anchor at equal rate (dB for PSNR)."""
+    lo, hi = max(np.log(np.asarray(anchor_rates)).min(), np.log(np.asarray(test_rates)).min()), \
+        min(np.log(np.asarray(anchor_rates)).max(), np.log(np.asarray(test_rates)).max())
+    if hi <= lo:
+        return math.nan
+    fa = PchipInterpolator(*_sorted(np.log(anchor_rates), anchor_quality))
+    ft = PchipInterpolator(*_sorted(np.log(test_rates), test_quality))
+    return (ft.integrate(lo, hi) - fa.integrate(lo, hi)) / (hi - lo)
+
+
+def _sorted(x, y):
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    o = np.argsort(x)
+    x, y = x[o], y[o]
+    keep = np.concatenate([[True], np.diff(x) > 0])
+    return x[keep], y[keep]

@@ -1,0 +1,225 @@
+"""Image benchmark: ltcodec against the codecs users would pick instead, on the same images.
+
+    python -m bench.images --set ../shared/data/eval/images/kodak
+    python -m bench.images --set DIR --codecs ltcodec webp --limit 4     # a subset
+
+For every codec and setting: bits per pixel from the bytes written, PSNR on 8-bit RGB and MS-SSIM per
+image, averaged per setting; BD-rate (piecewise cubic, overlapping range) of every codec against every
+other and against published Kodak curves (CompressAI's results, stored under ../shared/data/reference);
+encode/decode wall time per image (median) at the setting nearest 0.5 bpp; a PSNR–bpp plot; and a crop
+of one image near 0.25 bpp per codec.  Results go to bench/results/images-<name>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .bdrate import bd_rate
+from .codecs import THREADS, all_codecs
+from .metrics import ms_ssim, psnr
+
+RESULTS = Path(__file__).parent / "results"
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference" / "kodak"
+REFERENCE_CURVES = {
+    "BPG 4:4:4 (published)": "bpg_444_x265_ycbcr.json",
+    "VTM (published)": "vtm.json",
+    "Ballé 2018 hyperprior (published)": "compressai-bmshj2018-hyperprior_mse_cpu.json",
+}
+
+
+def _progress(iterable, total, desc):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False)
+    except ImportError:
+        return iterable
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def load_set(folder: Path, limit: int | None) -> list[tuple[str, np.ndarray]]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".ppm", ".bmp"))
+    if limit:
+        files = files[:limit]
+    if not files:
+        raise SystemExit(f"no images in {folder}")
+    return [(p.name, np.asarray(Image.open(p).convert("RGB"))) for p in files]
+
+
+def measure(codec, images) -> list[dict]:
+    """One row per setting: averages over the images, plus the per-image timings."""
+    rows = []
+    for setting in _progress(codec.settings, len(codec.settings), codec.name):
+        bpps, psnrs, ssims, enc, dec = [], [], [], [], []
+        for _, rgb in images:
+            r = codec.run(rgb, setting)
+            h, w, _ = rgb.shape
+            bpps.append(8 * r.nbytes / (h * w))
+            psnrs.append(psnr(rgb, r.decoded))
+            ssims.append(ms_ssim(rgb, r.decoded))
+            enc.append(r.encode_s)
+            dec.append(r.decode_s)
+        rows.append({"setting": setting, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)),
+                     "ms_ssim": float(np.mean(ssims)), "encode_s_median": float(np.median(enc)),
+                     "decode_s_median": float(np.median(dec))})
+    return rows
+
+
+def reference_curves() -> dict[str, dict]:
+    out = {}
+    for label, fname in REFERENCE_CURVES.items():
+        p = REFERENCE / fname
+        if p.exists():
+            r = json.loads(p.read_text())["results"]
+            out[label] = {"bpp": r["bpp"], "psnr": r["psnr-rgb"], "source": f"CompressAI results/image/kodak/{fname}"}
+    return out
+
+
+def crop_figure(name: str, rgb: np.ndarray, codecs, path: Path, target: float = 0.25, box: int = 192) -> None:
+    """The same crop of one image from every codec near ``target`` bpp, side by side, labelled."""
+    h, w, _ = rgb.shape
+    y0, x0 = (h - box) // 2, (w - box) // 2
+    tiles = [("original", rgb)]
+    for codec in codecs:
+        best = None
+        for s in codec.settings:
+            r = codec.run(rgb, s)
+            bpp = 8 * r.nbytes / (h * w)
+            if best is None or abs(math.log(bpp / target)) < abs(math.log(best[0] / target)):
+                best = (bpp, r.decoded)
+        tiles.append((f"{codec.name} {best[0]:.2f} bpp", best[1]))
+    scale = 2
+    fig = Image.new("RGB", (len(tiles) * (box * scale + 8), box * scale + 24), "white")
+    draw = ImageDraw.Draw(fig)
+    for i, (label, img) in enumerate(tiles):
+        tile = Image.fromarray(img[y0:y0 + box, x0:x0 + box]).resize((box * scale, box * scale), Image.NEAREST)
+        fig.paste(tile, (i * (box * scale + 8), 22))
+        draw.text((i * (box * scale + 8) + 4, 4), label, fill="black")
+    fig.save(path)
+
+
+def write_report(name: str, folder: Path, results: dict, skipped: dict, refs: dict, command: str,
+                 seconds: float, images: int) -> None:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    curves = {k: v["rows"] for k, v in results.items()}
+    labels = {k: v["label"] for k, v in results.items()}
+    names = list(curves)
+    bd = {a: {b: bd_rate([r["bpp"] for r in curves[a]], [r["psnr"] for r in curves[a]],
+                         [r["bpp"] for r in curves[b]], [r["psnr"] for r in curves[b]]) for b in names} for a in names}
+    bd_ref = {n: {ref: bd_rate(c["bpp"], c["psnr"], [r["bpp"] for r in curves[n]], [r["psnr"] for r in curves[n]])
+                  for ref, c in refs.items()} for n in names}
+    meta = {"command": command, "date": stamp, "machine": machine(), "threads": THREADS, "images": images,
+            "set": str(folder), "seconds": seconds}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"images-{name}.json").write_text(json.dumps(
+        {"meta": meta, "codecs": results, "skipped": skipped, "bd_rate": bd, "bd_rate_vs_reference": bd_ref,
+         "references": refs}, indent=1) + "\n")
+
+    lines = [f"# Images: {name}", "", f"Command: `{command}` · {stamp} · {machine()} · {images} images · "
+             f"{seconds / 60:.1f} min", "",
+             "Bits per pixel from file bytes; PSNR on 8-bit RGB and MS-SSIM per image, averaged per setting.", ""]
+    if skipped:
+        lines += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()), ""]
+    lines += ["## BD-rate (%, PSNR), row codec against column anchor; negative = fewer bits", "",
+              "| codec | " + " | ".join(names) + " | " + " | ".join(refs) + " |",
+              "|---|" + "---|" * (len(names) + len(refs))]
+    for a in names:
+        cells = [f"{bd[b][a]:+.1f}" if not math.isnan(bd[b][a]) else "–" for b in names]
+        cells += [f"{bd_ref[a][r]:+.1f}" if not math.isnan(bd_ref[a][r]) else "–" for r in refs]
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    lines += ["", f"## Timings near 0.5 bpp (median per image, {THREADS} threads where the codec uses threads)", "",
+              "| codec | setting | bpp | encode (s) | decode (s) |", "|---|---|---|---|---|"]
+    for n in names:
+        r = min(curves[n], key=lambda r: abs(math.log(max(r["bpp"], 1e-6) / 0.5)))
+        lines.append(f"| {n} | {r['setting']} | {r['bpp']:.3f} | {r['encode_s_median']:.3f} | {r['decode_s_median']:.3f} |")
+    lines += ["", "## Curves", ""]
+    for n in names:
+        lines += [f"**{labels[n]}**", "", "| setting | bpp | PSNR | MS-SSIM |", "|---|---|---|---|"]
+        lines += [f"| {r['setting']} | {r['bpp']:.4f} | {r['psnr']:.3f} | {r['ms_ssim']:.5f} |" for r in curves[n]]
+        lines.append("")
+    lines += [f"![PSNR vs bpp](images-{name}.png)", "", f"![crops near 0.25 bpp](images-{name}-crops.png)", ""]
+    (RESULTS / f"images-{name}.md").write_text("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    for n in names:
+        pts = sorted((r["bpp"], r["psnr"]) for r in curves[n] if r["bpp"] <= 2.2)
+        ax.plot(*zip(*pts), "o-", ms=3, lw=2.2 if n == "ltcodec" else 1.2, label=labels[n])
+    for ref, c in refs.items():
+        pts = sorted((b, p) for b, p in zip(c["bpp"], c["psnr"]) if b <= 2.2)
+        ax.plot(*zip(*pts), "--", lw=1, label=ref)
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("PSNR (dB, RGB)")
+    ax.set_title(f"{name} ({images} images)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"images-{name}.png", dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--set", type=Path, required=True, help="folder of images")
+    p.add_argument("--name", help="name of the results (default: the folder's name)")
+    p.add_argument("--codecs", nargs="*", help="only these codecs (ltcodec jpeg420 jpeg444 webp avif jxl x265)")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--model", help="ltcodec model name or path")
+    p.add_argument("--crop-image", default="kodim23.png", help="image used for the crop figure")
+    args = p.parse_args(argv)
+    name = args.name or args.set.name
+    images = load_set(args.set, args.limit)
+    t0 = time.time()
+    results, skipped = {}, {}
+    codecs = [c for c in all_codecs(args.model) if not args.codecs or c.name in args.codecs]
+    previous = RESULTS / f"images-{name}.json"
+    if args.codecs and previous.exists():
+        # Keep the other codecs' measurements (same set, same settings) so one codec can be rerun alone.
+        old = json.loads(previous.read_text())
+        if old["meta"]["images"] == len(images):
+            results.update({k: v for k, v in old["codecs"].items() if k not in args.codecs})
+    for codec in codecs:
+        why = codec.available()
+        if why:
+            skipped[codec.name] = why
+            print(f"skipping {codec.name}: {why}", file=sys.stderr)
+            continue
+        print(f"{codec.label}: {len(codec.settings)} settings × {len(images)} images", file=sys.stderr, flush=True)
+        results[codec.name] = {"label": codec.label, "note": codec.note, "rows": measure(codec, images)}
+    crop_src = dict(images).get(args.crop_image, images[0][1])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    crop_codecs = [c for c in all_codecs(args.model) if c.name in results and not c.available()]
+    crop_figure(name, crop_src, crop_codecs, RESULTS / f"images-{name}-crops.png")
+    argv_s = " ".join(argv if argv is not None else sys.argv[1:])
+    write_report(name, args.set, results, skipped, reference_curves(), f"python -m bench.images {argv_s}",
+                 time.time() - t0, len(images))
+    print(f"wrote {RESULTS / f'images-{name}.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

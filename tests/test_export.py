@@ -1,0 +1,73 @@
+"""Export: a trained network becomes a self-checking model file that codes exactly."""
+
+import numpy as np
+import pytest
+import torch
+
+from ltcodec.errors import LtcModelError
+from ltcodec.image import decode_image, decoded_integers, encode_image
+from ltcodec.image_codec import ImageCodecModel, export_image_model
+from ltcodec.image_model import ImageModelConfig, LatticeHyperprior
+
+from conftest import smooth_image
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    net = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8"))
+    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
+    sha = export_image_model(net, [smooth_image(64, 64, s) for s in range(3)], path, "tiny")
+    return path, sha
+
+
+def test_exported_model_round_trips_exactly(tiny_model):
+    path, sha = tiny_model
+    model = ImageCodecModel.from_file(path)
+    assert model.sha256 == sha and model.name == "tiny"
+    img = smooth_image(70, 40, 9)
+    data = encode_image(img, quality=5, model=model)
+    out = decode_image(data, model=model)
+    assert out.size == (70, 40)
+    again = ImageCodecModel.from_file(path)  # a second load decodes the same integers
+    assert decoded_integers(data, model=again) == decoded_integers(data, model=model)
+
+
+def test_integer_network_matches_its_float_original_closely(tiny_model):
+    path, _ = tiny_model
+    model = ImageCodecModel.from_file(path)
+    torch.manual_seed(0)
+    net = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8")).eval()
+    with torch.no_grad():  # a hyper-latent as the codec sees it (inside the calibrated range)
+        y = model.analysis(smooth_image(64, 64, 1)) * model._gains(5.0)[0]
+        z = torch.round(model.h_a(y)).long()
+        mean, log2_scale = net.hyper_parameters(z.float())
+    mean_int, level = model.hyper(z[0].numpy(), (4, 4))
+    assert np.abs(mean_int / 16 - mean[0].numpy()).max() < 0.1
+    assert np.abs(level / 8 - log2_scale[0].numpy()).max() < 0.2
+
+
+def test_tampered_model_file_is_refused(tiny_model, tmp_path):
+    path, _ = tiny_model
+    blob = bytearray(path.read_bytes())
+    # Change one integer weight: the file digest changes (the container would refuse it) and the
+    # load-time self-test, which hashes every layer's accumulators, fails.
+    from safetensors.numpy import load
+
+    arrays = load(bytes(blob))
+    w = arrays["h_s.0.weight"].copy()
+    w.flat[0] += 1
+    arrays["h_s.0.weight"] = w
+    from safetensors.numpy import save
+
+    import json
+    n = int.from_bytes(blob[:8], "little")
+    meta = json.loads(blob[8:8 + n])["__metadata__"]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(save(arrays, metadata=meta))
+    with pytest.raises(LtcModelError, match="self-test"):
+        ImageCodecModel.from_file(bad)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a model at all")
+    with pytest.raises(LtcModelError, match="damaged"):
+        ImageCodecModel.from_file(garbage)
