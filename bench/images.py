@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -26,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .bdrate import bd_rate
+from .host import machine
 from .codecs import THREADS, all_codecs
 from .metrics import ms_ssim, psnr
 
@@ -45,18 +44,6 @@ def _progress(iterable, total, desc):
         return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False)
     except ImportError:
         return iterable
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def load_set(folder: Path, limit: int | None) -> list[tuple[str, np.ndarray]]:

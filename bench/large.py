@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .host import machine
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -68,11 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         size = enc.stat().st_size
         ok = Image.open(dec).size == (w, h)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-               platform.machine())
     rec = {"width": w, "height": h, "quality": a.quality, "bytes": size, "encode_s": t_enc, "encode_peak_mib": m_enc,
            "decode_s": t_dec, "decode_peak_mib": m_dec, "decoded_size_ok": ok, "date": stamp,
-           "machine": f"{cpu}, {os.cpu_count()} cores", "command": f"python -m bench.large --megapixels {a.megapixels:g}"}
+           "machine": machine(), "command": f"python -m bench.large --megapixels {a.megapixels:g}"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "large-image.json").write_text(json.dumps(rec, indent=1) + "\n")
     limit = 4096

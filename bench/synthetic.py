@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from ltcodec.entropy import FactorizedDensity, box_likelihood
 from ltcodec.lattice import LearnedLattice, get_lattice
 
 from . import sources as S
+from .host import machine
 
 METHODS = ("ntc", "ltc", "learned", "vq", "klt")
 LATTICES = ("z", "a2", "d4", "e8", "bw16", "leech")
@@ -370,25 +370,39 @@ def klt_points(source: str, rates: list[float], rng: np.random.Generator, test: 
     cov = np.cov(train_x, rowvar=False)
     _, vecs = np.linalg.eigh(cov)
     out = []
+    train_c = train_x @ vecs
+    test_c = test.astype(np.float64) @ vecs
+    per = 1 if source == "sawbridge" else train_x.shape[1]
+
+    def entropy(delta: float) -> float:
+        """Empirical entropy of the quantized training coefficients, bits per sample (or realization)."""
+        total = 0.0
+        for col in np.round(train_c / delta).astype(np.int64).T:
+            _, counts = np.unique(col, return_counts=True)
+            p = counts / counts.sum()
+            total -= float((p * np.log2(p)).sum())
+        return total / per
+
     for rate in rates:
-        step = _step_for_rate(source, rate) if source != "sawbridge" else 2.0 ** (-rate) * 1.2
-        best = None
-        mults = (0.7, 0.85, 1.0, 1.2, 1.45) if source != "sawbridge" else tuple(np.geomspace(1, 400, 24))
-        for mult in mults:
-            delta = step * mult
-            c_train = np.round(train_x @ vecs / delta).astype(np.int64)
-            c_test = np.round(test.astype(np.float64) @ vecs / delta).astype(np.int64)
-            radius = int(max(np.abs(c_train).max(), np.abs(c_test).max())) + 1
-            hist = np.stack([np.bincount(c + radius, minlength=2 * radius + 1) for c in c_train.T]).astype(np.float64)
-            tables = ChannelTables.from_pmfs((hist + 0.01) / (hist + 0.01).sum(1, keepdims=True), -radius, floor=0)
-            words = tables.encode(c_test.T)
-            if not np.array_equal(tables.decode(words, c_test.shape[0]), c_test.T):
-                raise RuntimeError("KLT round trip failed")
-            x_hat = (c_test * delta) @ vecs.T
-            best_here = _row(source, test, x_hat, 4 * len(words), {"method": "klt", "step": delta})
-            if best is None or abs(best_here["rate_bits"] - rate) < abs(best["rate_bits"] - rate):
-                best = best_here
-        out.append(best)
+        # Find the step whose empirical rate is nearest the target (bisection on log step), then code it.
+        lo, hi = math.log(1e-4), math.log(1e2)
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            if entropy(math.exp(mid)) > rate:
+                lo = mid
+            else:
+                hi = mid
+        delta = math.exp((lo + hi) / 2)
+        c_train = np.round(train_c / delta).astype(np.int64)
+        c_test = np.round(test_c / delta).astype(np.int64)
+        radius = int(max(np.abs(c_train).max(), np.abs(c_test).max())) + 1
+        hist = np.stack([np.bincount(c + radius, minlength=2 * radius + 1) for c in c_train.T]).astype(np.float64)
+        tables = ChannelTables.from_pmfs((hist + 0.01) / (hist + 0.01).sum(1, keepdims=True), -radius, floor=0)
+        words = tables.encode(c_test.T)
+        if not np.array_equal(tables.decode(words, c_test.shape[0]), c_test.T):
+            raise RuntimeError("KLT round trip failed")
+        x_hat = (c_test * delta) @ vecs.T
+        out.append(_row(source, test, x_hat, 4 * len(words), {"method": "klt", "step": delta}))
     return out
 
 
@@ -521,23 +535,12 @@ def configurations(sources=S.SOURCES) -> list[tuple[str, str, str]]:
     return out
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
-
-
 def write_report(rows: list[dict], quick: bool, command: str, seconds: float, date: str | None = None,
                  host: str | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = {"command": command, "date": stamp, "machine": host or machine(), "quick": quick, "seconds": seconds}
+    meta = {"command": command, "date": stamp, "machine": host or f"{machine()}, {torch.get_num_threads()} thread(s)",
+            "quick": quick, "seconds": seconds}
     (RESULTS / "synthetic.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [
         "# Synthetic sources: rate–distortion against known limits",

@@ -29,7 +29,7 @@ import torch
 from .lattice import Lattice
 
 __all__ = ["LEVELS_PER_OCTAVE", "PRECISION", "LatticeCodingSpec", "ScaleTables", "BoxCoder",
-           "ChannelTables", "level_of_scale", "quantize_pmf", "CodingError"]
+           "ChannelTables", "density_tables", "level_of_scale", "quantize_pmf", "CodingError"]
 
 #: Scale levels per octave of σ/g: the log2 grid of step 1/8 of DESIGN-NOTES §3.
 LEVELS_PER_OCTAVE = 8
@@ -230,6 +230,33 @@ def _gaussian_frequencies(s: float, f: float, radius: int) -> np.ndarray:
     return quantize_pmf(np.append(mass, escape))
 
 
+def density_tables(cdf, spec: LatticeCodingSpec, radius: int) -> ScaleTables:
+    """Box-code tables for a non-parametric density per block coordinate.
+
+    ``cdf(i, points)`` is the CDF of coordinate i's density (unit-volume lattice units) at an array of
+    points.  Table "level" i holds coordinate i's masses of the boxes [g_ii(v + f − ½), g_ii(v + f + ½)),
+    v = −radius … radius, for every offset f, plus an escape; use with ``BoxCoder(per_dimension=True)``.
+    """
+    n = spec.dim
+    fractions = spec.fractions()
+    g = np.exp2(-spec.level_offset / LEVELS_PER_OCTAVE) if spec.unit_generator is None \
+        else np.diagonal(spec.unit_generator)
+    v = np.arange(-radius, radius + 1, dtype=np.float64)
+    chunks, starts, pos = [], np.zeros((len(fractions), n + 1), dtype=np.int64), 0
+    for fi, f in enumerate(fractions):
+        for i in range(n):
+            starts[fi, i] = pos
+            hi = np.asarray(cdf(i, g[i] * (v + float(f) + 0.5)), dtype=np.float64)
+            lo = np.asarray(cdf(i, g[i] * (v + float(f) - 0.5)), dtype=np.float64)
+            mass = np.clip(hi - lo, 0.0, None)
+            t = quantize_pmf(np.append(mass, max(0.0, 1.0 - mass.sum())))
+            chunks.append(t)
+            pos += t.size
+        starts[fi, -1] = pos
+    return ScaleTables(0, n - 1, fractions, np.concatenate(chunks).astype(np.uint16), starts,
+                       np.full(n, radius, dtype=np.int64))
+
+
 class BoxCoder:
     """Encode and decode integer lattice coordinates of many blocks with the box code.
 
@@ -237,17 +264,34 @@ class BoxCoder:
     (B, n), returns the range coder's uint32 words.  ``decode(words, levels)`` inverts it exactly.
     """
 
-    def __init__(self, spec: LatticeCodingSpec, tables: ScaleTables):
+    def __init__(self, spec: LatticeCodingSpec, tables: ScaleTables, per_dimension: bool = False):
+        """``per_dimension``: tables from :func:`density_tables` (one density per coordinate; no levels)."""
         self.spec = spec
         self.tables = tables
+        self.per_dimension = per_dimension
         self._fidx: dict[int, np.ndarray] = {}
         for g in sorted(set(int(v) for v in np.diagonal(spec.generator))):
             lo = -(g // 2)
             self._fidx[g] = np.array([tables.findex(spec.fraction(r, g)) for r in range(lo, lo + g)],
                                      dtype=np.int64)
 
-    def _table_levels(self, levels: np.ndarray, i: int) -> np.ndarray:
-        return np.clip(levels[:, i] + self.spec.level_offset[i], self.tables.lmin, self.tables.lmax)
+    def _select(self, coords: np.ndarray, i: int, levels, conditional):
+        """Shift k, offset-table index and table level of coordinate i for every block.
+
+        Exact integer path from ``levels``; or, with ``conditional``, from the (level, mean) it returns
+        for coordinate i given the block's earlier coordinates.
+        """
+        if self.per_dimension:
+            k, fidx = self._offsets(coords, i)
+            return k, fidx, np.full(coords.shape[0], i, dtype=np.int64)
+        if conditional is None:
+            k, fidx = self._offsets(coords, i)
+            lv = levels[:, i]
+        else:
+            lv, mean = conditional(i, coords[:, :i])
+            k, fidx = self._conditional_offsets(coords, i, mean)
+        tl = np.clip(np.asarray(lv, np.int64) + self.spec.level_offset[i], self.tables.lmin, self.tables.lmax)
+        return k, fidx, tl
 
     def _groups(self, level: np.ndarray, findex: np.ndarray):
         key = (level - self.tables.lmin) * len(self.tables.fractions) + findex
@@ -294,7 +338,9 @@ class BoxCoder:
         coords = np.ascontiguousarray(coords, dtype=np.int64)
         if coords.ndim != 2 or coords.shape[1] != self.spec.dim:
             raise ValueError("coords must have shape (blocks, n)")
-        if conditional is None:
+        if self.per_dimension:
+            pass
+        elif conditional is None:
             levels = np.asarray(levels, dtype=np.int64)
             if levels.shape != coords.shape:
                 raise ValueError("coords and levels must both have shape (blocks, n)")
@@ -302,13 +348,7 @@ class BoxCoder:
             self._setup_conditional()
         enc = constriction.stream.queue.RangeEncoder()
         for i in range(self.spec.dim):
-            if conditional is None:
-                k, fidx = self._offsets(coords, i)
-                tl = self._table_levels(levels, i)
-            else:
-                lv, mean = conditional(i, coords[:, :i])
-                k, fidx = self._conditional_offsets(coords, i, mean)
-                tl = np.clip(np.asarray(lv, np.int64) + self.spec.level_offset[i], self.tables.lmin, self.tables.lmax)
+            k, fidx, tl = self._select(coords, i, levels, conditional)
             v = coords[:, i] + k
             escapes = []
             for lvl, fi, idx in self._groups(tl, fidx):
@@ -320,12 +360,15 @@ class BoxCoder:
                 if out.any():
                     escapes.extend((int(j), r) for j in idx[out])
             for j, r in sorted(escapes):
-                self._encode_escape(enc, int(v[j]), r)
+                encode_escape(enc, int(v[j]), r)
         return enc.get_compressed()
 
     def decode(self, words: np.ndarray, levels: np.ndarray | None, conditional=None,
                blocks: int | None = None) -> np.ndarray:
-        if conditional is None:
+        if self.per_dimension:
+            if blocks is None:
+                raise ValueError("per-dimension decoding needs the number of blocks")
+        elif conditional is None:
             levels = np.asarray(levels, dtype=np.int64)
             if levels.ndim != 2 or levels.shape[1] != self.spec.dim:
                 raise ValueError("levels must have shape (blocks, n)")
@@ -336,14 +379,7 @@ class BoxCoder:
         coords = np.zeros((blocks, self.spec.dim), dtype=np.int64)
         try:
             for i in range(self.spec.dim):
-                if conditional is None:
-                    k, fidx = self._offsets(coords, i)
-                    tl = self._table_levels(levels, i)
-                else:
-                    lv, mean = conditional(i, coords[:, :i])
-                    k, fidx = self._conditional_offsets(coords, i, mean)
-                    tl = np.clip(np.asarray(lv, np.int64) + self.spec.level_offset[i], self.tables.lmin,
-                                 self.tables.lmax)
+                k, fidx, tl = self._select(coords, i, levels, conditional)
                 v = np.empty(blocks, dtype=np.int64)
                 escapes = []
                 for lvl, fi, idx in self._groups(tl, fidx):
@@ -354,17 +390,12 @@ class BoxCoder:
                     if esc.any():
                         escapes.extend((int(j), r) for j in idx[esc])
                 for j, r in sorted(escapes):
-                    v[j] = self._decode_escape(dec, r)
+                    v[j] = decode_escape(dec, r)
                 coords[:, i] = v - k
         except (RuntimeError, ValueError, OverflowError) as e:
             raise CodingError(f"entropy-coded data does not decode: {e}") from None
         return coords
 
-    def _encode_escape(self, enc, value: int, radius: int) -> None:
-        encode_escape(enc, value, radius)
-
-    def _decode_escape(self, dec, radius: int) -> int:
-        return decode_escape(dec, radius)
 
 
 _UNIFORM: dict[int, object] = {}

@@ -77,6 +77,24 @@ class FactorizedDensity(nn.Module):
                 x = x + torch.tanh(self.factors[i]) * torch.tanh(x)
         return x
 
+    def cdf_logits(self, v: Tensor) -> Tensor:
+        """Logit of the CDF at points ``v`` of shape (C, K), channel c under density c."""
+        return self._logits_cdf(v.unsqueeze(1)).squeeze(1)
+
+    def box_likelihood(self, x: Tensor, width: Tensor) -> Tensor:
+        """Mass of [x − w/2, x + w/2) for x of shape (..., C): coordinate c under density c, width w_c.
+
+        The box code of a lattice point under a learned non-parametric density per block coordinate.
+        """
+        c = x.shape[-1]
+        flat = x.reshape(-1, c).T  # (C, K)
+        half = (width.to(x.dtype) / 2)[:, None]
+        lower = self.cdf_logits(flat - half)
+        upper = self.cdf_logits(flat + half)
+        sign = -torch.sign(lower + upper).detach()
+        p = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
+        return lower_bound(p.T.reshape(x.shape), LIKELIHOOD_FLOOR)
+
     def likelihood(self, z: Tensor) -> Tensor:
         """Mass of [z − ½, z + ½) per element of ``z`` (shape ``(B, C, H, W)``)."""
         b, c, h, w = z.shape

@@ -26,7 +26,7 @@ from .container import (ImageHeader, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, ModelId, 
                         write_container)
 from .errors import LtcFormatError, LtcInputError, LtcModelError
 from .image_codec import ImageCodecModel, Streams
-from .zoo import find_model, load_image_model
+from .zoo import load_image_model
 
 __all__ = ["encode_image", "decode_image", "image_info", "prepare_image", "ImageInfo", "decoded_integers"]
 

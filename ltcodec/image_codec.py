@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from torch import Tensor, nn
 
-from .boxcode import BoxCoder, ChannelTables, CodingError, LatticeCodingSpec, ScaleTables
+from .boxcode import BoxCoder, ChannelTables, LatticeCodingSpec, ScaleTables
 from .errors import LtcModelError
 from .image_model import LOG2_SCALE_MAX, LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
 from .intnet import IntegerNetwork, quantize_network

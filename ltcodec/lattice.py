@@ -17,7 +17,6 @@ uniform over the Voronoi cell), both vectorized over any leading shape ``(..., n
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from typing import Callable, Sequence
 
 import torch
@@ -78,6 +77,18 @@ def lower_triangular_basis(generators: Sequence[Sequence[int]], n: int) -> list[
     return [[basis[j][i] for j in range(n)] for i in range(n)]
 
 
+def dn_generators(n: int, scale: int = 1) -> list[list[int]]:
+    """Integer generators of scale·D_n: scale·(e_k − e_{k+1}), scale·2e_n and scale·(e_1 + e_2)."""
+    gens = []
+    for k in range(n - 1):
+        v = [0] * n
+        v[k], v[k + 1] = scale, -scale
+        gens.append(v)
+    gens.append([0] * (n - 1) + [2 * scale])
+    gens.append([scale, scale] + [0] * (n - 2))
+    return gens
+
+
 def golay_code() -> Tensor:
     """All 4096 codewords of the extended binary Golay code [24, 12, 8], as a uint8 (4096, 24) tensor.
 
@@ -115,6 +126,13 @@ def reed_muller_1_4() -> Tensor:
 def _round(x: Tensor) -> Tensor:
     # Round half away from zero would bias; torch.round is round-half-even, deterministic everywhere.
     return torch.round(x)
+
+
+def _nearer(x: Tensor, p0: Tensor, p1: Tensor) -> Tensor:
+    """Per row, whichever candidate point is closer to x (p0 on ties)."""
+    d0 = ((x - p0) ** 2).sum(-1, keepdim=True)
+    d1 = ((x - p1) ** 2).sum(-1, keepdim=True)
+    return torch.where(d1 < d0, p1, p0)
 
 
 def _closest_dn(x: Tensor) -> Tensor:
@@ -334,11 +352,7 @@ class A2Lattice(Lattice):
         r3 = math.sqrt(3.0)
         scale = torch.tensor([1.0, r3], dtype=x.dtype, device=x.device)
         shift = torch.tensor([0.5, r3 / 2], dtype=x.dtype, device=x.device)
-        p0 = _round(x / scale) * scale
-        p1 = _round((x - shift) / scale) * scale + shift
-        d0 = ((x - p0) ** 2).sum(-1, keepdim=True)
-        d1 = ((x - p1) ** 2).sum(-1, keepdim=True)
-        return torch.where(d1 < d0, p1, p0)
+        return _nearer(x, _round(x / scale) * scale, _round((x - shift) / scale) * scale + shift)
 
 
 class DnLattice(Lattice):
@@ -347,14 +361,7 @@ class DnLattice(Lattice):
     def __init__(self, dim: int = 4):
         if dim < 2:
             raise ValueError("D_n needs n ≥ 2")
-        gens = [[0] * dim for _ in range(dim)]
-        gens[0][0] = 1
-        gens[0][1] = 1
-        for k in range(1, dim - 1):
-            gens[k][k] = 1
-            gens[k][k + 1] = -1
-        gens[dim - 1][dim - 1] = 2
-        super().__init__(dim, torch.tensor(lower_triangular_basis(gens, dim)))
+        super().__init__(dim, torch.tensor(lower_triangular_basis(dn_generators(dim), dim)))
         self.name = f"d{dim}"
         self.published_nsm = {4: 0.076603, 3: 0.078543}.get(dim)
 
@@ -369,21 +376,11 @@ class E8Lattice(Lattice):
     published_nsm = 0.071682
 
     def __init__(self):
-        gens = [[1] * 8]  # raw ×2: (½,…,½) → (1,…,1)
-        for k in range(7):
-            v = [0] * 8
-            v[k], v[k + 1] = 2, -2
-            gens.append(v)
-        gens.append([0] * 7 + [4])
-        gens.append([2, 2] + [0] * 6)
+        gens = [[1] * 8] + dn_generators(8, 2)  # raw ×2: (½,…,½) → (1,…,1), D8 → 2·D8
         super().__init__(8, torch.tensor(lower_triangular_basis(gens, 8)), raw_denominator=2)
 
     def _closest_raw(self, x: Tensor) -> Tensor:
-        p0 = _closest_dn(x)
-        p1 = _closest_dn(x - 0.5) + 0.5
-        d0 = ((x - p0) ** 2).sum(-1, keepdim=True)
-        d1 = ((x - p1) ** 2).sum(-1, keepdim=True)
-        return torch.where(d1 < d0, p1, p0)
+        return _nearer(x, _closest_dn(x), _closest_dn(x - 0.5) + 0.5)
 
 
 class BarnesWall16(Lattice):
@@ -394,13 +391,7 @@ class BarnesWall16(Lattice):
 
     def __init__(self):
         rm = reed_muller_1_4()
-        gens = [list(map(int, w)) for w in rm[1:]]
-        for k in range(15):
-            v = [0] * 16
-            v[k], v[k + 1] = 2, -2
-            gens.append(v)
-        gens.append([0] * 15 + [4])
-        gens.append([2, 2] + [0] * 14)
+        gens = [list(map(int, w)) for w in rm[1:]] + dn_generators(16, 2)
         super().__init__(16, torch.tensor(lower_triangular_basis(gens, 16)))
         self.register_buffer("code", rm, persistent=False)
 
@@ -420,14 +411,7 @@ class Leech24(Lattice):
     def __init__(self, chunk: int = 1024):
         code = golay_code()
         basis = code[[1 << k for k in range(12)]]  # codewords of the unit messages
-        gens = [[2 * int(b) for b in w] for w in basis]
-        for k in range(23):
-            v = [0] * 24
-            v[k], v[k + 1] = 4, -4
-            gens.append(v)
-        gens.append([0] * 23 + [8])
-        gens.append([4, 4] + [0] * 22)
-        gens.append([-3] + [1] * 23)
+        gens = [[2 * int(b) for b in w] for w in basis] + dn_generators(24, 4) + [[-3] + [1] * 23]
         super().__init__(24, torch.tensor(lower_triangular_basis(gens, 24)))
         self.register_buffer("code", code, persistent=False)
         shift = torch.ones(24, dtype=torch.float64)

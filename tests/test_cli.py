@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 

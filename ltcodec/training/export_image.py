@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import statistics
 import time
@@ -111,7 +110,7 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         f"(encoder and decoder), λ = {', '.join(str(l) for l in config.lambdas)} (loss λ·255²·MSE + bpp).",
         f"* {params / 1e6:.2f} M trainable parameters (float weights stored in fp16 where they are conv kernels).", "",
         "## Training", "",
-        f"* Recipe: `python -m ltcodec.training.image` (random 128² crops, batch 8, Adam 2·10⁻⁴, each sample "
+        "* Recipe: `python -m ltcodec.training.image` (random 128² crops, batch 8, Adam 2·10⁻⁴, each sample "
         "its own quality), on `../shared/data/train/images` (610 crops of 256² from 105 freely licensed "
         "photographs; see that folder's manifest).",
         f"* Steps: {state['step']:,}; CPU time: {state.get('cpu_seconds', 0) / 3600:.1f} CPU-hours "
