@@ -129,6 +129,11 @@ def write_report(name: str, folder: Path, results: dict, skipped: dict, refs: di
              "Bits per pixel from file bytes; PSNR on 8-bit RGB and MS-SSIM per image, averaged per setting.", ""]
     if skipped:
         lines += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()), ""]
+    lines += ["Measured (each codec's own run; earlier runs' rows are kept when one codec is rerun):", ""]
+    lines += [f"- {labels[n]}: `{results[n].get('measured', {}).get('command', command)}` · "
+              f"{results[n].get('measured', {}).get('date', stamp)}" + (f" · {results[n]['note']}" if results[n].get("note") else "")
+              for n in names]
+    lines.append("")
     lines += ["## BD-rate (%, PSNR), row codec against column anchor; negative = fewer bits", "",
               "| codec | " + " | ".join(names) + " | " + " | ".join(refs) + " |",
               "|---|" + "---|" * (len(names) + len(refs))]
@@ -189,7 +194,10 @@ def main(argv: list[str] | None = None) -> None:
         # Keep the other codecs' measurements (same set, same settings) so one codec can be rerun alone.
         old = json.loads(previous.read_text())
         if old["meta"]["images"] == len(images):
-            results.update({k: v for k, v in old["codecs"].items() if k not in args.codecs})
+            for k, v in old["codecs"].items():
+                if k not in args.codecs:
+                    v.setdefault("measured", {"date": old["meta"]["date"], "command": old["meta"]["command"]})
+                    results[k] = v
     for codec in codecs:
         why = codec.available()
         if why:
@@ -197,7 +205,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"skipping {codec.name}: {why}", file=sys.stderr)
             continue
         print(f"{codec.label}: {len(codec.settings)} settings × {len(images)} images", file=sys.stderr, flush=True)
-        results[codec.name] = {"label": codec.label, "note": codec.note, "rows": measure(codec, images)}
+        results[codec.name] = {"label": codec.label, "note": codec.note, "rows": measure(codec, images),
+                               "measured": {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                                            "command": f"python -m bench.images {' '.join(argv or sys.argv[1:])}"}}
     crop_src = dict(images).get(args.crop_image, images[0][1])
     RESULTS.mkdir(parents=True, exist_ok=True)
     crop_codecs = [c for c in all_codecs(args.model) if c.name in results and not c.available()]

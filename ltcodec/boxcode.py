@@ -392,7 +392,7 @@ class BoxCoder:
                 for j, r in sorted(escapes):
                     v[j] = decode_escape(dec, r)
                 coords[:, i] = v - k
-        except (RuntimeError, ValueError, OverflowError) as e:
+        except (RuntimeError, ValueError, OverflowError, AssertionError) as e:  # constriction asserts on invalid data
             raise CodingError(f"entropy-coded data does not decode: {e}") from None
         return coords
 
@@ -509,7 +509,7 @@ class ChannelTables:
                 for j in np.nonzero(s == size)[0]:
                     s[j] = decode_escape(dec, (size - 1) // 2) + (size - 1) // 2
                 out[c] = s + self.offsets[c]
-        except (RuntimeError, ValueError, OverflowError) as e:
+        except (RuntimeError, ValueError, OverflowError, AssertionError) as e:  # constriction asserts on invalid data
             raise CodingError(f"entropy-coded data does not decode: {e}") from None
         return out
 

@@ -165,3 +165,22 @@ def test_library_exports_and_pillow_plugin(picture, tmp_path):
     assert im.format == "LTC" and im.size == (96, 80) and im.mode == "RGB"
     assert np.array_equal(np.asarray(im), np.asarray(decode_image(path.read_bytes())))
     assert im.info["ltc_quality"] == 7.0
+
+
+def test_corrupted_streams_with_valid_crcs_raise_only_typed_errors():
+    from ltcodec.container import read_container, write_container
+
+    data = encode_image(smooth_image(40, 24, 4), quality=5)
+    c = read_container(data, frozenset({b"ZSTR", b"YSTR"}))
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        chunks = [(t, bytearray(p)) for t, p in c.chunks]
+        t, payload = chunks[trial % 2]
+        for _ in range(1 + trial % 3):
+            payload[rng.integers(len(payload))] ^= 1 << int(rng.integers(8))
+        bad = write_container(c.head, c.model, [(t, bytes(p)) for t, p in chunks])
+        try:
+            out = decode_image(bad)
+        except LtcFormatError:
+            continue
+        assert out.size == (40, 24)
