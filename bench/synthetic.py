@@ -38,7 +38,8 @@ from torch import nn
 
 import constriction
 
-from ltcodec.boxcode import BoxCoder, ChannelTables, LatticeCodingSpec, ScaleTables, level_of_scale
+from ltcodec.boxcode import (BoxCoder, ChannelTables, LatticeCodingSpec, ScaleTables, density_tables,
+                             level_of_scale)
 from ltcodec.entropy import FactorizedDensity, box_likelihood
 from ltcodec.lattice import LearnedLattice, get_lattice
 
@@ -163,10 +164,12 @@ class LatticeCode(nn.Module):
     Optionally a :class:`BlockContext` refines each coordinate's density from the earlier ones.
     """
 
-    def __init__(self, source: str, lattice, rate: float):
+    def __init__(self, source: str, lattice, rate: float, density: str = "gaussian"):
         super().__init__()
         self.source = source
         self.lattice = lattice
+        # "nonparametric": a learned density per block coordinate (Ballé et al.'s factorized prior)
+        self.density = FactorizedDensity(lattice.dim, init_scale=4.0) if density == "nonparametric" else None
         n = lattice.dim
         self.latent = S.dimension(source) if S.iid(source) else (
             max(n, 16) if source == "ar1" else max(n, 4))
@@ -188,12 +191,17 @@ class LatticeCode(nn.Module):
     def blocks(self, y):
         return y.reshape(-1, self.lattice.dim)
 
+    def box_likelihood(self, points, scale):
+        if self.density is not None:
+            return self.density.box_likelihood(points, self.lattice.diagonal.detach())
+        return box_likelihood(points, self.lattice.diagonal, scale)
+
     def forward(self, x):
         y = self.blocks(self.g_a(x))
         scale = torch.exp(self.log_scale).expand_as(y)
         noisy = self.noise(y)
         hard = self.lattice.quantize(y, "ste")
-        bits = -torch.log2(box_likelihood(noisy, self.lattice.diagonal, scale)).sum()
+        bits = -torch.log2(self.box_likelihood(noisy, scale)).sum()
         x_hat = self.g_s(hard.reshape(x.shape[0], -1))
         return x_hat, bits
 
@@ -208,7 +216,19 @@ class LatticeCode(nn.Module):
             u = self.lattice.coordinates(q)
         spec = LatticeCodingSpec.from_lattice(self.lattice)
         levels = np.broadcast_to(level_of_scale(torch.exp(self.log_scale).double().numpy()), u.shape).copy()
-        if self.context is None:
+        if self.density is not None:
+            dens = self.density
+
+            def cdf(i, pts):
+                v = torch.from_numpy(pts).float()[None].expand(self.lattice.dim, -1)
+                return torch.sigmoid(dens.cdf_logits(v)[i]).double().numpy()
+
+            g_min = float(np.diagonal(spec.unit_generator).min())
+            radius = int(min(np.abs(q.numpy()).max() / g_min + 8, 2000))
+            coder = BoxCoder(spec, density_tables(cdf, spec, radius), per_dimension=True)
+            words = coder.encode(u.numpy(), None)
+            u2 = coder.decode(words, None, blocks=u.shape[0])
+        elif self.context is None:
             lo, hi = int(levels.min() + spec.level_offset.min()), int(levels.max() + spec.level_offset.max())
             coder = BoxCoder(spec, ScaleTables.build(lo - 1, hi + 1, spec.fractions()))
             words = coder.encode(u.numpy(), levels)
@@ -424,11 +444,11 @@ def _row(source: str, x: np.ndarray, x_hat, nbytes: int, extra: dict) -> dict:
             "gap_bits": rate - S.bound_rate(source, mse), "coded_bytes": nbytes, "samples": samples}
 
 
-def build(method: str, source: str, lattice: str, rate: float) -> nn.Module:
+def build(method: str, source: str, lattice: str, rate: float, density: str = "gaussian") -> nn.Module:
     if method == "ntc":
         return ScalarCode(source, rate)
     if method == "ltc":
-        return LatticeCode(source, get_lattice(lattice), rate)
+        return LatticeCode(source, get_lattice(lattice), rate, density)
     if method == "learned":
         return LatticeCode(source, LearnedLattice(8, init="identity"), rate)
     if method == "vq":
@@ -445,7 +465,10 @@ def finetune_hard(model: nn.Module, source: str, lam: float, cfg: RunConfig, rng
     d = S.dimension(source)
     batch = max(cfg.batch_samples // d, 64)
     per = d if source != "sawbridge" else 1
-    entropy = list(model.density.parameters()) if isinstance(model, ScalarCode) else [model.log_scale]
+    if isinstance(model, ScalarCode) or getattr(model, "density", None) is not None:
+        entropy = list(model.density.parameters())
+    else:
+        entropy = [model.log_scale]
     groups = [{"params": list(model.g_s.parameters()), "lr": 1e-3}, {"params": entropy, "lr": 1e-2}]
     opt = torch.optim.Adam(groups)
     steps = cfg.steps // 2
@@ -462,8 +485,7 @@ def finetune_hard(model: nn.Module, source: str, lam: float, cfg: RunConfig, rng
             bits = -torch.log2(model._lik(q)).sum()
             x_hat = model.g_s(q)
         else:
-            scale = torch.exp(model.log_scale).expand_as(q)
-            bits = -torch.log2(box_likelihood(q, model.lattice.diagonal, scale)).sum()
+            bits = -torch.log2(model.box_likelihood(q, torch.exp(model.log_scale).expand_as(q))).sum()
             x_hat = model.g_s(q.reshape(x.shape[0], -1))
         loss = ((x_hat - x) ** 2).mean() + lam * bits / (batch * per)
         opt.zero_grad(set_to_none=True)
@@ -493,7 +515,8 @@ def fit_context(model: LatticeCode, source: str, cfg: RunConfig, rng: np.random.
 
 
 def run(source: str, method: str, lattice: str, quick: bool, seed: int = 0, context: bool = True,
-        steps: int | None = None, held_out: int = HELD_OUT_SAMPLES, rates: list[float] | None = None) -> list[dict]:
+        steps: int | None = None, held_out: int = HELD_OUT_SAMPLES, rates: list[float] | None = None,
+        density: str = "gaussian") -> list[dict]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     test_rng = np.random.default_rng(10_000 + seed)
@@ -507,19 +530,20 @@ def run(source: str, method: str, lattice: str, quick: bool, seed: int = 0, cont
     rows = []
     for rate in rates:
         t0 = time.time()
-        model = build(method, source, lattice, rate)
+        model = build(method, source, lattice, rate, density)
         lam = lagrangian(source, rate)
         train(model, source, lam, cfg, rng)
         if isinstance(model, (ScalarCode, LatticeCode)):
             finetune_hard(model, source, lam, cfg, rng)
-        if isinstance(model, LatticeCode) and context:
+        if isinstance(model, LatticeCode) and context and model.density is None:
             fit_context(model, source, cfg, rng)
         model.eval()
         x_hat, nbytes = model.code(torch.from_numpy(test))
         rows.append(_row(source, test, x_hat.numpy(), nbytes, {
             "method": method, "lattice": lattice if method == "ltc" else ("learned8" if method == "learned" else "-"),
             "target_rate": rate, "lambda": lam, "train_steps": cfg.steps, "seconds": time.time() - t0,
-            "context": bool(getattr(model, "context", None) is not None)}))
+            "context": bool(getattr(model, "context", None) is not None),
+            **({"density": density} if method == "ltc" else {})}))
     return rows
 
 
@@ -634,6 +658,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=int(os.environ.get("LTCODEC_THREADS", "1")))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-context", action="store_true", help="LTC: plain per-coordinate Gaussians")
+    p.add_argument("--density", choices=("gaussian", "nonparametric"), default="gaussian",
+                   help="LTC: Gaussian per block coordinate (+ context model), or a learned non-parametric one")
     p.add_argument("--all", action="store_true", help="every source and method; writes bench/results/synthetic.*")
     p.add_argument("--sources", nargs="*", default=list(S.SOURCES), help="with --all: these sources only")
     p.add_argument("--report", action="store_true", help="rewrite the Markdown and plot from synthetic.json")
@@ -664,7 +690,8 @@ def main(argv: list[str] | None = None) -> None:
                 file=sys.stderr, flush=True)
             write_report(kept + rows, args.quick, cmd, time.time() - t0)
         return
-    rows = run(args.source, args.method, args.lattice, args.quick, args.seed, context=not args.no_context)
+    rows = run(args.source, args.method, args.lattice, args.quick, args.seed, context=not args.no_context,
+               density=args.density)
     for r in rows:
         if args.json:
             print(json.dumps(r), flush=True)
