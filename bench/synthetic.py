@@ -581,7 +581,9 @@ def write_report(rows: list[dict], quick: bool, command: str, seconds: float, da
         if not sub:
             continue
         unit = sub[0]["rate_unit"]
-        lines += [f"## {source}", "", f"| method | lattice | rate ({unit}) | MSE | bound MSE | gap (dB) | gap (bits) |",
+        run = sub[0].get("run", {"command": command, "when": stamp})
+        lines += [f"## {source}", "", f"Rows from `{run['command']}` ({run['when']}).", "",
+                  f"| method | lattice | rate ({unit}) | MSE | bound MSE | gap (dB) | gap (bits) |",
                   "|---|---|---|---|---|---|---|"]
         for r in sub:
             lines.append(f"| {r['method']} | {r['lattice']} | {r['rate_bits']:.3f} | {r['mse']:.5f} | "
@@ -684,7 +686,8 @@ def main(argv: list[str] | None = None) -> None:
         for n, (source, method, lat) in enumerate(configs, 1):
             t1 = time.time()
             got = run(source, method, lat if lat != "-" else "e8", args.quick, args.seed, context=not args.no_context)
-            rows += got
+            stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            rows += [dict(r, run={"command": cmd, "when": stamp}) for r in got]
             print(f"[{n}/{len(configs)}] {source} {method} {lat}: " + ", ".join(
                 f"{r['rate_bits']:.2f}→{r['gap_db']:+.2f} dB" for r in got) + f" ({time.time() - t1:.0f} s)",
                 file=sys.stderr, flush=True)
