@@ -17,12 +17,8 @@ __all__ = ["bd_rate", "bd_psnr"]
 
 
 def _curve(rates, quality):
-    r = np.asarray(rates, dtype=np.float64)
-    q = np.asarray(quality, dtype=np.float64)
-    order = np.argsort(q)
-    q, lr = q[order], np.log(r[order])
-    keep = np.concatenate([[True], np.diff(q) > 0])  # PCHIP needs strictly increasing abscissae
-    return q[keep], lr[keep]
+    """(quality, log rate) sorted by quality, for interpolating log rate as a function of quality."""
+    return _sorted(quality, np.log(np.asarray(rates, dtype=np.float64)))
 
 
 def bd_rate(anchor_rates, anchor_quality, test_rates, test_quality) -> float:
@@ -49,6 +45,7 @@ def bd_psnr(anchor_rates, anchor_quality, test_rates, test_quality) -> float:
 
 
 def _sorted(x, y):
+    """x ascending with y alongside, repeated x dropped (PCHIP needs strictly increasing abscissae)."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     o = np.argsort(x)

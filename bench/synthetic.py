@@ -368,10 +368,8 @@ def train(model: nn.Module, source: str, lam: float, cfg: RunConfig, rng: np.ran
     per = d if source != "sawbridge" else 1  # rate and distortion per sample / per realization
     for step in range(cfg.steps):
         x = torch.from_numpy(S.sample(source, batch, rng))
-        if isinstance(model, VQCode):
-            model.sharpness_scale = 1 + 9 * step / cfg.steps
         x_hat, bits = model(x)
-        dist = ((x_hat - x) ** 2).mean() * (1 if source != "sawbridge" else 1)
+        dist = ((x_hat - x) ** 2).mean()
         rate = bits / (batch * per)
         loss = dist + lam * rate
         pen = getattr(getattr(model, "lattice", None), "orthogonality_penalty", None)

@@ -86,7 +86,9 @@ class ImageCodecModel(nn.Module):
         self.g_a, self.g_s, self.h_a = net.g_a, net.g_s, net.h_a
         self.enc_gain, self.dec_gain = net.enc_gain, net.dec_gain
         self.lattice = net.lattice
-        self._net = net  # for gains() and block helpers (shares the parameters above)
+        # Kept for gains(); not registered as a submodule, so its parameters (the ones above) are not
+        # listed twice in the state.
+        object.__setattr__(self, "_net", net)
         self.h_s_int: IntegerNetwork | None = None
         self.z_tables: ChannelTables | None = None
         self.y_coder: BoxCoder | None = None
@@ -112,7 +114,6 @@ class ImageCodecModel(nn.Module):
         state = {k[len("float."):]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()
                  if k.startswith("float.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [m for m in missing if not m.startswith("_net.")]
         if missing or unexpected:
             raise LtcModelError(f"model file does not match its architecture (missing {missing[:3]})")
         specs = json.loads(meta["h_s"])
