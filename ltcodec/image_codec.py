@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,27 +25,16 @@ from torch import Tensor, nn
 
 from .boxcode import BoxCoder, ChannelTables, LatticeCodingSpec, ScaleTables
 from .errors import LtcModelError
-from .image_model import LOG2_SCALE_MAX, LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
-from .intnet import IntegerNetwork, quantize_network
+from .image_model import ImageModelConfig, LatticeHyperprior
+from .intnet import IntegerNetwork
+from .latent_coding import MEAN_GRID, Z_CLAMP, HyperLatentCoding, Streams, freeze_entropy_model
 
 __all__ = ["ImageCodecModel", "export_image_model", "Streams", "MEAN_GRID", "Z_CLAMP"]
 
-MEAN_GRID = 16  # μ' is an integer number of 1/16 lattice units
-LEVEL_MIN = int(LOG2_SCALE_MIN * 8)
-LEVEL_MAX = int(LOG2_SCALE_MAX * 8) - 1
-Z_CLAMP = 2047  # the integer h_s sees ẑ clamped to ±2047
-MEAN_LIMIT = 1 << 24
 #: Tiles for the float transforms, in latents, with a halo (DESIGN-NOTES §4): bounded memory.
 TILE_LATENTS = 64
 HALO_LATENTS = 2
 FORMAT_TAG = "ltcodec-model"
-
-
-@dataclass
-class Streams:
-    z_words: np.ndarray
-    y_words: np.ndarray
-    latent_shape: tuple[int, int]  # (h, w) of y
 
 
 def _tiled(fn, x: Tensor, factor: float, tile: int, halo: int) -> Tensor:
@@ -74,7 +62,7 @@ def _tiled(fn, x: Tensor, factor: float, tile: int, halo: int) -> Tensor:
     return torch.cat(rows, dim=2)
 
 
-class ImageCodecModel(nn.Module):
+class ImageCodecModel(HyperLatentCoding, nn.Module):
     """A loaded image model, ready to compress and decompress RGB arrays."""
 
     def __init__(self, config: ImageModelConfig, name: str, sha256: str):
@@ -139,22 +127,8 @@ class ImageCodecModel(nn.Module):
     def _gains(self, quality: float) -> tuple[Tensor, Tensor]:
         return self._net.gains(torch.tensor([quality - 1.0]))
 
-    def hyper(self, z_hat: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Integer h_s: (mean on the 1/16 grid, scale level) per latent element, shape (M, h, w)."""
-        out = self.h_s_int(torch.from_numpy(z_hat)[None])[0]
-        h, w = shape
-        m = self.config.M
-        return out[:m, :h, :w].numpy(), out[m:, :h, :w].numpy()
-
-    def _blocks(self, a: np.ndarray) -> np.ndarray:
-        """(M, h, w) → (h·w·M/n, n): the lattice blocks in coding order."""
-        m, h, w = a.shape
-        n = self.lattice.dim
-        return a.transpose(1, 2, 0).reshape(h * w * (m // n), n)
-
-    def _unblocks(self, b: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        h, w = shape
-        return b.reshape(h, w, self.config.M).transpose(2, 0, 1)
+    def z_shape(self, latent_shape: tuple[int, int]) -> tuple[int, int]:
+        return latent_shape[0] // 4, latent_shape[1] // 4
 
     @torch.no_grad()
     def analysis(self, rgb: np.ndarray) -> Tensor:
@@ -164,39 +138,6 @@ class ImageCodecModel(nn.Module):
         x = nn.functional.pad(x, (0, (-w) % 64, 0, (-h) % 64), mode="replicate")
         x = x.contiguous(memory_format=torch.channels_last)
         return _tiled(self.g_a, x, 1 / 16, TILE_LATENTS, HALO_LATENTS)
-
-    @torch.no_grad()
-    def compress_latent(self, y: Tensor, quality: float) -> Streams:
-        enc_g, _ = self._gains(quality)
-        y = y * enc_g
-        z_hat = torch.round(self.h_a(y))[0].to(torch.int64).numpy()
-        lh, lw = y.shape[2], y.shape[3]
-        mean_int, level_idx = self.hyper(np.clip(z_hat, -Z_CLAMP, Z_CLAMP), (lh, lw))
-        residual = y[0].double().numpy() - mean_int / MEAN_GRID
-        r_blocks = torch.from_numpy(self._blocks(residual))
-        points = self.lattice.closest(r_blocks)
-        u = self.lattice.coordinates(points).numpy()
-        levels = self._blocks(level_idx)
-        z_words = self.z_tables.encode(z_hat.reshape(z_hat.shape[0], -1))
-        y_words = self.y_coder.encode(u, levels)
-        return Streams(z_words, y_words, (lh, lw))
-
-    def decode_symbols(self, streams: Streams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The exact integer part of decoding: ẑ (N, h/4, w/4), coordinates u (blocks, n), means (M, h, w)."""
-        lh, lw = streams.latent_shape
-        zh, zw = lh // 4, lw // 4
-        z_hat = self.z_tables.decode(streams.z_words, zh * zw).reshape(-1, zh, zw)
-        mean_int, level_idx = self.hyper(np.clip(z_hat, -Z_CLAMP, Z_CLAMP), (lh, lw))
-        u = self.y_coder.decode(streams.y_words, self._blocks(level_idx))
-        return z_hat, u, mean_int
-
-    @torch.no_grad()
-    def decompress_latent(self, streams: Streams, quality: float) -> Tensor:
-        _, u, mean_int = self.decode_symbols(streams)
-        points = self.lattice.points(torch.from_numpy(u), torch.float64).numpy()
-        y_hat = self._unblocks(points, streams.latent_shape) + mean_int / MEAN_GRID
-        _, dec_g = self._gains(quality)
-        return torch.from_numpy(y_hat.astype(np.float32))[None] * dec_g
 
     @torch.no_grad()
     def synthesis(self, y_hat: Tensor, height: int, width: int) -> np.ndarray:
@@ -239,20 +180,8 @@ def export_image_model(net: LatticeHyperprior, calibration_images: list[np.ndarr
     freezes the hyper-latent density into per-channel tables and builds the box-code tables.
     """
     net = net.eval()
-    M = net.config.M
     z_cal = _calibration_z(net, calibration_images)
-    out_scale = np.concatenate([np.full(M, MEAN_GRID, np.float64), np.full(M, 8.0)])
-    out_post = np.concatenate([np.zeros(M, np.int64), np.zeros(M, np.int64)])
-    lo = np.concatenate([np.full(M, -MEAN_LIMIT, np.int64), np.full(M, LEVEL_MIN, np.int64)])
-    hi = np.concatenate([np.full(M, MEAN_LIMIT, np.int64), np.full(M, LEVEL_MAX, np.int64)])
-    h_s_int = quantize_network(net.h_s, z_cal, out_scale, out_post, lo, hi)
-    radius = 2048
-    pmf = net.z_density.pmf(radius)
-    z_tables = ChannelTables.from_pmfs(pmf, -radius)
-    spec = LatticeCodingSpec.from_lattice(net.lattice)
-    lmin = LEVEL_MIN + int(spec.level_offset.min())
-    lmax = LEVEL_MAX + int(spec.level_offset.max())
-    y_tables = ScaleTables.build(lmin, lmax, spec.fractions())
+    h_s_int, entropy_arrays, specs = freeze_entropy_model(net.h_s, net.z_density, net.lattice, net.config.M, z_cal)
 
     arrays: dict[str, np.ndarray] = {}
     for k, v in net.state_dict().items():
@@ -261,10 +190,7 @@ def export_image_model(net: LatticeHyperprior, calibration_images: list[np.ndarr
         a = v.detach().cpu().numpy()
         big = a.ndim == 4 and k.endswith("weight")
         arrays["float." + k] = a.astype(np.float16 if (half and big) else np.float32)
-    int_arrays, specs = h_s_int.to_arrays("h_s.")
-    arrays.update(int_arrays)
-    arrays.update(z_tables.to_arrays("z_tables."))
-    arrays.update(y_tables.to_arrays("y_tables."))
+    arrays.update(entropy_arrays)
     meta = {
         "format": FORMAT_TAG, "kind": "image", "name": name, "config": json.dumps(net.config.to_dict()),
         "h_s": json.dumps(specs), "h_s_fingerprint": h_s_int.fingerprint(net.config.N),

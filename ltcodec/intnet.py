@@ -35,14 +35,16 @@ class IntLayer:
     post: np.ndarray  # int64 (out,), added after requantization
     lo: np.ndarray  # int64 (out,) clamp after the nonlinearity
     hi: np.ndarray
-    stride: int
-    padding: int
-    output_padding: int
+    stride: int | tuple[int, int]  # (1, k)-kernel layers of the audio model have (1, s) strides
+    padding: int | tuple[int, int]
+    output_padding: int | tuple[int, int]
     leaky: bool
 
     def spec(self) -> dict:
-        return {"kind": self.kind, "stride": self.stride, "padding": self.padding,
-                "output_padding": self.output_padding, "leaky": self.leaky}
+        def js(v):
+            return list(v) if isinstance(v, tuple) else v
+        return {"kind": self.kind, "stride": js(self.stride), "padding": js(self.padding),
+                "output_padding": js(self.output_padding), "leaky": self.leaky}
 
 
 class IntegerNetwork:
@@ -115,9 +117,19 @@ class IntegerNetwork:
         layers = []
         for i, spec in enumerate(specs):
             kw = {f: np.asarray(arrays[f"{prefix}{i}.{f}"], dtype=np.int64) for f in cls.FIELDS}
-            layers.append(IntLayer(kind=spec["kind"], stride=int(spec["stride"]), padding=int(spec["padding"]),
-                                   output_padding=int(spec["output_padding"]), leaky=bool(spec["leaky"]), **kw))
+            layers.append(IntLayer(kind=spec["kind"], stride=_pair(spec["stride"]), padding=_pair(spec["padding"]),
+                                   output_padding=_pair(spec["output_padding"]), leaky=bool(spec["leaky"]), **kw))
         return cls(layers, input_clamp)
+
+
+def _pair(v) -> int | tuple[int, int]:
+    """A stored stride/padding: an int, or a pair for non-square layers (collapsed when equal)."""
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2:
+            raise ValueError("strides and paddings are ints or pairs")
+        a, b = int(v[0]), int(v[1])
+        return a if a == b else (a, b)
+    return int(v)
 
 
 def _mult_shift(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -183,8 +195,8 @@ def quantize_network(net: nn.Sequential, calibration: Tensor, output_scales: np.
         layers.append(IntLayer(
             kind="deconv" if deconv else "conv", weight=w_int.numpy().astype(np.int64),
             bias=b_int.numpy().astype(np.int64), mult=mult, shift=shift, post=np.asarray(post, np.int64),
-            lo=np.asarray(lo, np.int64), hi=np.asarray(hi, np.int64), stride=int(conv.stride[0]),
-            padding=int(conv.padding[0]), output_padding=int(getattr(conv, "output_padding", (0,))[0]),
+            lo=np.asarray(lo, np.int64), hi=np.asarray(hi, np.int64), stride=_pair(conv.stride),
+            padding=_pair(conv.padding), output_padding=_pair(getattr(conv, "output_padding", (0, 0))),
             leaky=leaky))
         x = pre if not leaky else F.leaky_relu(pre, 0.125)
         if s_out is not None:

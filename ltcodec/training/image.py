@@ -95,6 +95,24 @@ def evaluate(model: LatticeHyperprior, images: list[np.ndarray]) -> list[dict]:
     return rows
 
 
+def load_init(path: Path) -> tuple[dict[str, torch.Tensor], int, float]:
+    """Weights, step and CPU seconds to start from: a training checkpoint or a shipped model.
+
+    A shipped model keeps the float analysis/synthesis transforms and gains, so training can go on from
+    it when the checkpoint is gone; its integer hyper-synthesis and density tables are not float
+    parameters, so those two parts start afresh and relearn in a few thousand steps.
+    """
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+            weights = {k.removeprefix("float."): f.get_tensor(k).float() for k in f.keys() if k.startswith("float.")}
+        return weights, int(meta.get("train_step", 0)), float(meta.get("train_cpu_hours", 0.0)) * 3600.0
+    init = torch.load(path, weights_only=False)
+    return init["model"], 0, 0.0
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -149,9 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed at step {step}", flush=True)
     elif args.init is not None:
-        init = torch.load(args.init, weights_only=False)
-        missing, unexpected = model.load_state_dict(init["model"], strict=False)
-        print(f"initialized from {args.init} (missing {missing}, unexpected {unexpected})", flush=True)
+        init_state, step, init_cpu = load_init(args.init)
+        missing, unexpected = model.load_state_dict(init_state, strict=False)
+        print(f"initialized from {args.init} at step {step} (missing {missing}, unexpected {unexpected})", flush=True)
 
     images = load_images(args.data, args.out / "train-images.npz")
     eval_files = sorted(args.eval.glob("*.png"))[: args.eval_images] if args.eval.exists() else []
@@ -169,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             "cpu_seconds": cpu_total(),
         })
 
-    cpu_base = state.get("cpu_seconds", 0.0) if state else 0.0
+    cpu_base = state.get("cpu_seconds", 0.0) if state else (init_cpu if args.init is not None else 0.0)
     cpu_start = time.process_time()
 
     def cpu_total() -> float:

@@ -1,0 +1,121 @@
+"""Entropy coding of a lattice latent under an exact integer hyperprior, shared by image and audio.
+
+Both codecs code a latent ``y'`` of shape (M, h, w) (audio: h = 1) the same way::
+
+    ẑ ◄─ z stream (per-channel tables)
+    ẑ ──integer h_s──► mean μ' (1/16 grid), scale level ──► box code ◄─ y stream ──► u
+    ŷ' = G·u + μ'
+
+Everything on this path is integers or shipped tables, so streams parse identically on every machine.
+A model class mixes in :class:`HyperLatentCoding` and supplies ``h_a`` (float), ``h_s_int``,
+``z_tables``, ``y_coder``, ``lattice``, ``config.M``, ``_gains(quality)`` and ``z_shape``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .boxcode import ChannelTables, LatticeCodingSpec, ScaleTables
+from .image_model import LOG2_SCALE_MAX, LOG2_SCALE_MIN
+from .intnet import IntegerNetwork, quantize_network
+
+__all__ = ["Streams", "HyperLatentCoding", "freeze_entropy_model", "MEAN_GRID", "Z_CLAMP"]
+
+MEAN_GRID = 16  # μ' is an integer number of 1/16 lattice units
+LEVEL_MIN = int(LOG2_SCALE_MIN * 8)
+LEVEL_MAX = int(LOG2_SCALE_MAX * 8) - 1
+Z_CLAMP = 2047  # the integer h_s sees ẑ clamped to ±2047
+MEAN_LIMIT = 1 << 24
+Z_RADIUS = 2048
+
+
+@dataclass
+class Streams:
+    z_words: np.ndarray
+    y_words: np.ndarray
+    latent_shape: tuple[int, int]  # (h, w) of y
+
+
+class HyperLatentCoding:
+    def z_shape(self, latent_shape: tuple[int, int]) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def hyper(self, z_hat: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Integer h_s: (mean on the 1/16 grid, scale level) per latent element, shape (M, h, w)."""
+        out = self.h_s_int(torch.from_numpy(z_hat)[None])[0]
+        h, w = shape
+        m = self.config.M
+        return out[:m, :h, :w].numpy(), out[m:, :h, :w].numpy()
+
+    def _blocks(self, a: np.ndarray) -> np.ndarray:
+        """(M, h, w) → (h·w·M/n, n): the lattice blocks in coding order."""
+        m, h, w = a.shape
+        n = self.lattice.dim
+        return a.transpose(1, 2, 0).reshape(h * w * (m // n), n)
+
+    def _unblocks(self, b: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        h, w = shape
+        return b.reshape(h, w, self.config.M).transpose(2, 0, 1)
+
+    @torch.no_grad()
+    def compress_latent(self, y: Tensor, quality: float) -> Streams:
+        """Code a latent y (1, M, h, w), taken before the quality's encoder gain."""
+        enc_g, _ = self._gains(quality)
+        y = y * enc_g
+        z_hat = torch.round(self.h_a(y))[0].to(torch.int64).numpy()
+        lh, lw = y.shape[2], y.shape[3]
+        mean_int, level_idx = self.hyper(np.clip(z_hat, -Z_CLAMP, Z_CLAMP), (lh, lw))
+        residual = y[0].double().numpy() - mean_int / MEAN_GRID
+        r_blocks = torch.from_numpy(self._blocks(residual))
+        points = self.lattice.closest(r_blocks)
+        u = self.lattice.coordinates(points).numpy()
+        levels = self._blocks(level_idx)
+        z_words = self.z_tables.encode(z_hat.reshape(z_hat.shape[0], -1))
+        y_words = self.y_coder.encode(u, levels)
+        return Streams(z_words, y_words, (lh, lw))
+
+    def decode_symbols(self, streams: Streams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The exact integer part of decoding: ẑ, coordinates u (blocks, n), means (M, h, w)."""
+        lh, lw = streams.latent_shape
+        zh, zw = self.z_shape((lh, lw))
+        z_hat = self.z_tables.decode(streams.z_words, zh * zw).reshape(-1, zh, zw)
+        mean_int, level_idx = self.hyper(np.clip(z_hat, -Z_CLAMP, Z_CLAMP), (lh, lw))
+        u = self.y_coder.decode(streams.y_words, self._blocks(level_idx))
+        return z_hat, u, mean_int
+
+    @torch.no_grad()
+    def decompress_latent(self, streams: Streams, quality: float) -> Tensor:
+        """ŷ (1, M, h, w) after the quality's decoder gain, ready for the synthesis transform."""
+        _, u, mean_int = self.decode_symbols(streams)
+        points = self.lattice.points(torch.from_numpy(u), torch.float64).numpy()
+        y_hat = self._unblocks(points, streams.latent_shape) + mean_int / MEAN_GRID
+        _, dec_g = self._gains(quality)
+        return torch.from_numpy(y_hat.astype(np.float32))[None] * dec_g
+
+
+@torch.no_grad()
+def freeze_entropy_model(h_s: nn.Sequential, z_density, lattice, M: int,
+                         z_calibration: Tensor) -> tuple[IntegerNetwork, dict[str, np.ndarray], list[dict]]:
+    """Quantize h_s to an integer network and freeze the z density and the box-code tables.
+
+    Returns the integer network and the arrays (``h_s.*``, ``z_tables.*``, ``y_tables.*``) and the
+    h_s layer specs to store in a model file.
+    """
+    out_scale = np.concatenate([np.full(M, MEAN_GRID, np.float64), np.full(M, 8.0)])
+    out_post = np.zeros(2 * M, np.int64)
+    lo = np.concatenate([np.full(M, -MEAN_LIMIT, np.int64), np.full(M, LEVEL_MIN, np.int64)])
+    hi = np.concatenate([np.full(M, MEAN_LIMIT, np.int64), np.full(M, LEVEL_MAX, np.int64)])
+    h_s_int = quantize_network(h_s, z_calibration, out_scale, out_post, lo, hi)
+    z_tables = ChannelTables.from_pmfs(z_density.pmf(Z_RADIUS), -Z_RADIUS)
+    spec = LatticeCodingSpec.from_lattice(lattice)
+    lmin = LEVEL_MIN + int(spec.level_offset.min())
+    lmax = LEVEL_MAX + int(spec.level_offset.max())
+    y_tables = ScaleTables.build(lmin, lmax, spec.fractions())
+    arrays, specs = h_s_int.to_arrays("h_s.")
+    arrays.update(z_tables.to_arrays("z_tables."))
+    arrays.update(y_tables.to_arrays("y_tables."))
+    return h_s_int, arrays, specs

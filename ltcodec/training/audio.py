@@ -1,0 +1,287 @@
+"""Train the variable-rate lattice audio model.
+
+    python -m ltcodec.training.audio --out ~/.cache/ltcodec/audio-e8
+    python -m ltcodec.training.audio --out ~/.cache/ltcodec/audio-e8 --resume
+
+Data: every FLAC/WAV/Ogg file under ``--data`` (the project's training audio) and ``--media`` (the
+corpus that ``../shared/tools/fetch-debian-media.sh`` builds), resampled once to the model's rate with
+soxr and cached as int16 ``.npy`` files that are memory-mapped, so tens of hours cost no RAM.  Stereo
+files give their mid and side signals, since the codec codes stereo as mid/side.  Half of each batch
+is speech and half music; each crop gets a random level.
+
+Loss: multi-resolution STFT distance (log and linear magnitudes, six window sizes) plus waveform L1,
+and the rate in kbps weighted per quality.  Each quality has a target bitrate; its rate weight is
+adapted by dual ascent (the weight grows while the quality's measured rate is above its target), so
+the qualities land on the intended bitrates whatever the scale of the distortion.  Checkpoints with
+optimizer, RNG and rate-weight state are written atomically every few minutes; ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
+from .image import save_checkpoint
+
+CACHE = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec"))
+DEFAULT_OUT = CACHE / "audio-e8"
+AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
+STFT_SIZES = (2048, 1024, 512, 256, 128, 64)
+
+
+def _cached_signals(path: Path, rate: int, cache_dir: Path) -> list[np.ndarray]:
+    """Mono signals of one file at ``rate`` (mid, and side for stereo) as memory-mapped int16 arrays."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{rate}".encode()).hexdigest()[:20]
+    outs = [cache_dir / f"{key}-{k}.npy" for k in ("mid", "side")]
+    if not outs[0].exists():
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        mid = data.mean(axis=1)
+        sigs = [mid] + ([(data[:, 0] - data[:, 1]) / 2] if data.shape[1] == 2 else [])
+        for sig, out in zip(sigs, outs):
+            if sr != rate:
+                sig = soxr.resample(sig, sr, rate)
+            a = np.clip(np.round(sig * 32767), -32768, 32767).astype(np.int16)
+            tmp = out.with_suffix(".tmp.npy")
+            np.save(tmp, a)
+            os.replace(tmp, out)
+    return [np.load(o, mmap_mode="r") for o in outs if o.exists()]
+
+
+def load_corpus(folders: list[Path], rate: int, min_seconds: float = 1.5) -> dict[str, list[np.ndarray]]:
+    """Signals by kind ("speech", "music"): the kind is the name of a folder on the file's path."""
+    cache_dir = CACHE / f"audio-{rate}"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    corpus: dict[str, list[np.ndarray]] = {"speech": [], "music": []}
+    for folder in folders:
+        if not folder.exists():
+            continue
+        files = (p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and ".part." not in p.name)
+        for path in sorted(files):
+            kind = "speech" if "speech" in path.parts else "music" if "music" in path.parts else None
+            if kind is None:
+                continue
+            try:
+                sigs = _cached_signals(path, rate, cache_dir)
+            except (RuntimeError, ValueError, sf.LibsndfileError) as e:
+                print(f"skipped {path}: {e}", flush=True)
+                continue
+            corpus[kind] += [s for s in sigs if len(s) >= min_seconds * rate]
+    return corpus
+
+
+def sample_batch(corpus: dict[str, list[np.ndarray]], rng: np.random.Generator, batch: int, length: int) -> torch.Tensor:
+    """Random crops, half speech and half music (by duration within a kind), at a random level."""
+    out = np.zeros((batch, length), np.float32)
+    kinds = [k for k in ("speech", "music") if corpus[k]]
+    weights = {k: np.array([len(s) for s in corpus[k]], np.float64) for k in kinds}
+    for i in range(batch):
+        kind = kinds[i % len(kinds)]
+        sigs = corpus[kind]
+        for _ in range(8):  # avoid silent crops
+            s = sigs[rng.choice(len(sigs), p=weights[kind] / weights[kind].sum())]
+            start = rng.integers(0, len(s) - length + 1)
+            crop = np.asarray(s[start:start + length], np.float32) / 32768.0
+            rms = float(np.sqrt(np.mean(crop ** 2)))
+            if rms > 1e-3:
+                break
+        peak = float(np.abs(crop).max()) + 1e-6
+        gain_db = rng.uniform(-12.0, 6.0)
+        gain = min(10 ** (gain_db / 20), 0.99 / peak)
+        out[i] = crop * gain
+    return torch.from_numpy(out)[:, None, :]
+
+
+def spectral_distance(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Per-example multi-resolution STFT distance: log-magnitude L1 + spectral convergence."""
+    total = 0.0
+    for n in STFT_SIZES:
+        win = torch.hann_window(n, dtype=x.dtype)
+        spec = [torch.stft(s[:, 0], n, n // 4, window=win, return_complex=True).abs() for s in (x, x_hat)]
+        log_l1 = (torch.log(spec[0] + 1e-4) - torch.log(spec[1] + 1e-4)).abs().flatten(1).mean(1)
+        conv = (spec[0] - spec[1]).flatten(1).norm(dim=1) / (spec[0].flatten(1).norm(dim=1) + 1e-5)
+        total = total + log_l1 + conv
+    return total / len(STFT_SIZES)
+
+
+def rd_loss(model: AudioLatticeCodec, x: torch.Tensor, quality: torch.Tensor, log_weights: torch.Tensor) -> dict:
+    out = model(x, quality)
+    seconds = x.shape[-1] / model.config.sample_rate
+    kbps = (out["bits_y"] + out["bits_z"]) / seconds / 1000.0
+    dist = spectral_distance(x, out["x_hat"]) + 10.0 * (out["x_hat"] - x).abs().flatten(1).mean(1)
+    w = torch.exp(log_weights[quality.long()])
+    loss = (dist + w * kbps / 10.0).mean()
+    return {"loss": loss, "dist": dist.detach(), "kbps": kbps.detach()}
+
+
+def si_sdr(x: np.ndarray, x_hat: np.ndarray) -> float:
+    a = np.dot(x_hat, x) / (np.dot(x, x) + 1e-12)
+    e = x_hat - a * x
+    return 10 * math.log10((np.dot(a * x, a * x) + 1e-12) / (np.dot(e, e) + 1e-12))
+
+
+@torch.no_grad()
+def evaluate(model: AudioLatticeCodec, clips: list[np.ndarray]) -> list[dict]:
+    """Ideal box-code kbps, spectral distance and SI-SDR per quality on held-out clips."""
+    model.eval()
+    rows = []
+    unit = model.config.hop * HYPER_STRIDE
+    for q in range(model.qualities):
+        kb, dist, sdr = [], [], []
+        for clip in clips:
+            n = len(clip) // unit * unit
+            x = torch.from_numpy(clip[:n])[None, None]
+            out = model.estimate(x, torch.tensor([float(q)]))
+            kb.append(float(out["bits_y"] + out["bits_z"]) / (n / model.config.sample_rate) / 1000)
+            dist.append(float(spectral_distance(x, out["x_hat"])))
+            sdr.append(si_sdr(clip[:n], out["x_hat"][0, 0].numpy()))
+        rows.append({"quality": q + 1, "kbps": float(np.mean(kb)), "stft": float(np.mean(dist)),
+                     "si_sdr": float(np.mean(sdr))})
+    model.train()
+    return rows
+
+
+def load_eval_clips(folder: Path, rate: int, seconds: float = 6.0, per_kind: int = 2) -> list[np.ndarray]:
+    clips = []
+    for kind in ("speech", "music"):
+        files = sorted((folder / kind).glob("*.wav")) + sorted((folder / kind).glob("*.flac"))
+        for f in files[:per_kind]:
+            data, sr = sf.read(str(f), dtype="float32", always_2d=True)
+            sig = soxr.resample(data.mean(axis=1), sr, rate) if sr != rate else data.mean(axis=1)
+            clips.append(np.ascontiguousarray(sig[: int(seconds * rate)], np.float32))
+    return clips
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("../shared/data/train/audio"))
+    p.add_argument("--media", type=Path, default=Path(os.environ.get("LTCODEC_MEDIA", Path.home() / ".cache" / "ltcodec-media")))
+    p.add_argument("--eval", type=Path, default=Path("../shared/data/eval/audio"))
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--steps", type=int, default=200_000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--frames", type=int, default=80, help="latent frames per crop (80 = 1.07 s at 24 kHz)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--M", type=int, default=96)
+    p.add_argument("--lattice", default="e8")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--reload-every", type=int, default=2000, help="rescan the data folders (a corpus may still be arriving)")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = args.out / "last.ckpt"
+    log_path = args.out / "log.jsonl"
+
+    state = torch.load(ckpt_path, weights_only=False) if args.resume and ckpt_path.exists() else None
+    config = (AudioModelConfig.from_dict(state["config"]) if state else
+              AudioModelConfig(channels=args.channels, M=args.M, lattice=args.lattice))
+    model = AudioLatticeCodec(config)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    targets = torch.tensor(config.target_kbps)
+    log_weights = torch.zeros(len(targets))
+    rate_ema = targets.clone()
+    step = 0
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+        log_weights, rate_ema = state["log_weights"], state["rate_ema"]
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed at step {step}", flush=True)
+
+    def corpus_now() -> dict[str, list[np.ndarray]]:
+        c = load_corpus([args.data, args.media], config.sample_rate)
+        hours = {k: sum(len(s) for s in v) / config.sample_rate / 3600 for k, v in c.items()}
+        print(f"corpus: {len(c['speech'])} speech signals ({hours['speech']:.2f} h), "
+              f"{len(c['music'])} music signals ({hours['music']:.2f} h)", flush=True)
+        return c
+
+    corpus = corpus_now()
+    clips = load_eval_clips(args.eval, config.sample_rate) if args.eval.exists() else []
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{params / 1e6:.2f} M parameters, config {config.to_dict()}", flush=True)
+    length = args.frames * config.hop
+    if args.frames % HYPER_STRIDE:
+        raise SystemExit(f"--frames must be a multiple of {HYPER_STRIDE}")
+
+    cpu_base = state.get("cpu_seconds", 0.0) if state else 0.0
+    cpu_start = time.process_time()
+
+    def cpu_total() -> float:
+        return cpu_base + time.process_time() - cpu_start
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+            "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "log_weights": log_weights, "rate_ema": rate_ema, "cpu_seconds": cpu_total(),
+        })
+
+    model.train()
+    last_ckpt = time.time()
+    t0, acc, n_acc = time.time(), {"loss": 0.0, "dist": 0.0}, 0
+    with open(log_path, "a") as log:
+        while step < args.steps:
+            x = sample_batch(corpus, rng, args.batch, length)
+            quality = torch.from_numpy(rng.permutation(len(targets))[: args.batch] if args.batch <= len(targets)
+                                       else rng.integers(0, len(targets), args.batch)).float()
+            out = rd_loss(model, x, quality, log_weights)
+            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(out["loss"]):
+                print(f"step {step}: non-finite loss, batch skipped", flush=True)
+                continue
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            # Dual ascent on the per-quality rate weights.
+            for q, r in zip(quality.long().tolist(), out["kbps"].tolist()):
+                rate_ema[q] = 0.95 * rate_ema[q] + 0.05 * r
+            log_weights = (log_weights + 0.02 * torch.log(rate_ema / targets)).clamp(-8, 8)
+            acc["loss"] += out["loss"].item()
+            acc["dist"] += out["dist"].mean().item()
+            n_acc += 1
+            if step % args.log_every == 0:
+                rec = {"step": step, **{k: v / n_acc for k, v in acc.items()},
+                       "kbps": [round(float(r), 2) for r in rate_ema], "log_w": [round(float(w), 2) for w in log_weights],
+                       "s_per_step": (time.time() - t0) / n_acc, "cpu_hours": cpu_total() / 3600}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                print(json.dumps(rec), flush=True)
+                t0, acc, n_acc = time.time(), {k: 0.0 for k in acc}, 0
+            if clips and step % args.eval_every == 0:
+                rows = evaluate(model, clips)
+                log.write(json.dumps({"step": step, "eval": rows}) + "\n")
+                log.flush()
+                print(json.dumps({"step": step, "eval": rows}), flush=True)
+            if args.reload_every and step % args.reload_every == 0:
+                corpus = corpus_now()
+            if time.time() - last_ckpt > args.ckpt_minutes * 60:
+                checkpoint()
+                last_ckpt = time.time()
+        checkpoint()
+
+
+if __name__ == "__main__":
+    main()
