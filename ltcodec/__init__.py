@@ -4,6 +4,8 @@
     >>> data = ltcodec.encode_image(Image.open("photo.png"), quality=5)   # .ltc bytes
     >>> im = ltcodec.decode_image(data)                                   # a PIL image
     >>> Image.open("photo.ltc")                                           # the Pillow plugin
+    >>> data = ltcodec.encode_audio(samples, 48000, kbps=24)              # soundfile's (data, rate)
+    >>> samples, rate = ltcodec.decode_audio(data)
 
 Heavy modules (torch) load on first use, so importing ltcodec is cheap and registers the plugin.
 """
@@ -15,10 +17,13 @@ from .errors import LtcError, LtcFormatError, LtcInputError, LtcModelError
 
 __version__ = "0.1.0"
 
-__all__ = ["encode_image", "decode_image", "image_info", "LtcError", "LtcFormatError", "LtcInputError",
+__all__ = ["encode_image", "decode_image", "image_info", "encode_audio", "decode_audio", "audio_info",
+           "encode_audio_file", "decode_audio_file", "LtcError", "LtcFormatError", "LtcInputError",
            "LtcModelError", "__version__"]
 
-_LAZY = {"encode_image": "image", "decode_image": "image", "image_info": "image"}
+_LAZY = {"encode_image": "image", "decode_image": "image", "image_info": "image",
+         "encode_audio": "audio", "decode_audio": "audio", "audio_info": "audio",
+         "encode_audio_file": "audio", "decode_audio_file": "audio"}
 
 
 def __getattr__(name: str):

@@ -35,9 +35,11 @@ def _read_input(path: str) -> bytes:
         raise LtcError(f"cannot read {path}: {e.strerror}") from None
 
 
-def _write_output(path: str, data: bytes, force: bool) -> None:
+def _write_output(path: str, data, force: bool) -> None:
+    """Write ``data`` (bytes, or a function that writes to a binary file) to ``path`` atomically."""
+    write = data if callable(data) else (lambda f: f.write(data))
     if path == "-":
-        sys.stdout.buffer.write(data)
+        write(sys.stdout.buffer)
         sys.stdout.buffer.flush()
         return
     out = Path(path)
@@ -50,7 +52,7 @@ def _write_output(path: str, data: bytes, force: bool) -> None:
         raise LtcError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
         os.replace(tmp, out)
     except BaseException as e:
         try:
@@ -91,23 +93,45 @@ def main() -> None:
 @click.argument("output", type=str)
 @click.option("-q", "--quality", type=float, help="quality 1 (smallest) … 8 (best); default 4")
 @click.option("--bpp", type=float, help="target bits per pixel (images): highest quality that fits")
+@click.option("--kbps", type=float, help="target bitrate in kbit/s, all channels together (audio)")
 @click.option("--model", "model", type=str, help="model name or path (default: the shipped model)")
 @click.option("-f", "--force", is_flag=True, help="overwrite OUTPUT if it exists")
-def encode(input: str, output: str, quality: float | None, bpp: float | None, model: str | None,
-           force: bool) -> None:
-    """Encode an image (PNG, JPEG, WebP, …) to an .ltc file."""
+def encode(input: str, output: str, quality: float | None, bpp: float | None, kbps: float | None,
+           model: str | None, force: bool) -> None:
+    """Encode an image (PNG, JPEG, WebP, …) or audio (WAV, FLAC, Ogg, …) to an .ltc file."""
 
     def body():
+        from .audio import looks_like_audio
+
+        if input == "-":
+            data = _read_input(input)
+            source, prefix = io.BytesIO(data), data[:4]
+        else:
+            source = input
+            try:
+                with open(input, "rb") as f:
+                    prefix = f.read(4)
+            except OSError as e:
+                raise LtcError(f"cannot read {input}: {e.strerror}") from None
+        if looks_like_audio(input, prefix):
+            from .audio import encode_audio_file
+
+            if bpp is not None:
+                raise LtcError("--bpp is for images; use --kbps or --quality for audio")
+            _write_output(output, encode_audio_file(source, quality=quality, kbps=kbps, model=model), force)
+            return
         from PIL import Image, UnidentifiedImageError
 
         from .image import encode_image
 
-        data = _read_input(input)
+        if kbps is not None:
+            raise LtcError("--kbps is for audio; use --bpp or --quality for images")
+        data = source.getvalue() if input == "-" else _read_input(input)
         try:
             im = Image.open(io.BytesIO(data))
             im.load()
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            raise LtcError(f"{input} is not a readable image: {e}") from None
+            raise LtcError(f"{input} is not a readable image or audio file: {e}") from None
         _write_output(output, encode_image(im, quality=quality, bpp=bpp, model=model), force)
 
     _run(body)
@@ -118,13 +142,23 @@ def encode(input: str, output: str, quality: float | None, bpp: float | None, mo
 @click.argument("output", type=str)
 @click.option("--model", "model", type=str, help="model name or path (must match the file's model)")
 @click.option("-f", "--force", is_flag=True, help="overwrite OUTPUT if it exists")
-def decode(input: str, output: str, model: str | None, force: bool) -> None:
-    """Decode an .ltc file (to PNG for images)."""
+@click.option("--float", "float_output", is_flag=True, help="audio: write 32-bit float WAV (default 16-bit PCM)")
+@click.option("--conceal", is_flag=True, help="audio: decode a damaged file, with silence where segments are lost")
+def decode(input: str, output: str, model: str | None, force: bool, float_output: bool, conceal: bool) -> None:
+    """Decode an .ltc file: images to PNG, audio to WAV."""
 
     def body():
-        from .image import decode_image
+        from .container import MEDIA_AUDIO, media_kind
 
         data = _read_input(input)
+        if media_kind(data) == MEDIA_AUDIO:
+            from .audio import decode_audio_file, _parse
+
+            _parse(data, conceal)  # every format error before OUTPUT is touched
+            _write_output(output, lambda f: decode_audio_file(data, f, float_output, model, conceal), force)
+            return
+        from .image import decode_image
+
         im = decode_image(data, model=model)
         buf = io.BytesIO()
         params = {}
@@ -142,12 +176,29 @@ def decode(input: str, output: str, model: str | None, force: bool) -> None:
 @click.argument("input", type=str)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def info(input: str, as_json: bool) -> None:
-    """Describe an .ltc file: size, model, quality, bytes, bits per pixel."""
+    """Describe an .ltc file: size or duration, model, quality, bytes, bits per pixel or kbps."""
 
     def body():
+        from .container import MEDIA_AUDIO, media_kind
+
+        data = _read_input(input)
+        if media_kind(data) == MEDIA_AUDIO:
+            from .audio import audio_info
+
+            d = audio_info(data).as_dict()
+            if as_json:
+                click.echo(json.dumps(d))
+                return
+            click.echo(f"{input}: audio {d['duration']:.3f} s, {d['sample_rate']} Hz, {d['channels']} channel"
+                       f"{'s' if d['channels'] > 1 else ''} ({d['channel_coding']}), quality {d['quality']:g}, "
+                       f"lattice {d['lattice']}")
+            click.echo(f"  model {d['model']} (sha256 {d['model_sha256'][:16]}…, codes at {d['model_rate']} Hz), "
+                       f"format {d['version']}")
+            click.echo(f"  {d['bytes']} bytes in {d['segments']} segments, {d['kbps']:.2f} kbit/s")
+            return
         from .image import image_info
 
-        d = image_info(_read_input(input)).as_dict()
+        d = image_info(data).as_dict()
         if as_json:
             click.echo(json.dumps(d))
             return

@@ -22,11 +22,13 @@ from .errors import LtcFormatError
 
 __all__ = [
     "SIGNATURE", "VERSION", "MAX_CHUNK_BYTES", "MAX_IMAGE_SIDE", "MAX_IMAGE_PIXELS", "LATTICE_IDS",
-    "ImageHeader", "ModelId", "Container", "read_container", "write_container", "sniff",
+    "ImageHeader", "AudioHeader", "ModelId", "Container", "read_container", "write_container", "sniff",
+    "MEDIA_IMAGE", "MEDIA_AUDIO", "media_kind", "MAX_AUDIO_CHANNELS", "MAX_AUDIO_FRAMES",
 ]
 
 SIGNATURE = b"\x89LTC\r\n\x1a\n"
-VERSION = (1, 0)
+VERSION = (1, 0)  # written for images; audio files are 1.1 (the minor version that defined them)
+AUDIO_VERSION = (1, 1)
 
 #: Sanity limits, checked before allocating (formats/ltc-v1.md §5).
 MAX_CHUNK_BYTES = 1 << 30
@@ -37,6 +39,15 @@ MAX_MODEL_NAME = 255
 
 MEDIA_IMAGE = 1
 MEDIA_AUDIO = 2
+MAX_AUDIO_CHANNELS = 8
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 384_000
+MAX_AUDIO_FRAMES = 1 << 40
+MAX_SEGMENT_FRAMES = 4096
+
+#: Channel coding of audio: each channel on its own, or stereo as mid = (L+R)/2 and side = (L−R)/2.
+STEREO_INDEPENDENT = 0
+STEREO_MID_SIDE = 1
 
 #: Lattice identifiers stored in headers.
 LATTICE_IDS = {"z": 1, "a2": 2, "d4": 3, "e8": 4, "bw16": 5, "leech": 6, "learned": 7}
@@ -92,6 +103,65 @@ class ImageHeader:
         return cls(width, height, channels, q / 256, LATTICE_NAMES[lattice], depth, coder, precision, lpo, grid)
 
 
+_AUDIO_HEAD = struct.Struct("<BBBBIQHBBBBHHI")  # 30 bytes
+
+
+@dataclass
+class AudioHeader:
+    sample_rate: int  # of the input, restored at decode
+    frames: int  # per channel, at sample_rate
+    channels: int
+    quality: float
+    model_rate: int  # the rate the model codes at
+    segment_frames: int  # latent frames per SEGM chunk
+    stereo: int = STEREO_INDEPENDENT
+    lattice: str = "e8"
+    coder: int = CODER_RANGE32
+    precision: int = 16
+    levels_per_octave: int = 8
+    mean_grid: int = 16
+
+    def pack(self) -> bytes:
+        return _AUDIO_HEAD.pack(MEDIA_AUDIO, self.channels, self.stereo, LATTICE_IDS[self.lattice],
+                                self.sample_rate, self.frames, int(round(self.quality * 256)), self.coder,
+                                self.precision, self.levels_per_octave, self.mean_grid, self.segment_frames, 0,
+                                self.model_rate)
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "AudioHeader":
+        if len(payload) != _AUDIO_HEAD.size:
+            raise LtcFormatError(f"audio header has {len(payload)} bytes, expected {_AUDIO_HEAD.size}")
+        (kind, channels, stereo, lattice, rate, frames, q, coder, precision, lpo, grid, seg, reserved,
+         model_rate) = _AUDIO_HEAD.unpack(payload)
+        if kind != MEDIA_AUDIO:
+            raise LtcFormatError(f"not an audio header (media kind {kind})")
+        if not 1 <= channels <= MAX_AUDIO_CHANNELS:
+            raise LtcFormatError(f"unsupported channel count {channels}")
+        if stereo not in (STEREO_INDEPENDENT, STEREO_MID_SIDE) or (stereo == STEREO_MID_SIDE and channels != 2):
+            raise LtcFormatError(f"invalid channel coding {stereo} for {channels} channels")
+        if lattice not in LATTICE_NAMES:
+            raise LtcFormatError(f"unknown lattice id {lattice}")
+        for name, r in (("sample rate", rate), ("model rate", model_rate)):
+            if not MIN_SAMPLE_RATE <= r <= MAX_SAMPLE_RATE:
+                raise LtcFormatError(f"{name} {r} Hz is outside {MIN_SAMPLE_RATE}…{MAX_SAMPLE_RATE}")
+        if not 1 <= frames <= MAX_AUDIO_FRAMES:
+            raise LtcFormatError(f"frame count {frames} is outside 1…{MAX_AUDIO_FRAMES}")
+        if not 256 <= q <= 8 * 256:
+            raise LtcFormatError(f"quality {q / 256} is outside 1…8")
+        if coder != CODER_RANGE32 or precision != 16 or lpo != 8 or grid != 16:
+            raise LtcFormatError("unsupported entropy-coder parameters")
+        if not 4 <= seg <= MAX_SEGMENT_FRAMES or seg % 4:
+            raise LtcFormatError(f"segment length {seg} is not a multiple of 4 in 4…{MAX_SEGMENT_FRAMES}")
+        if reserved != 0:
+            raise LtcFormatError("reserved header field is not zero")
+        return cls(rate, frames, channels, q / 256, model_rate, seg, stereo, LATTICE_NAMES[lattice], coder,
+                   precision, lpo, grid)
+
+
 @dataclass
 class ModelId:
     name: str
@@ -128,6 +198,7 @@ class Container:
     model: ModelId
     chunks: list[tuple[bytes, bytes]] = field(default_factory=list)
     size: int = 0
+    damaged: int = 0  # chunks skipped in recovery mode (see read_container's ``recover``)
 
     def get(self, ctype: bytes) -> list[bytes]:
         return [p for t, p in self.chunks if t == ctype]
@@ -147,11 +218,19 @@ def _chunk(ctype: bytes, payload: bytes) -> bytes:
     return struct.pack("<I", len(payload)) + ctype + payload + struct.pack("<I", zlib.crc32(ctype + payload))
 
 
-def write_container(head: bytes, model: ModelId, chunks: Iterable[tuple[bytes, bytes]]) -> bytes:
-    parts = [SIGNATURE, bytes(VERSION), _chunk(b"HEAD", head), _chunk(b"MODL", model.pack())]
+def write_container(head: bytes, model: ModelId, chunks: Iterable[tuple[bytes, bytes]],
+                    version: tuple[int, int] = VERSION) -> bytes:
+    parts = [SIGNATURE, bytes(version), _chunk(b"HEAD", head), _chunk(b"MODL", model.pack())]
     parts += [_chunk(t, p) for t, p in chunks]
     parts.append(_chunk(b"END ", b""))
     return b"".join(parts)
+
+
+def media_kind(data: bytes) -> int | None:
+    """The media kind in a file's header, peeked without parsing (None if there is no header)."""
+    if len(data) > 18 and sniff(data) and data[14:18] == b"HEAD":
+        return data[18]
+    return None
 
 
 def sniff(prefix: bytes) -> bool:
@@ -159,8 +238,38 @@ def sniff(prefix: bytes) -> bool:
     return prefix[: len(SIGNATURE)] == SIGNATURE
 
 
-def read_container(data: bytes | BinaryIO, known: frozenset[bytes] = frozenset()) -> Container:
-    """Parse and validate a whole file.  ``known`` lists the critical chunk types the caller handles."""
+def _valid_chunk_at(data: bytes, pos: int, types: frozenset[bytes]) -> bool:
+    if len(data) - pos < 12 or data[pos + 4: pos + 8] not in types:
+        return False
+    (length,) = struct.unpack_from("<I", data, pos)
+    if length > MAX_CHUNK_BYTES or length > len(data) - pos - 12:
+        return False
+    (crc,) = struct.unpack_from("<I", data, pos + 8 + length)
+    return zlib.crc32(data[pos + 4: pos + 8 + length]) == crc
+
+
+def _resync(data: bytes, pos: int, types: frozenset[bytes]) -> int | None:
+    """Start of the next intact chunk of one of ``types`` (or the end chunk) after ``pos``."""
+    targets = types | {b"END "}
+    best = None
+    for t in targets:
+        at = data.find(t, pos + 1)
+        while at != -1:
+            if _valid_chunk_at(data, at - 4, targets):
+                best = at - 4 if best is None else min(best, at - 4)
+                break
+            at = data.find(t, at + 1)
+    return best
+
+
+def read_container(data: bytes | BinaryIO, known: frozenset[bytes] = frozenset(),
+                   recover: frozenset[bytes] = frozenset()) -> Container:
+    """Parse and validate a whole file.  ``known`` lists the critical chunk types the caller handles.
+
+    ``recover`` lists chunk types that are independent of each other (audio segments): with it, a
+    damaged chunk after HEAD and MODL is skipped, the reader resynchronizes on the next intact chunk
+    of those types, and the count of damaged chunks is returned instead of an error being raised.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         data = data.read()
     data = bytes(data)
@@ -174,9 +283,18 @@ def read_container(data: bytes | BinaryIO, known: frozenset[bytes] = frozenset()
     pos = 10
     chunks: list[tuple[bytes, bytes]] = []
     ended = False
+    damaged = 0
     while pos < len(data):
         if len(chunks) >= MAX_CHUNKS:
             raise LtcFormatError("too many chunks")
+        if recover and len(chunks) >= 2 and not _valid_chunk_at(data, pos, recover | {b"END "}) \
+                and data[pos + 4: pos + 8] not in known - recover:
+            damaged += 1
+            nxt = _resync(data, pos, recover)
+            if nxt is None:
+                break  # nothing intact follows: what was read is kept
+            pos = nxt
+            continue
         if len(data) - pos < 12:
             raise LtcFormatError(f"truncated chunk header at byte {pos}")
         (length,) = struct.unpack_from("<I", data, pos)
@@ -198,9 +316,11 @@ def read_container(data: bytes | BinaryIO, known: frozenset[bytes] = frozenset()
             ended = True
             break
         chunks.append((ctype, payload))
-    if not ended:
+    if not ended and not recover:
         raise LtcFormatError("file is truncated (no end chunk)")
-    if pos != len(data):
+    if not ended and pos >= len(data):
+        damaged += 1  # the file's tail is lost
+    if ended and pos != len(data):
         raise LtcFormatError(f"{len(data) - pos} bytes of trailing data after the end chunk")
     if len(chunks) < 2 or chunks[0][0] != b"HEAD" or chunks[1][0] != b"MODL":
         raise LtcFormatError("file must start with HEAD and MODL chunks")
@@ -216,4 +336,4 @@ def read_container(data: bytes | BinaryIO, known: frozenset[bytes] = frozenset()
             raise LtcFormatError(f"unknown critical chunk {ctype.decode()}")
         if 65 <= ctype[0] <= 90 or ctype in known:
             rest.append((ctype, payload))
-    return Container((major, minor), head[0], head, model, rest, len(data))
+    return Container((major, minor), head[0], head, model, rest, len(data), damaged)

@@ -22,11 +22,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .boxcode import CodingError
-from .container import (ImageHeader, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, ModelId, read_container,
+from .container import (MEDIA_AUDIO, MEDIA_IMAGE, ImageHeader, media_kind, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, ModelId, read_container,
                         write_container)
-from .errors import LtcFormatError, LtcInputError, LtcModelError
+from .errors import LtcFormatError, LtcInputError
 from .image_codec import ImageCodecModel, Streams
-from .zoo import load_image_model
+from .zoo import load_image_model, model_for_file
 
 __all__ = ["encode_image", "decode_image", "image_info", "prepare_image", "ImageInfo", "decoded_integers"]
 
@@ -165,8 +165,10 @@ class ImageInfo:
 
 
 def _parse(data: bytes):
+    if media_kind(data) == MEDIA_AUDIO:
+        raise LtcFormatError("this .ltc file holds audio, not an image")
     c = read_container(data, _KNOWN)
-    if c.media != 1:
+    if c.media != MEDIA_IMAGE:
         raise LtcFormatError("this .ltc file holds audio, not an image")
     return c, ImageHeader.unpack(c.head)
 
@@ -179,18 +181,7 @@ def image_info(data: bytes) -> ImageInfo:
 
 
 def _model_for(c, model) -> ImageCodecModel:
-    if isinstance(model, ImageCodecModel):
-        m = model
-    else:
-        try:
-            m = load_image_model(model or c.model.name)
-        except LtcModelError:
-            raise LtcModelError(f"this file needs model {c.model.name!r} (sha256 {c.model.hex[:12]}…), "
-                                "which is not installed") from None
-    if m.sha256 != c.model.hex:
-        raise LtcModelError(f"this file was encoded with {c.model.name} sha256 {c.model.hex[:12]}…, "
-                            f"but the model found has sha256 {m.sha256[:12]}…")
-    return m
+    return model_for_file(c.model, model, "image")
 
 
 def _streams(c, hd, m: ImageCodecModel) -> Streams:

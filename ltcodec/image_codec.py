@@ -65,6 +65,8 @@ def _tiled(fn, x: Tensor, factor: float, tile: int, halo: int) -> Tensor:
 class ImageCodecModel(HyperLatentCoding, nn.Module):
     """A loaded image model, ready to compress and decompress RGB arrays."""
 
+    kind = "image"
+
     def __init__(self, config: ImageModelConfig, name: str, sha256: str):
         super().__init__()
         self.config = config

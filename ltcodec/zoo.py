@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import LtcModelError
 
 __all__ = ["DEFAULT_IMAGE_MODEL", "DEFAULT_AUDIO_MODEL", "model_dirs", "find_model", "load_image_model",
-           "list_models", "file_sha256"]
+           "load_audio_model", "model_for_file", "list_models", "file_sha256"]
 
 DEFAULT_IMAGE_MODEL = "ltc-image-e8"
 DEFAULT_AUDIO_MODEL = "ltc-audio-e8"
@@ -56,19 +56,54 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_image_model(name_or_path: str | None = None):
-    """Load (and cache) an image model; ``None`` means the default model."""
-    from .image_codec import ImageCodecModel
-
-    path = find_model(name_or_path or DEFAULT_IMAGE_MODEL)
+def _load(name_or_path: str, cls):
+    path = find_model(name_or_path)
     key = (str(path.resolve()), path.stat().st_mtime)
     with _lock:
         model = _cache.get(key)
         if model is None:
-            name = path.stem
-            model = ImageCodecModel.from_file(path, name)
+            model = cls.from_file(path, path.stem)
             _cache[key] = model
+    if not isinstance(model, cls):
+        raise LtcModelError(f"model {name_or_path!r} is not an {cls.kind} model")
     return model
+
+
+def load_image_model(name_or_path: str | None = None):
+    """Load (and cache) an image model; ``None`` means the default model."""
+    from .image_codec import ImageCodecModel
+
+    return _load(name_or_path or DEFAULT_IMAGE_MODEL, ImageCodecModel)
+
+
+def load_audio_model(name_or_path: str | None = None):
+    """Load (and cache) an audio model; ``None`` means the default model."""
+    from .audio_codec import AudioCodecModel
+
+    return _load(name_or_path or DEFAULT_AUDIO_MODEL, AudioCodecModel)
+
+
+def model_for_file(model_id, model, kind: str):
+    """The model that decodes a file whose MODL chunk is ``model_id``: ``model`` (an instance, a name or
+    a path) or else the installed model of that name; its SHA-256 must match the file's."""
+    from .audio_codec import AudioCodecModel
+    from .image_codec import ImageCodecModel
+
+    cls = ImageCodecModel if kind == "image" else AudioCodecModel
+    if isinstance(model, cls):
+        m = model
+    else:
+        try:
+            m = _load(model or model_id.name, cls)
+        except LtcModelError:
+            if model:
+                raise
+            raise LtcModelError(f"this file needs model {model_id.name!r} (sha256 {model_id.hex[:12]}…), "
+                                "which is not installed") from None
+    if m.sha256 != model_id.hex:
+        raise LtcModelError(f"this file was encoded with {model_id.name} sha256 {model_id.hex[:12]}…, "
+                            f"but the model found has sha256 {m.sha256[:12]}…")
+    return m
 
 
 def list_models() -> list[dict]:

@@ -1,0 +1,484 @@
+"""Audio in and out of .ltc: channels, resampling, segments, rate control and concealment.
+
+Rules (also in formats/ltc-v1.md §7):
+
+* Input through soundfile (WAV, FLAC, Ogg/Vorbis, AIFF, …), any sample rate from 8 to 192 kHz, any
+  sample format; 1 to 8 channels.  Mono is coded as is, stereo as mid = (L+R)/2 and side = (L−R)/2,
+  3–8 channels each on its own.  The model codes at its own rate (24 kHz for the shipped model): the
+  input is resampled to it with soxr and the output back to the input's rate, trimmed to the exact
+  number of input frames.
+* The signal is cut into segments of ``SEGMENT_FRAMES`` latent frames (4 s at 24 kHz).  Each segment is
+  one ``SEGM`` chunk, entropy-coded on its own, so a damaged chunk loses only its own 4 s: with
+  ``conceal=True`` the decoder puts silence there and decodes the rest.  The transforms see
+  ``HALO_FRAMES`` of context on each side of a segment, so segments join without seams.
+* Encoding and decoding stream through the file: memory is bounded by the latents (≈ 30 kB per
+  second per channel) and a few segments of samples, whatever the file's length.
+* Output is WAV: 16-bit PCM by default (clipped to full scale, never wrapped), or 32-bit float.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from .audio_codec import AudioCodecModel
+from .boxcode import CodingError
+from .container import (AUDIO_VERSION, MAX_AUDIO_CHANNELS, MEDIA_AUDIO, MEDIA_IMAGE, media_kind, STEREO_INDEPENDENT, STEREO_MID_SIDE,
+                        AudioHeader, ModelId, read_container, write_container)
+from .errors import LtcFormatError, LtcInputError
+from .latent_coding import Streams
+from .zoo import load_audio_model, model_for_file
+
+__all__ = ["encode_audio", "decode_audio", "audio_info", "encode_audio_file", "decode_audio_file",
+           "AudioInfo", "MIN_INPUT_RATE", "MAX_INPUT_RATE"]
+
+SEGMENT_FRAMES = 300
+HALO_FRAMES = 8
+MIN_INPUT_RATE = 8000
+MAX_INPUT_RATE = 192_000
+READ_BLOCK = 1 << 16
+RATE_SEARCH_SEGMENTS = 12
+_KNOWN = frozenset({b"SEGM"})
+_SEG_HEAD = struct.Struct("<I")
+_CHAN_HEAD = struct.Struct("<II")
+
+# ----------------------------------------------------------------------------------------------------
+# Channels and resampling
+# ----------------------------------------------------------------------------------------------------
+
+def _to_coded(block: np.ndarray, mid_side: bool) -> np.ndarray:
+    if mid_side:
+        left, right = block[:, 0], block[:, 1]
+        return np.stack([(left + right) * 0.5, (left - right) * 0.5], axis=1)
+    return block
+
+
+def _from_coded(block: np.ndarray, mid_side: bool) -> np.ndarray:
+    if mid_side:
+        mid, side = block[:, 0], block[:, 1]
+        return np.stack([mid + side, mid - side], axis=1)
+    return block
+
+
+class _Resampler:
+    """Streaming soxr resampler of (n, C) float32 blocks, or a pass-through at equal rates."""
+
+    def __init__(self, rate_in: int, rate_out: int, channels: int):
+        self.stream = None if rate_in == rate_out else soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32")
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        if self.stream is None:
+            return block
+        return self.stream.resample_chunk(np.ascontiguousarray(block, np.float32), last=last)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Threads: each transform runs on one thread, channels side by side
+# ----------------------------------------------------------------------------------------------------
+
+@contextmanager
+def _per_channel_threads():
+    """A map over channels whose every call runs single-threaded.
+
+    A convolution's float result depends on how its sums are split between threads, so the
+    transforms always run on one thread each, and the machine's threads work on channels in parallel:
+    the output does not depend on the thread count.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, before)) as pool:
+            yield pool.map
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Encoding
+# ----------------------------------------------------------------------------------------------------
+
+def _check_signal_shape(channels: int, rate: int) -> None:
+    if not 1 <= channels <= MAX_AUDIO_CHANNELS:
+        raise LtcInputError(f"audio with {channels} channels is not supported (1 to {MAX_AUDIO_CHANNELS})")
+    if not MIN_INPUT_RATE <= rate <= MAX_INPUT_RATE:
+        raise LtcInputError(f"sample rate {rate} Hz is outside {MIN_INPUT_RATE}…{MAX_INPUT_RATE}")
+
+
+def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channels: int, pmap=map) -> tuple[list[list], int]:
+    """Latents y (before gains) of every segment and coded channel, from blocks of input samples.
+
+    Segment k covers model-rate samples [k·S, k·S + S) (the last one is shorter) and is analysed on
+    the window that adds ``HALO_FRAMES`` hops on each side, clipped at the signal's ends (zeros past
+    its end); the window depends only on the signal, never on how it arrived in blocks.
+    """
+    hop = m.hop
+    seg, halo = SEGMENT_FRAMES * hop, HALO_FRAMES * hop
+    mid_side = channels == 2
+    coded = channels
+    resample = _Resampler(rate, m.config.sample_rate, coded)
+    buf = np.zeros((0, coded), np.float32)
+    start = 0  # model-rate index of buf[0]
+    latents: list[list] = []
+
+    def run(k: int, end: int, total: int) -> None:
+        a, b = k * seg, min(k * seg + seg, end)
+        w0, w1 = max(a - halo, 0), min(b + halo, total)
+        win = buf[w0 - start: w1 - start]
+        if len(win) < w1 - w0:
+            win = np.concatenate([win, np.zeros((w1 - w0 - len(win), coded), np.float32)])
+        def one(c: int):
+            return m.analysis(win[:, c])[..., (a - w0) // hop: (b - w0) // hop].contiguous()
+
+        latents.append(list(pmap(one, range(coded))))
+
+    n_in = 0
+    for block in blocks:
+        n_in += len(block)
+        out = resample(_to_coded(block, mid_side))
+        buf = np.concatenate([buf, out])
+        k = len(latents)
+        while start + len(buf) >= (k + 1) * seg + halo:
+            run(k, (k + 1) * seg, start + len(buf))
+            k += 1
+            drop = k * seg - halo - start
+            if drop > 0:
+                buf, start = buf[drop:], start + drop
+    if n_in == 0:
+        raise LtcInputError("the audio has no samples")
+    buf = np.concatenate([buf, resample(np.zeros((0, coded), np.float32), last=True)])
+    length = start + len(buf)
+    frames = max(4, -(-math.ceil(length / hop) // 4) * 4)
+    total = frames * hop
+    k = len(latents)
+    while k * seg < total:
+        run(k, total, total)
+        k += 1
+    return latents, n_in
+
+
+def _segment_payload(m: AudioCodecModel, k: int, ys: list, quality: float) -> bytes:
+    parts = [_SEG_HEAD.pack(k)]
+    for y in ys:
+        s = m.compress_latent(y, quality)
+        parts.append(_CHAN_HEAD.pack(s.z_words.size, s.y_words.size))
+        parts.append(s.z_words.astype("<u4").tobytes() + s.y_words.astype("<u4").tobytes())
+    return b"".join(parts)
+
+
+def _segment_seconds(m: AudioCodecModel, ys: list) -> float:
+    return ys[0].shape[-1] * m.hop / m.config.sample_rate
+
+
+def _choose_quality(m: AudioCodecModel, latents: list[list], kbps: float) -> float:
+    """Quality whose bitrate on a spread of segments is closest to ``kbps`` (bisection; rate rises with quality)."""
+    n = len(latents)
+    picks = sorted({round(i * (n - 1) / max(RATE_SEARCH_SEGMENTS - 1, 1)) for i in range(min(n, RATE_SEARCH_SEGMENTS))})
+    seconds = sum(_segment_seconds(m, latents[i]) for i in picks)
+
+    def rate(q: float) -> float:
+        bits = sum(8 * (len(_segment_payload(m, i, latents[i], q)) + 12) for i in picks)
+        return bits / seconds / 1000.0
+
+    lo, hi = 1.0, float(m.qualities)
+    r_lo, r_hi = rate(lo), rate(hi)
+    if kbps <= r_lo:
+        return lo
+    if kbps >= r_hi:
+        return hi
+    for _ in range(11):  # to 7/2048 of a quality step, below the header's 1/256
+        mid = (lo + hi) / 2
+        r = rate(mid)
+        if r <= kbps:
+            lo, r_lo = mid, r
+        else:
+            hi, r_hi = mid, r
+    best = lo if abs(r_lo - kbps) <= abs(r_hi - kbps) else hi
+    return round(best * 256) / 256
+
+
+def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frames_hint: int | None,
+                   quality: float | None, kbps: float | None, model) -> bytes:
+    if quality is not None and kbps is not None:
+        raise LtcInputError("give either quality or kbps, not both")
+    _check_signal_shape(channels, rate)
+    m = model if isinstance(model, AudioCodecModel) else load_audio_model(model)
+    if kbps is not None:
+        if not kbps > 0:
+            raise LtcInputError(f"target bitrate must be positive, got {kbps}")
+    elif quality is not None and not 1.0 <= quality <= m.qualities:
+        raise LtcInputError(f"quality must be between 1 and {m.qualities}, got {quality}")
+    with torch.no_grad(), _per_channel_threads() as pmap:
+        latents, frames = _analyse(m, blocks, rate, channels, pmap)
+        if kbps is not None:
+            q = _choose_quality(m, latents, kbps)
+        else:
+            q = round((4.0 if quality is None else float(quality)) * 256) / 256
+        chunks = [(b"SEGM", _segment_payload(m, k, ys, q)) for k, ys in enumerate(latents)]
+    head = AudioHeader(rate, frames, channels, q, m.config.sample_rate, SEGMENT_FRAMES,
+                       STEREO_MID_SIDE if channels == 2 else STEREO_INDEPENDENT, m.config.lattice)
+    return write_container(head.pack(), ModelId(m.name, bytes.fromhex(m.sha256)), chunks, AUDIO_VERSION)
+
+
+def _as_float(data: np.ndarray) -> np.ndarray:
+    """soundfile's conventions: float in [-1, 1], or int16/int32 full scale."""
+    a = np.asarray(data)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2 or a.shape[0] == 0:
+        raise LtcInputError(f"audio arrays are (frames,) or (frames, channels) with frames ≥ 1, got shape {a.shape}")
+    if a.dtype == np.int16:
+        return a.astype(np.float32) / 32768.0
+    if a.dtype == np.int32:
+        return (a.astype(np.float64) / 2147483648.0).astype(np.float32)
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise LtcInputError("audio contains NaN or infinite samples")
+        return a.astype(np.float32)
+    raise LtcInputError(f"unsupported sample type {a.dtype} (use float, int16 or int32)")
+
+
+def encode_audio(data: np.ndarray, samplerate: int, quality: float | None = None, kbps: float | None = None,
+                 model: str | AudioCodecModel | None = None) -> bytes:
+    """Encode a signal in soundfile's layout ((frames,) or (frames, channels); float, int16 or int32).
+
+    ``quality`` is 1 … 8 (fractions allowed, default 4); ``kbps`` instead finds the quality whose
+    bitrate (all channels together) is closest to it.
+    """
+    a = _as_float(data)
+    rate = int(samplerate)
+    blocks = (a[i:i + READ_BLOCK] for i in range(0, len(a), READ_BLOCK))
+    return _encode_blocks(blocks, rate, a.shape[1], len(a), quality, kbps, model)
+
+
+def _open_sound(source) -> sf.SoundFile:
+    try:
+        return sf.SoundFile(source)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        name = getattr(source, "name", source)
+        raise LtcInputError(f"{name} is not a readable audio file: {e}") from None
+
+
+def encode_audio_file(source, quality: float | None = None, kbps: float | None = None,
+                      model: str | AudioCodecModel | None = None) -> bytes:
+    """Encode an audio file (path or binary file object) read in blocks, so its length does not matter."""
+    with _open_sound(source) as f:
+        rate, channels = f.samplerate, f.channels
+        _check_signal_shape(channels, rate)
+
+        def blocks():
+            try:
+                for block in f.blocks(READ_BLOCK, dtype="float32", always_2d=True):
+                    if not np.isfinite(block).all():
+                        raise LtcInputError("audio contains NaN or infinite samples")
+                    yield block
+            except (sf.LibsndfileError, RuntimeError) as e:
+                raise LtcInputError(f"cannot read the audio: {e}") from None
+
+        return _encode_blocks(blocks(), rate, channels, None, quality, kbps, model)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    frames: int
+    duration: float
+    quality: float
+    lattice: str
+    model: str
+    model_sha256: str
+    model_rate: int
+    segments: int
+    bytes: int
+    kbps: float
+    channel_coding: str
+    version: str
+    damaged: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__, kind="audio")
+
+
+def _parse(data: bytes, conceal: bool):
+    if media_kind(data) == MEDIA_IMAGE:
+        raise LtcFormatError("this .ltc file holds an image, not audio")
+    c = read_container(data, _KNOWN, recover=_KNOWN if conceal else frozenset())
+    if c.media != MEDIA_AUDIO:
+        raise LtcFormatError("this .ltc file holds an image, not audio")
+    return c, AudioHeader.unpack(c.head)
+
+
+def _layout(hd: AudioHeader, hop: int) -> list[int]:
+    """Latent frames of each segment, from the header alone."""
+    length = math.ceil(hd.frames * hd.model_rate / hd.sample_rate)
+    frames = max(4, -(-math.ceil(length / hop) // 4) * 4)
+    n = -(-frames // hd.segment_frames)
+    return [min(hd.segment_frames, frames - k * hd.segment_frames) for k in range(n)]
+
+
+def _segments(c, hd: AudioHeader, n: int) -> tuple[dict[int, bytes], int]:
+    found: dict[int, bytes] = {}
+    for payload in c.get(b"SEGM"):
+        if len(payload) < _SEG_HEAD.size:
+            raise LtcFormatError("segment chunk is too short")
+        (k,) = _SEG_HEAD.unpack_from(payload)
+        if k >= n:
+            raise LtcFormatError(f"segment {k} is beyond the {n} segments of this file")
+        if k in found:
+            raise LtcFormatError(f"segment {k} appears twice")
+        found[k] = payload
+    return found, n - len(found)
+
+
+def _decode_segment(m: AudioCodecModel, hd: AudioHeader, payload: bytes, frames: int) -> list:
+    coded = hd.channels
+    pos = _SEG_HEAD.size
+    out = []
+    max_words = 64 + 4 * frames * (m.config.M + m.config.N)  # > 128 bits per symbol is corrupt
+    for _ in range(coded):
+        if len(payload) - pos < _CHAN_HEAD.size:
+            raise LtcFormatError("segment chunk is truncated")
+        nz, ny = _CHAN_HEAD.unpack_from(payload, pos)
+        pos += _CHAN_HEAD.size
+        if nz + ny > max_words or 4 * (nz + ny) > len(payload) - pos:
+            raise LtcFormatError("segment chunk is truncated or its stream sizes are invalid")
+        words = np.frombuffer(payload, "<u4", nz + ny, pos).astype(np.uint32)
+        pos += 4 * (nz + ny)
+        try:
+            out.append(m.decompress_latent(Streams(words[:nz], words[nz:], (1, frames)), hd.quality))
+        except CodingError as e:
+            raise LtcFormatError(f"segment data is damaged: {e}") from None
+    if pos != len(payload):
+        raise LtcFormatError("segment chunk has trailing bytes")
+    return out
+
+
+def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool, pmap=map) -> Iterator[np.ndarray]:
+    """Decoded (n, channels) model-rate samples, segment by segment, with halos from the neighbours."""
+    if hd.model_rate != m.config.sample_rate:
+        raise LtcFormatError(f"header model rate {hd.model_rate} does not match the model's {m.config.sample_rate}")
+    if hd.lattice != m.config.lattice:
+        raise LtcFormatError(f"header lattice {hd.lattice} does not match the model's {m.config.lattice}")
+    layout = _layout(hd, m.hop)
+    payloads, missing = _segments(c, hd, len(layout))
+    if missing and not conceal:
+        raise LtcFormatError(f"{missing} of {len(layout)} segments are missing")
+    hop = m.hop
+
+    def latents(k: int):
+        if k < 0 or k >= len(layout) or k not in payloads:
+            return None
+        try:
+            return _decode_segment(m, hd, payloads[k], layout[k])
+        except LtcFormatError:
+            if conceal:
+                return None
+            raise
+
+    prev, cur, nxt = None, latents(0), latents(1)
+    for k, frames in enumerate(layout):
+        if cur is None:
+            yield np.zeros((frames * hop, hd.channels), np.float32)
+        else:
+            def one(c_i: int, prev=prev, cur=cur, nxt=nxt, frames=frames):
+                parts = ([prev[c_i][..., -HALO_FRAMES:]] if prev is not None else []) + [cur[c_i]] + \
+                        ([nxt[c_i][..., :HALO_FRAMES]] if nxt is not None else [])
+                left = parts[0].shape[-1] if prev is not None else 0
+                x = m.synthesis(torch.cat(parts, dim=-1))
+                return x[left * hop: (left + frames) * hop]
+
+            yield np.stack(list(pmap(one, range(hd.channels))), axis=1)
+        prev, cur, nxt = cur, nxt, latents(k + 2)
+
+
+def _output_blocks(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool) -> Iterator[np.ndarray]:
+    """Decoded (n, channels) float32 blocks at the input's rate, exactly ``hd.frames`` in all."""
+    mid_side = hd.stereo == STEREO_MID_SIDE
+    resample = _Resampler(m.config.sample_rate, hd.sample_rate, hd.channels)
+    left = hd.frames
+    with torch.no_grad(), _per_channel_threads() as pmap:
+        for block in _model_rate_segments(m, c, hd, conceal, pmap):
+            out = resample(_from_coded(block, mid_side))[:left]
+            left -= len(out)
+            if len(out):
+                yield out
+        tail = resample(np.zeros((0, hd.channels), np.float32), last=True)[:left]
+        left -= len(tail)
+        if len(tail):
+            yield tail
+    if left > 0:
+        yield np.zeros((left, hd.channels), np.float32)
+
+
+def _pcm16(block: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(block * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def decode_audio(data: bytes, dtype: str = "float32", model: str | AudioCodecModel | None = None,
+                 conceal: bool = False) -> tuple[np.ndarray, int]:
+    """Decode .ltc bytes to ``(data, samplerate)`` as soundfile.read returns them.
+
+    ``dtype`` is "float32" (may exceed ±1 where the signal overshoots), "float64" or "int16" (clipped).
+    ``conceal`` decodes a damaged file, with silence where segments are lost.
+    """
+    if dtype not in ("float32", "float64", "int16"):
+        raise LtcInputError(f"unsupported dtype {dtype!r} (float32, float64 or int16)")
+    c, hd = _parse(data, conceal)
+    m = model_for_file(c.model, model, "audio")
+    blocks = list(_output_blocks(m, c, hd, conceal))
+    a = np.concatenate(blocks) if blocks else np.zeros((0, hd.channels), np.float32)
+    a = _pcm16(a) if dtype == "int16" else a.astype(dtype)
+    return (a[:, 0] if hd.channels == 1 else a), hd.sample_rate
+
+
+def decode_audio_file(data: bytes, out, float_output: bool = False, model: str | AudioCodecModel | None = None,
+                      conceal: bool = False) -> None:
+    """Decode to a WAV file (path or binary file object), writing segment by segment."""
+    c, hd = _parse(data, conceal)
+    m = model_for_file(c.model, model, "audio")
+    subtype = "FLOAT" if float_output else "PCM_16"
+    blocks = _output_blocks(m, c, hd, conceal)
+    first = next(blocks)  # parse errors surface before the output is created
+    with sf.SoundFile(out, "w", hd.sample_rate, hd.channels, subtype, format="WAV") as f:
+        for block in _chain(first, blocks):
+            f.write(block if float_output else _pcm16(block))
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def audio_info(data: bytes) -> AudioInfo:
+    c, hd = _parse(data, conceal=False)
+    n = len(c.get(b"SEGM"))
+    return AudioInfo(hd.sample_rate, hd.channels, hd.frames, hd.duration, hd.quality, hd.lattice, c.model.name,
+                     c.model.hex, hd.model_rate, n, c.size, 8 * c.size / hd.duration / 1000.0,
+                     "mid/side" if hd.stereo == STEREO_MID_SIDE else "independent",
+                     f"{c.version[0]}.{c.version[1]}", c.damaged)
+
+
+def is_audio_bytes(prefix: bytes) -> bool:
+    """True for the signatures of the audio formats soundfile reads (WAV/RF64/W64, FLAC, Ogg, AIFF, CAF, AU)."""
+    return prefix[:4] in (b"RIFF", b"RF64", b"fLaC", b"OggS", b"FORM", b"caff", b".snd", b"riff")
+
+
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".w64", ".rf64", ".caf", ".au", ".opus"})
+
+
+def looks_like_audio(name: str, prefix: bytes) -> bool:
+    return is_audio_bytes(prefix) or (name != "-" and Path(name).suffix.lower() in AUDIO_SUFFIXES)

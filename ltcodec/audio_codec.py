@@ -1,0 +1,150 @@
+"""The shipped audio codec: float waveform transforms, an exact integer hyper-synthesis, frozen tables.
+
+The model file has the layout of the image model's (:mod:`ltcodec.image_codec`): float g_a, h_a, g_s
+and gains, the integer h_s, and the tables, in safetensors with JSON metadata (``kind: audio``).  The
+transforms run as ``Conv2d`` with ``(1, k)`` kernels on ``(1, C, 1, T)`` tensors in channels_last,
+which is the fast layout for CPU inference (DESIGN-NOTES §4); the latent ``(1, M, 1, F)`` is coded by
+the same :class:`~ltcodec.latent_coding.HyperLatentCoding` as images, with h = 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+from torch import Tensor, nn
+
+from .audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig, to_two_d_state
+from .boxcode import BoxCoder, ChannelTables, LatticeCodingSpec, ScaleTables
+from .errors import LtcModelError
+from .image_codec import FORMAT_TAG, _metadata
+from .intnet import IntegerNetwork
+from .latent_coding import Z_CLAMP, HyperLatentCoding, freeze_entropy_model
+
+__all__ = ["AudioCodecModel", "export_audio_model"]
+
+
+class AudioCodecModel(HyperLatentCoding, nn.Module):
+    """A loaded audio model: mono signals at ``config.sample_rate`` in, latents out, and back."""
+
+    kind = "audio"
+
+    def __init__(self, config: AudioModelConfig, name: str, sha256: str):
+        super().__init__()
+        self.config = config
+        self.name = name
+        self.sha256 = sha256
+        net = AudioLatticeCodec(config, two_d=True)
+        self.g_a, self.g_s, self.h_a = net.g_a, net.g_s, net.h_a
+        self.enc_gain, self.dec_gain = net.enc_gain, net.dec_gain
+        self.lattice = net.lattice
+        object.__setattr__(self, "_net", net)  # for gains(); its parameters are the ones above
+        self.h_s_int: IntegerNetwork | None = None
+        self.z_tables: ChannelTables | None = None
+        self.y_coder: BoxCoder | None = None
+        self.eval()
+
+    @property
+    def qualities(self) -> int:
+        return len(self.config.target_kbps)
+
+    @property
+    def hop(self) -> int:
+        return self.config.hop
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, name: str | None = None) -> "AudioCodecModel":
+        sha = hashlib.sha256(blob).hexdigest()
+        try:
+            arrays = st_load(blob)
+            meta = _metadata(blob)
+        except Exception as e:  # safetensors raises several types for damaged files
+            raise LtcModelError(f"model file is damaged: {e}") from None
+        if meta.get("format") != FORMAT_TAG or meta.get("kind") != "audio":
+            raise LtcModelError("not an ltcodec audio model")
+        config = AudioModelConfig.from_dict(json.loads(meta["config"]))
+        model = cls(config, name or meta.get("name", "unnamed"), sha)
+        state = {k[len("float."):]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()
+                 if k.startswith("float.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise LtcModelError(f"model file does not match its architecture (missing {missing[:3]})")
+        model.h_s_int = IntegerNetwork.from_arrays(arrays, "h_s.", json.loads(meta["h_s"]), Z_CLAMP)
+        if model.h_s_int.fingerprint(config.N) != meta["h_s_fingerprint"]:
+            raise LtcModelError("integer hyper-synthesis failed its self-test")
+        model.z_tables = ChannelTables.from_arrays(arrays, "z_tables.")
+        model.y_coder = BoxCoder(LatticeCodingSpec.from_lattice(model.lattice), ScaleTables.from_arrays(arrays, "y_tables."))
+        model.to(memory_format=torch.channels_last)
+        return model
+
+    @classmethod
+    def from_file(cls, path: str | Path, name: str | None = None) -> "AudioCodecModel":
+        path = Path(path)
+        try:
+            blob = path.read_bytes()
+        except OSError as e:
+            raise LtcModelError(f"cannot read model {path}: {e.strerror}") from None
+        return cls.from_bytes(blob, name or path.stem)
+
+    # -- the pipeline --------------------------------------------------------------------------------
+    def _gains(self, quality: float) -> tuple[Tensor, Tensor]:
+        return self._net.gains(torch.tensor([quality - 1.0]))
+
+    def z_shape(self, latent_shape: tuple[int, int]) -> tuple[int, int]:
+        return 1, latent_shape[1] // HYPER_STRIDE
+
+    @torch.no_grad()
+    def analysis(self, x: np.ndarray) -> Tensor:
+        """Latent (1, M, 1, len/hop) of a mono float signal whose length is a multiple of the hop."""
+        t = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None, None]
+        return self.g_a(t.contiguous(memory_format=torch.channels_last))
+
+    @torch.no_grad()
+    def synthesis(self, y_hat: Tensor) -> np.ndarray:
+        """Mono float signal (frames·hop,) of a decoded latent (1, M, 1, frames)."""
+        return self.g_s(y_hat.contiguous(memory_format=torch.channels_last))[0, 0, 0].numpy()
+
+
+@torch.no_grad()
+def export_audio_model(net: AudioLatticeCodec, calibration: list[np.ndarray], path: str | Path, name: str,
+                       half: bool = True, extra_meta: dict | None = None) -> str:
+    """Freeze a trained (1-D) model into a shipped model file; returns the file's SHA-256.
+
+    ``calibration`` holds mono signals at the model's rate; their hyper-latents at every quality set
+    the integer h_s's activation ranges.
+    """
+    net = net.eval()
+    two = AudioLatticeCodec(net.config, two_d=True).eval()
+    two.load_state_dict(to_two_d_state(net.state_dict()))
+    unit = net.config.hop * HYPER_STRIDE
+    zs = []
+    for sig in calibration:
+        n = len(sig) // unit * unit
+        x = torch.from_numpy(np.ascontiguousarray(sig[:n], np.float32))[None, None, None]
+        y = two.g_a(x)
+        for q in range(two.qualities):
+            enc_g, _ = two.gains(torch.tensor([float(q)]))
+            zs.append(torch.round(two.h_a(y * enc_g)).clamp(-Z_CLAMP, Z_CLAMP))
+    z_cal = torch.cat([z.reshape(1, z.shape[1], 1, -1) for z in zs], dim=3)
+    h_s_int, entropy_arrays, specs = freeze_entropy_model(two.h_s, two.z_density, two.lattice, net.config.M, z_cal)
+    arrays: dict[str, np.ndarray] = {}
+    for k, v in two.state_dict().items():
+        if k.startswith(("h_s.", "z_density.")):
+            continue
+        a = v.detach().cpu().numpy()
+        big = a.ndim == 4 and k.endswith("weight")
+        arrays["float." + k] = a.astype(np.float16 if (half and big) else np.float32)
+    arrays.update(entropy_arrays)
+    meta = {
+        "format": FORMAT_TAG, "kind": "audio", "name": name, "config": json.dumps(net.config.to_dict()),
+        "h_s": json.dumps(specs), "h_s_fingerprint": h_s_int.fingerprint(net.config.N),
+        **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra_meta or {}).items()},
+    }
+    blob = st_save(arrays, metadata=meta)
+    Path(path).write_bytes(blob)
+    return hashlib.sha256(blob).hexdigest()

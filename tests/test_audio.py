@@ -1,0 +1,229 @@
+"""The audio codec end to end on a small model exported here: shapes, rates, determinism, rate control,
+damage and concealment, error paths, and the command line."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from ltcodec.audio import (HALO_FRAMES, SEGMENT_FRAMES, audio_info, decode_audio, decode_audio_file, encode_audio,
+                           encode_audio_file)
+from ltcodec.audio_codec import AudioCodecModel, export_audio_model
+from ltcodec.audio_model import AudioLatticeCodec, AudioModelConfig
+from ltcodec.cli import main
+from ltcodec.container import AudioHeader, read_container
+from ltcodec.errors import LtcFormatError, LtcInputError, LtcModelError
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    torch.manual_seed(0)
+    net = AudioLatticeCodec(AudioModelConfig(channels=4, M=16, N=8))
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-audio.safetensors"
+    export_audio_model(net, [rng.standard_normal(24000).astype(np.float32) * 0.1], path, "tiny-audio")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return AudioCodecModel.from_file(model_path)
+
+
+def tone(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    chans = [0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) + 0.01 * rng.standard_normal(t.size) for c in range(channels)]
+    return np.stack(chans, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("rate,channels,seconds", [(16000, 1, 1.3), (44100, 2, 9.1), (8000, 3, 0.05), (48000, 1, 0.001)])
+def test_round_trip_keeps_rate_channels_and_length(model, rate, channels, seconds):
+    x = tone(seconds, rate, channels)
+    data = encode_audio(x, rate, quality=5, model=model)
+    info = audio_info(data)
+    assert (info.sample_rate, info.channels, info.frames) == (rate, channels, len(x))
+    assert info.channel_coding == ("mid/side" if channels == 2 else "independent")
+    assert info.bytes == len(data)
+    y, r = decode_audio(data, model=model)
+    assert r == rate
+    assert y.shape == ((len(x),) if channels == 1 else x.shape)
+    assert y.dtype == np.float32
+
+
+def test_mono_is_one_dimensional_like_soundfile(model):
+    y, _ = decode_audio(encode_audio(tone(0.5, 16000)[:, 0], 16000, model=model), model=model)
+    assert y.ndim == 1
+
+
+def test_int16_input_and_output(model):
+    x = (tone(0.5, 16000) * 32767).astype(np.int16)
+    data = encode_audio(x, 16000, model=model)
+    assert data == encode_audio(x.astype(np.float32) / 32768, 16000, model=model)
+    y, _ = decode_audio(data, dtype="int16", model=model)
+    assert y.dtype == np.int16
+
+
+def test_file_and_array_encodes_are_identical(model):
+    x = tone(9.5, 22050, 2)  # several segments, several read blocks
+    buf = io.BytesIO()
+    sf.write(buf, x, 22050, format="FLAC", subtype="PCM_24")
+    buf.seek(0)
+    from_file = encode_audio_file(buf, quality=3, model=model)
+    data, _ = sf.read(io.BytesIO(buf.getvalue()), dtype="float32")
+    assert from_file == encode_audio(data, 22050, quality=3, model=model)
+
+
+def test_decoding_is_deterministic_across_threads(model):
+    data = encode_audio(tone(5.0, 48000, 2), 48000, quality=6, model=model)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            buf = io.BytesIO()
+            decode_audio_file(data, buf, model=model)
+            outs.append(buf.getvalue())
+    finally:
+        torch.set_num_threads(before)
+    assert outs[0] == outs[1]
+
+
+def test_quality_orders_the_size(model):
+    x = tone(4.0, 24000)
+    sizes = [len(encode_audio(x, 24000, quality=q, model=model)) for q in (1, 4, 8)]
+    assert sizes[0] <= sizes[1] <= sizes[2]
+    assert sizes[0] < sizes[2]
+
+
+def test_kbps_rate_control_lands_within_ten_percent(model):
+    x = tone(12.0, 24000, seed=3) + 0.05 * np.random.default_rng(1).standard_normal((288000, 1)).astype(np.float32)
+    lo = audio_info(encode_audio(x, 24000, quality=1, model=model)).kbps
+    hi = audio_info(encode_audio(x, 24000, quality=8, model=model)).kbps
+    target = (lo * hi) ** 0.5
+    got = audio_info(encode_audio(x, 24000, kbps=target, model=model)).kbps
+    assert abs(got - target) / target <= 0.10, (lo, hi, target, got)
+
+
+def test_a_damaged_segment_is_an_error_or_silence(model):
+    rate = 24000
+    x = tone(13.0, rate)  # 4 segments of 4 s
+    data = encode_audio(x, rate, quality=4, model=model)
+    c = read_container(data, frozenset({b"SEGM"}))
+    assert len(c.get(b"SEGM")) == 4
+    bad = bytearray(data)
+    second = data.find(b"SEGM", data.find(b"SEGM") + 4)
+    bad[second + 40] ^= 0x55
+    with pytest.raises(LtcFormatError, match="damaged"):
+        decode_audio(bytes(bad), model=model)
+    clean, _ = decode_audio(data, model=model)
+    y, _ = decode_audio(bytes(bad), model=model, conceal=True)
+    assert y.shape == clean.shape
+    hop = model.hop
+    seg = SEGMENT_FRAMES * hop
+    assert np.all(y[seg:2 * seg] == 0)  # the lost segment is silent
+    margin = HALO_FRAMES * hop * 2
+    np.testing.assert_array_equal(y[:seg - margin], clean[:seg - margin])
+    np.testing.assert_array_equal(y[2 * seg + margin:], clean[2 * seg + margin:])
+    assert audio_info(data).damaged == 0
+
+
+def test_truncated_files_conceal_their_tail(model):
+    data = encode_audio(tone(9.0, 24000), 24000, model=model)
+    cut = data[: len(data) * 2 // 3]
+    with pytest.raises(LtcFormatError):
+        decode_audio(cut, model=model)
+    y, _ = decode_audio(cut, model=model, conceal=True)
+    assert len(y) == 9 * 24000
+
+
+@pytest.mark.parametrize("make,err", [
+    (lambda: (tone(1, 4000), 4000), "sample rate"),
+    (lambda: (tone(0.1, 16000, 9), 16000), "channels"),
+    (lambda: (np.zeros((0, 1), np.float32), 16000), "shape"),
+    (lambda: (np.full((100, 1), np.nan, np.float32), 16000), "NaN"),
+    (lambda: (np.zeros((100, 1), np.uint8), 16000), "sample type"),
+])
+def test_bad_input_raises_typed_errors(model, make, err):
+    x, rate = make()
+    with pytest.raises(LtcInputError, match=err):
+        encode_audio(x, rate, model=model)
+
+
+def test_quality_and_kbps_are_checked(model):
+    with pytest.raises(LtcInputError):
+        encode_audio(tone(0.1, 16000), 16000, quality=9, model=model)
+    with pytest.raises(LtcInputError):
+        encode_audio(tone(0.1, 16000), 16000, quality=3, kbps=12, model=model)
+    with pytest.raises(LtcInputError):
+        encode_audio(tone(0.1, 16000), 16000, kbps=-1, model=model)
+
+
+def test_header_limits():
+    good = AudioHeader(48000, 1000, 2, 4.0, 24000, 300, 1)
+    assert AudioHeader.unpack(good.pack()) == good
+    for field, value in [("frames", 0), ("channels", 9), ("segment_frames", 6), ("sample_rate", 100),
+                         ("quality", 9.0)]:
+        h = AudioHeader(**{**good.__dict__, field: value})
+        with pytest.raises(LtcFormatError):
+            AudioHeader.unpack(h.pack())
+    with pytest.raises(LtcFormatError):
+        AudioHeader.unpack(good.pack()[:-1])
+
+
+def test_wrong_model_is_refused(model, tmp_path):
+    data = encode_audio(tone(0.5, 16000), 16000, model=model)
+    torch.manual_seed(1)
+    other = tmp_path / "other.safetensors"
+    net = AudioLatticeCodec(AudioModelConfig(channels=4, M=16, N=8))
+    export_audio_model(net, [np.zeros(24000, np.float32)], other, "tiny-audio")
+    with pytest.raises(LtcModelError, match="sha256"):
+        decode_audio(data, model=AudioCodecModel.from_file(other))
+    with pytest.raises(LtcFormatError, match="image"):
+        from ltcodec.image import decode_image
+        decode_image(data)
+
+
+def test_cli_audio_round_trip(model_path, tmp_path):
+    src = tmp_path / "in.flac"
+    sf.write(src, tone(2.5, 44100, 2), 44100)
+    env = ["--model", str(model_path)]
+    run = CliRunner().invoke
+    r = run(main, ["encode", str(src), str(tmp_path / "a.ltc"), "--kbps", "12", *env])
+    assert r.exit_code == 0, r.output
+    r = run(main, ["info", str(tmp_path / "a.ltc"), "--json"])
+    info = json.loads(r.output)
+    assert (info["kind"], info["sample_rate"], info["channels"], info["frames"]) == ("audio", 44100, 2, 110250)
+    r = run(main, ["info", str(tmp_path / "a.ltc")])
+    assert "kbit/s" in r.output
+    for extra, subtype in (([], "PCM_16"), (["--float"], "FLOAT")):
+        out = tmp_path / f"a{len(extra)}.wav"
+        r = run(main, ["decode", str(tmp_path / "a.ltc"), str(out), *extra, *env])
+        assert r.exit_code == 0, r.output
+        i = sf.info(str(out))
+        assert (i.samplerate, i.channels, i.frames, i.subtype) == (44100, 2, 110250, subtype)
+
+
+def test_cli_audio_errors_leave_no_output(model_path, tmp_path):
+    src = tmp_path / "in.wav"
+    sf.write(src, tone(1.0, 16000), 16000)
+    good = tmp_path / "g.ltc"
+    assert CliRunner().invoke(main, ["encode", str(src), str(good), "--model", str(model_path)]).exit_code == 0
+    bad = tmp_path / "bad.ltc"
+    data = bytearray(good.read_bytes())
+    data[-30] ^= 1
+    bad.write_bytes(bytes(data))
+    for args in (["decode", str(bad), str(tmp_path / "o.wav"), "--model", str(model_path)],
+                 ["encode", str(src), str(tmp_path / "o.ltc"), "--bpp", "1", "--model", str(model_path)]):
+        p = subprocess.run([sys.executable, "-m", "ltcodec.cli", *args], capture_output=True, text=True)
+        assert p.returncode == 1
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["bad.ltc", "g.ltc", "in.wav"]
+    r = CliRunner().invoke(main, ["decode", str(bad), str(tmp_path / "c.wav"), "--conceal", "--model", str(model_path)])
+    assert r.exit_code == 0, r.output
