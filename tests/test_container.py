@@ -114,3 +114,18 @@ def test_model_id_validation():
         ModelId.unpack(b"\x05abc")
     with pytest.raises(LtcFormatError):
         ModelId.unpack(b"")
+
+
+def test_recovery_skips_a_chunk_with_a_damaged_length():
+    from ltcodec.container import AudioHeader
+
+    head = AudioHeader(16000, 100, 1, 4.0, 24000, 300).pack()
+    segs = [(b"SEGM", bytes([k]) * (20 + k)) for k in range(4)]
+    data = bytearray(write_container(head, MODEL, segs, (1, 1)))
+    second = data.find(b"SEGM", data.find(b"SEGM") + 1) - 4
+    data[second: second + 4] = b"\xff\xff\xff\x7f"  # the length field of segment 1
+    with pytest.raises(LtcFormatError):
+        read_container(bytes(data), frozenset({b"SEGM"}))
+    c = read_container(bytes(data), frozenset({b"SEGM"}), recover=frozenset({b"SEGM"}))
+    assert [p[0] for p in c.get(b"SEGM")] == [0, 2, 3]
+    assert c.damaged == 1

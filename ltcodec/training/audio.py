@@ -11,8 +11,10 @@ is speech and half music; each crop gets a random level.
 
 Loss: multi-resolution STFT distance (log and linear magnitudes, six window sizes) plus waveform L1,
 and the rate in kbps weighted per quality.  Each quality has a target bitrate; its rate weight is
-adapted by dual ascent (the weight grows while the quality's measured rate is above its target), so
-the qualities land on the intended bitrates whatever the scale of the distortion.  Checkpoints with
+adapted by slow dual ascent from a fixed starting ladder (the weight grows while the quality's measured
+rate is above its target), so the qualities land on the intended bitrates whatever the scale of the
+distortion.  (A fast update, or a start from equal weights, collapses the shared latent early on:
+the lowest quality's weight runs away while no quality can yet buy distortion with rate.)  Checkpoints with
 optimizer, RNG and rate-weight state are written atomically every few minutes; ``--resume`` continues.
 """
 
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--dual-step", type=float, default=0.003, help="step of the rate-weight updates")
     p.add_argument("--reload-every", type=int, default=2000, help="rescan the data folders (a corpus may still be arriving)")
     args = p.parse_args(argv)
 
@@ -196,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     model = AudioLatticeCodec(config)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     targets = torch.tensor(config.target_kbps)
-    log_weights = torch.zeros(len(targets))
+    # A starting ladder near the usual slopes of such codecs; dual ascent then moves each weight slowly.
+    log_weights = torch.linspace(-1.0, -4.5, len(targets))
     rate_ema = targets.clone()
     step = 0
     rng = np.random.default_rng(args.seed)
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             # Dual ascent on the per-quality rate weights.
             for q, r in zip(quality.long().tolist(), out["kbps"].tolist()):
                 rate_ema[q] = 0.95 * rate_ema[q] + 0.05 * r
-            log_weights = (log_weights + 0.02 * torch.log(rate_ema / targets)).clamp(-8, 8)
+            log_weights = (log_weights + args.dual_step * torch.log(rate_ema / targets)).clamp(-7, 3)
             acc["loss"] += out["loss"].item()
             acc["dist"] += out["dist"].mean().item()
             n_acc += 1

@@ -1,0 +1,348 @@
+"""Audio bench: ltcodec against Opus and MP3 on speech and music, at the same actual bitrates.
+
+    python -m bench.audio                       # both sets, all bitrates, writes bench/results/audio.*
+    python -m bench.audio --quick               # a few clips per set (a smoke run; not committed)
+    python -m bench.audio --sets music --codecs ltcodec   # re-measure one codec, keep the others' rows
+
+Sets (``../shared/data/eval/audio``): ``speech`` (16 kHz mono read speech) and ``music`` (TCDAudio14
+excerpts, 48 kHz stereo).  Codecs: ltcodec at ``--kbps K`` (its rate control), Opus (libopus through
+ffmpeg, VBR, ``-b:a K``) and MP3 (LAME through ffmpeg, CBR; the output rate is lowered where LAME has
+no mode for K at the input's rate, as LAME itself would).  The bitrate reported is the *actual* one:
+file bytes × 8 / duration, containers included for every codec.
+
+Metrics, on the decoded signal against the original at the original rate:
+ViSQOL v3 (the pure-Python port; audio mode on the mono mix at 48 kHz for music, speech mode at 16 kHz
+with its polynomial MOS mapping for speech), PESQ-WB and STOI (speech), SI-SDR (mean over channels)
+and log-mel distance (mean |log10| difference of 80-band mel power spectra, dB/10).  For each ltcodec
+point the Opus bitrate with the same ViSQOL is interpolated from Opus's curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .host import machine
+
+RESULTS = Path(__file__).parent / "results"
+DATA = Path("../shared/data/eval/audio")
+TARGETS = (6, 12, 24, 32, 48, 64)
+OPUS_EXTRA = (8, 16, 96)  # more Opus points, for the equal-ViSQOL interpolation
+CODECS = ("ltcodec", "opus", "mp3")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Codecs: each returns (decoded float32 (n, C) at the input rate, file bytes)
+# ----------------------------------------------------------------------------------------------------
+
+def _ffmpeg(args: list[str]) -> None:
+    p = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], capture_output=True, text=True)
+    if p.returncode:
+        raise RuntimeError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "ffmpeg failed")
+
+
+def _ffmpeg_codec(x: np.ndarray, rate: int, kbps: float, kind: str) -> tuple[np.ndarray, int]:
+    with tempfile.TemporaryDirectory() as d:
+        src, enc, dec = Path(d) / "in.wav", Path(d) / f"out.{'opus' if kind == 'opus' else 'mp3'}", Path(d) / "dec.wav"
+        sf.write(src, x, rate, subtype="FLOAT")
+        if kind == "opus":
+            _ffmpeg(["-i", str(src), "-c:a", "libopus", "-b:a", f"{kbps}k", "-vbr", "on",
+                     "-compression_level", "10", str(enc)])
+        else:
+            out_rate, mode_kbps = _mp3_mode(rate, kbps)
+            _ffmpeg(["-i", str(src), "-c:a", "libmp3lame", "-b:a", f"{mode_kbps}k", "-ar", str(out_rate), str(enc)])
+        _ffmpeg(["-i", str(enc), "-ar", str(rate), "-c:a", "pcm_f32le", str(dec)])
+        y, _ = sf.read(dec, dtype="float32", always_2d=True)
+        return _fit(y, len(x)), enc.stat().st_size
+
+
+def _mp3_mode(rate: int, kbps: float) -> tuple[int, int]:
+    """(sample rate, bitrate) of the MP3 mode for a target: the highest rate ≤ the input's whose table
+    has the bitrate nearest to ``kbps`` (LAME's own rule is similar; 6 and 12 kbps do not exist)."""
+    mpeg1 = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+    mpeg2 = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
+    mpeg25 = (8, 16, 24, 32, 40, 48, 56, 64)
+    modes = [(48000, mpeg1), (44100, mpeg1), (32000, mpeg1), (24000, mpeg2), (22050, mpeg2),
+             (16000, mpeg2), (12000, mpeg25), (11025, mpeg25), (8000, mpeg25)]
+    nearest = min(sorted(set(mpeg1) | set(mpeg2)), key=lambda b: (abs(b - kbps), -b))
+    for r, table in modes:
+        if r <= rate and nearest in table:
+            return r, nearest
+    raise RuntimeError(f"MP3 has no mode near {kbps} kbps at {rate} Hz")
+
+
+def _fit(y: np.ndarray, n: int) -> np.ndarray:
+    if len(y) >= n:
+        return y[:n]
+    return np.concatenate([y, np.zeros((n - len(y), y.shape[1]), y.dtype)])
+
+
+class Ltcodec:
+    def __init__(self, model: str | None):
+        from ltcodec.zoo import load_audio_model
+
+        self.model = load_audio_model(model)
+        self.enc_seconds = 0.0
+        self.dec_seconds = 0.0
+
+    def __call__(self, x: np.ndarray, rate: int, kbps: float) -> tuple[np.ndarray, int]:
+        from ltcodec.audio import decode_audio, encode_audio
+
+        t = time.perf_counter()
+        data = encode_audio(x, rate, kbps=kbps, model=self.model)
+        self.enc_seconds += time.perf_counter() - t
+        t = time.perf_counter()
+        y, _ = decode_audio(data, model=self.model)
+        self.dec_seconds += time.perf_counter() - t
+        return (y[:, None] if y.ndim == 1 else y), len(data)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------------
+
+def si_sdr(ref: np.ndarray, deg: np.ndarray) -> float:
+    vals = []
+    for c in range(ref.shape[1]):
+        x, y = ref[:, c].astype(np.float64), deg[:, c].astype(np.float64)
+        a = np.dot(y, x) / (np.dot(x, x) + 1e-12)
+        e = y - a * x
+        vals.append(10 * math.log10((np.dot(a * x, a * x) + 1e-12) / (np.dot(e, e) + 1e-12)))
+    return float(np.mean(vals))
+
+
+def _mel_filterbank(rate: int, n_fft: int, bands: int = 80) -> np.ndarray:
+    def mel(f):
+        return 2595 * np.log10(1 + f / 700)
+
+    def hz(m):
+        return 700 * (10 ** (m / 2595) - 1)
+
+    edges = hz(np.linspace(mel(0), mel(rate / 2), bands + 2))
+    freqs = np.linspace(0, rate / 2, n_fft // 2 + 1)
+    fb = np.zeros((bands, freqs.size))
+    for i in range(bands):
+        lo, mid, hi = edges[i], edges[i + 1], edges[i + 2]
+        fb[i] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None)
+    return fb
+
+
+def log_mel_distance(ref: np.ndarray, deg: np.ndarray, rate: int) -> float:
+    n_fft = 2048 if rate > 24000 else 512
+    hop = n_fft // 4
+    fb = _mel_filterbank(rate, n_fft)
+    win = np.hanning(n_fft)
+
+    def logmel(s):
+        frames = np.lib.stride_tricks.sliding_window_view(np.pad(s, (n_fft // 2, n_fft // 2)), n_fft)[::hop]
+        power = np.abs(np.fft.rfft(frames * win, axis=1)) ** 2
+        return np.log10(power @ fb.T + 1e-8)
+
+    return float(np.mean([np.abs(logmel(ref[:, c]) - logmel(deg[:, c])).mean() for c in range(ref.shape[1])]))
+
+
+class Metrics:
+    def __init__(self):
+        from visqol import VisqolApi
+
+        self.audio = VisqolApi()
+        self.audio.create(mode="audio")
+        self.speech = VisqolApi()
+        self.speech.create(mode="speech", use_lattice_model=False)
+
+    def __call__(self, kind: str, ref: np.ndarray, deg: np.ndarray, rate: int) -> dict:
+        out = {"si_sdr": si_sdr(ref, deg), "log_mel": log_mel_distance(ref, deg, rate)}
+        r, d = ref.mean(axis=1).astype(np.float64), deg.mean(axis=1).astype(np.float64)
+        if kind == "music":
+            if rate != 48000:
+                r, d = soxr.resample(r, rate, 48000), soxr.resample(d, rate, 48000)
+            out["visqol"] = float(self.audio.measure_from_arrays(r, d, 48000).moslqo)
+        else:
+            from pesq import pesq
+            from pystoi import stoi
+
+            if rate != 16000:
+                r, d = soxr.resample(r, rate, 16000), soxr.resample(d, rate, 16000)
+            out["visqol"] = float(self.speech.measure_from_arrays(r, d, 16000).moslqo)
+            try:
+                out["pesq_wb"] = float(pesq(16000, r, d, "wb"))
+            except Exception:  # PESQ refuses signals it finds no speech in
+                out["pesq_wb"] = float("nan")
+            out["stoi"] = float(stoi(r, d, 16000, extended=False))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------
+
+def load_set(kind: str, limit: int | None) -> list[tuple[str, np.ndarray, int]]:
+    files = sorted((DATA / kind).glob("*.flac")) + sorted((DATA / kind).glob("*.wav"))
+    out = []
+    for f in files[:limit]:
+        x, rate = sf.read(f, dtype="float32", always_2d=True)
+        out.append((f.name, x, rate))
+    return out
+
+
+def measure_set(kind: str, clips, codecs: dict, targets: dict, metrics: Metrics, log) -> dict:
+    rows: dict[str, list[dict]] = {}
+    duration = sum(len(x) / r for _, x, r in clips)
+    for name, codec in codecs.items():
+        rows[name] = []
+        for k in targets[name]:
+            per = []
+            bits = 0
+            for clip, x, rate in clips:
+                try:
+                    y, size = codec(x, rate, k)
+                except RuntimeError as e:
+                    log(f"{kind} {name} {k} kbps: {e}")
+                    per = []
+                    break
+                bits += 8 * size
+                per.append(metrics(kind, x, y, rate))
+            if not per:
+                continue
+            row = {"target_kbps": k, "kbps": bits / duration / 1000.0, "clips": len(per)}
+            for key in per[0]:
+                vals = [p[key] for p in per if not math.isnan(p[key])]
+                row[key] = float(np.mean(vals)) if vals else float("nan")
+            rows[name].append(row)
+            log(f"{kind} {name} {k} kbps → {row['kbps']:.2f} kbps, ViSQOL {row['visqol']:.3f}")
+    return rows
+
+
+def opus_equivalent(rows: dict) -> None:
+    """Add to each ltcodec row the Opus bitrate with the same ViSQOL (linear in log-bitrate)."""
+    opus = sorted(rows.get("opus", []), key=lambda r: r["kbps"])
+    for r in rows.get("ltcodec", []):
+        r["opus_kbps_same_visqol"] = None
+        for a, b in zip(opus, opus[1:]):
+            lo, hi = sorted((a["visqol"], b["visqol"]))
+            if lo <= r["visqol"] <= hi and a["visqol"] != b["visqol"]:
+                t = (r["visqol"] - a["visqol"]) / (b["visqol"] - a["visqol"])
+                r["opus_kbps_same_visqol"] = float(math.exp(math.log(a["kbps"]) + t * (math.log(b["kbps"]) - math.log(a["kbps"]))))
+                break
+
+
+def write_report(results: dict, meta: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "audio.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    lines = ["# Audio: ltcodec vs Opus and MP3", "",
+             f"Measured {meta['date']} on {meta['machine']}; command `{meta['command']}`; "
+             f"model {meta.get('model', '?')}.", ""]
+    metric_names = {"visqol": "ViSQOL", "pesq_wb": "PESQ-WB", "stoi": "STOI", "si_sdr": "SI-SDR dB",
+                    "log_mel": "log-mel dist"}
+    for kind, rows in results.items():
+        info = meta["sets"].get(kind, {})
+        lines += [f"## {kind} ({info.get('clips', '?')} clips, {info.get('seconds', 0):.0f} s)", ""]
+        keys = [k for k in metric_names if any(k in r for rs in rows.values() for r in rs)]
+        lines.append("| codec | target kbps | actual kbps | " + " | ".join(metric_names[k] for k in keys)
+                     + " | Opus kbps at same ViSQOL |")
+        lines.append("|---|---|---|" + "---|" * len(keys) + "---|")
+        for name in CODECS:
+            for r in sorted(rows.get(name, []), key=lambda r: r["kbps"]):
+                eq = r.get("opus_kbps_same_visqol")
+                lines.append(f"| {name} | {r['target_kbps']} | {r['kbps']:.2f} | "
+                             + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in keys)
+                             + f" | {'' if name != 'ltcodec' else ('%.1f' % eq if eq else 'outside Opus range')} |")
+        lines.append("")
+        timing = info.get("ltcodec_rtf")
+        if timing:
+            lines += [f"ltcodec speed on this set: encode {timing['encode']:.3f}× real time, decode "
+                      f"{timing['decode']:.3f}× real time (2 threads, includes rate control).", ""]
+    (RESULTS / "audio.md").write_text("\n".join(lines) + "\n")
+    plot(results)
+
+
+def plot(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, (kind, rows) in zip(axes[0], results.items()):
+        for name, style in zip(CODECS, ("o-", "s--", "^:")):
+            rs = sorted(rows.get(name, []), key=lambda r: r["kbps"])
+            if rs:
+                ax.plot([r["kbps"] for r in rs], [r["visqol"] for r in rs], style, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("actual bitrate (kbit/s)")
+        ax.set_ylabel("ViSQOL MOS-LQO")
+        ax.set_title(kind)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "audio.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sets", nargs="+", default=["speech", "music"], choices=["speech", "music"])
+    p.add_argument("--codecs", nargs="+", default=list(CODECS), choices=CODECS)
+    p.add_argument("--limit", type=int, help="clips per set")
+    p.add_argument("--quick", action="store_true", help="3 clips per set, 3 bitrates; prints, writes nothing")
+    p.add_argument("--model", help="audio model (default: the shipped one)")
+    args = p.parse_args(argv)
+    if shutil.which("ffmpeg") is None and set(args.codecs) & {"opus", "mp3"}:
+        raise SystemExit("ffmpeg (with libopus and libmp3lame) is needed for the Opus and MP3 peers")
+    limit = 3 if args.quick else args.limit
+    base = (12, 24, 48) if args.quick else TARGETS
+    targets = {"ltcodec": base, "mp3": base, "opus": tuple(sorted(set(base) | set(() if args.quick else OPUS_EXTRA)))}
+    metrics = Metrics()
+    ltc = Ltcodec(args.model) if "ltcodec" in args.codecs else None
+    codecs = {n: (ltc if n == "ltcodec" else (lambda x, r, k, n=n: _ffmpeg_codec(x, r, k, n))) for n in args.codecs}
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    old = json.loads((RESULTS / "audio.json").read_text()) if (RESULTS / "audio.json").exists() and not args.quick else None
+    results = old["results"] if old else {}
+    meta = old["meta"] if old else {"sets": {}}
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python -m bench.audio " + " ".join(argv if argv is not None else sys.argv[1:])
+    for kind in args.sets:
+        clips = load_set(kind, limit)
+        if ltc:
+            ltc.enc_seconds = ltc.dec_seconds = 0.0
+        rows = measure_set(kind, clips, codecs, targets, metrics, log)
+        for r in rows.values():
+            for row in r:
+                row["measured"] = {"date": stamp, "command": command}
+        merged = dict(results.get(kind, {}))
+        merged.update(rows)
+        opus_equivalent(merged)
+        results[kind] = merged
+        seconds = sum(len(x) / r for _, x, r in clips)
+        info = {"clips": len(clips), "seconds": seconds, **meta["sets"].get(kind, {})}
+        info.update({"clips": len(clips), "seconds": seconds})
+        if ltc:
+            runs = len(targets["ltcodec"])
+            info["ltcodec_rtf"] = {"encode": ltc.enc_seconds / (seconds * runs), "decode": ltc.dec_seconds / (seconds * runs)}
+        meta["sets"][kind] = info
+    meta.update({"date": stamp, "machine": machine(), "command": command})
+    if ltc:
+        meta["model"] = f"{ltc.model.name} (sha256 {ltc.model.sha256[:12]}…)"
+    if args.quick:
+        print(json.dumps(results, indent=1))
+        return
+    write_report(results, meta)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The audio bench's own arithmetic: metrics, MP3 modes and the equal-ViSQOL interpolation."""
+
+import math
+
+import numpy as np
+import pytest
+
+from bench.audio import _mp3_mode, log_mel_distance, opus_equivalent, si_sdr
+
+
+def test_si_sdr_is_scale_invariant_and_matches_the_noise_level():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((48000, 1))
+    n = rng.standard_normal((48000, 1)) * 0.1
+    assert si_sdr(x, 3 * x + 3 * n) == pytest.approx(20.0, abs=0.2)
+    assert si_sdr(x, 0.5 * x) > 100
+
+
+def test_log_mel_distance_is_zero_for_equal_signals_and_grows_with_noise():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16000, 2)) * 0.1
+    assert log_mel_distance(x, x, 16000) == 0
+    small = log_mel_distance(x, x + 0.01 * rng.standard_normal(x.shape), 16000)
+    large = log_mel_distance(x, x + 0.1 * rng.standard_normal(x.shape), 16000)
+    assert 0 < small < large
+
+
+def test_mp3_modes_exist_in_the_standard_tables():
+    assert _mp3_mode(48000, 64) == (48000, 64)
+    assert _mp3_mode(48000, 24) == (24000, 24)  # MPEG-2 at half rate
+    assert _mp3_mode(16000, 6) == (16000, 8)  # nearest existing bitrate
+    assert _mp3_mode(16000, 12) == (16000, 16)
+
+
+def test_opus_equivalent_interpolates_in_log_bitrate():
+    rows = {"opus": [{"kbps": 8.0, "visqol": 3.0}, {"kbps": 32.0, "visqol": 4.0}],
+            "ltcodec": [{"kbps": 10.0, "visqol": 3.5}, {"kbps": 10.0, "visqol": 4.5}]}
+    opus_equivalent(rows)
+    assert rows["ltcodec"][0]["opus_kbps_same_visqol"] == pytest.approx(16.0)
+    assert rows["ltcodec"][1]["opus_kbps_same_visqol"] is None
+    assert not math.isnan(rows["ltcodec"][0]["visqol"])
