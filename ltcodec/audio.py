@@ -47,7 +47,7 @@ HALO_FRAMES = 8
 MIN_INPUT_RATE = 8000
 MAX_INPUT_RATE = 192_000
 READ_BLOCK = 1 << 16
-RATE_SEARCH_SEGMENTS = 12
+RATE_SEARCH_SEGMENTS = 8
 _KNOWN = frozenset({b"SEGM"})
 _SEG_HEAD = struct.Struct("<I")
 _CHAN_HEAD = struct.Struct("<II")
@@ -180,30 +180,37 @@ def _segment_seconds(m: AudioCodecModel, ys: list) -> float:
 
 
 def _choose_quality(m: AudioCodecModel, latents: list[list], kbps: float) -> float:
-    """Quality whose bitrate on a spread of segments is closest to ``kbps`` (bisection; rate rises with quality)."""
+    """The quality whose bitrate on a spread of segments is closest to ``kbps``.
+
+    Secant search on log(rate) against quality, started from the bitrates the model's qualities were
+    trained for; log-rate is close to linear in quality, so 2–4 trial codings land within 3%.
+    """
     n = len(latents)
     picks = sorted({round(i * (n - 1) / max(RATE_SEARCH_SEGMENTS - 1, 1)) for i in range(min(n, RATE_SEARCH_SEGMENTS))})
     seconds = sum(_segment_seconds(m, latents[i]) for i in picks)
+    tried: dict[float, float] = {}
 
-    def rate(q: float) -> float:
-        bits = sum(8 * (len(_segment_payload(m, i, latents[i], q)) + 12) for i in picks)
-        return bits / seconds / 1000.0
+    def err(q: float) -> float:
+        q = round(min(max(q, 1.0), float(m.qualities)) * 256) / 256
+        if q not in tried:
+            bits = sum(8 * (len(_segment_payload(m, i, latents[i], q)) + 12) for i in picks)
+            tried[q] = math.log(bits / seconds / 1000.0) - math.log(kbps)
+        return tried[q]
 
-    lo, hi = 1.0, float(m.qualities)
-    r_lo, r_hi = rate(lo), rate(hi)
-    if kbps <= r_lo:
-        return lo
-    if kbps >= r_hi:
-        return hi
-    for _ in range(11):  # to 7/2048 of a quality step, below the header's 1/256
-        mid = (lo + hi) / 2
-        r = rate(mid)
-        if r <= kbps:
-            lo, r_lo = mid, r
-        else:
-            hi, r_hi = mid, r
-    best = lo if abs(r_lo - kbps) <= abs(r_hi - kbps) else hi
-    return round(best * 256) / 256
+    ladder = np.log(np.asarray(m.config.target_kbps, np.float64) * len(latents[0]))
+    slope = float(np.mean(np.diff(ladder))) or 0.3
+    q0 = float(np.interp(math.log(kbps), ladder, np.arange(1, m.qualities + 1)))
+    q1 = q0 - err(q0) / slope
+    for _ in range(4):
+        e0, e1 = err(q0), err(q1)
+        if abs(e1) < math.log(1.03) or q1 == q0:
+            break
+        s = (e1 - e0) / (q1 - q0) if abs(q1 - q0) > 1e-9 else slope
+        q0, q1 = q1, q1 - e1 / (s if s > 0.02 else slope)
+        q1 = min(max(q1, 1.0), float(m.qualities))
+        if q1 in tried and q0 in tried and abs(q1 - q0) < 1 / 256:
+            break
+    return min(tried, key=lambda q: abs(tried[q]))
 
 
 def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frames_hint: int | None,
