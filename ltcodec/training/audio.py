@@ -168,7 +168,8 @@ def load_eval_clips(folder: Path, rate: int, seconds: float = 6.0, per_kind: int
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("../shared/data/train/audio"))
-    p.add_argument("--media", type=Path, default=Path(os.environ.get("LTCODEC_MEDIA", Path.home() / ".cache" / "ltcodec-media")))
+    p.add_argument("--media", type=Path, nargs="+",
+                   default=[Path(os.environ.get("LTCODEC_MEDIA", Path.home() / ".cache" / "ltcodec-media"))])
     p.add_argument("--eval", type=Path, default=Path("../shared/data/eval/audio"))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--resume", action="store_true")
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resumed at step {step}", flush=True)
 
     def corpus_now() -> dict[str, list[np.ndarray]]:
-        c = load_corpus([args.data, args.media], config.sample_rate)
+        c = load_corpus([args.data, *args.media], config.sample_rate)
         hours = {k: sum(len(s) for s in v) / config.sample_rate / 3600 for k, v in c.items()}
         print(f"corpus: {len(c['speech'])} speech signals ({hours['speech']:.2f} h), "
               f"{len(c['music'])} music signals ({hours['music']:.2f} h)", flush=True)
