@@ -5,8 +5,9 @@
     python -m bench.audio --sets music --codecs ltcodec   # re-measure one codec, keep the others' rows
 
 Sets (``../shared/data/eval/audio``): ``speech`` (16 kHz mono read speech) and ``music`` (TCDAudio14
-excerpts, 48 kHz stereo).  Codecs: ltcodec at ``--kbps K`` (its rate control), Opus (libopus through
-ffmpeg, VBR, ``-b:a K``) and MP3 (LAME through ffmpeg, CBR; the output rate is lowered where LAME has
+excerpts, 48 kHz stereo), or any folder with ``--set DIR --kind speech|music``.  Codecs: ltcodec at
+``--kbps K`` (its rate control), Opus (``opusenc --bitrate K --comp 10``, VBR; ffmpeg's libopus if
+opus-tools is missing) and MP3 (LAME through ffmpeg, CBR; the output rate is lowered where LAME has
 no mode for K at the input's rate, as LAME itself would).  The bitrate reported is the *actual* one:
 file bytes × 8 / duration, containers included for every codec.
 
@@ -57,7 +58,13 @@ def _ffmpeg_codec(x: np.ndarray, rate: int, kbps: float, kind: str) -> tuple[np.
     with tempfile.TemporaryDirectory() as d:
         src, enc, dec = Path(d) / "in.wav", Path(d) / f"out.{'opus' if kind == 'opus' else 'mp3'}", Path(d) / "dec.wav"
         sf.write(src, x, rate, subtype="FLOAT")
-        if kind == "opus":
+        if kind == "opus" and shutil.which("opusenc"):
+            sf.write(src, x, rate, subtype="PCM_24")  # opusenc reads integer WAV
+            p = subprocess.run(["opusenc", "--quiet", "--bitrate", str(kbps), "--comp", "10", str(src), str(enc)],
+                               capture_output=True, text=True)
+            if p.returncode:
+                raise RuntimeError(p.stderr.strip() or "opusenc failed")
+        elif kind == "opus":
             _ffmpeg(["-i", str(src), "-c:a", "libopus", "-b:a", f"{kbps}k", "-vbr", "on",
                      "-compression_level", "10", str(enc)])
         else:
@@ -188,8 +195,8 @@ class Metrics:
 # The run
 # ----------------------------------------------------------------------------------------------------
 
-def load_set(kind: str, limit: int | None) -> list[tuple[str, np.ndarray, int]]:
-    files = sorted((DATA / kind).glob("*.flac")) + sorted((DATA / kind).glob("*.wav"))
+def load_set(folder: Path, limit: int | None) -> list[tuple[str, np.ndarray, int]]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".flac", ".wav", ".ogg"))
     out = []
     for f in files[:limit]:
         x, rate = sf.read(f, dtype="float32", always_2d=True)
@@ -293,7 +300,10 @@ def plot(results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sets", nargs="+", default=["speech", "music"], choices=["speech", "music"])
+    p.add_argument("--sets", nargs="+", default=["speech", "music"], choices=["speech", "music"],
+                   help="the standard sets under ../shared/data/eval/audio")
+    p.add_argument("--set", dest="folder", type=Path, help="measure this folder instead (with --kind)")
+    p.add_argument("--kind", choices=["speech", "music"], default="music", help="metrics for --set")
     p.add_argument("--codecs", nargs="+", default=list(CODECS), choices=CODECS)
     p.add_argument("--limit", type=int, help="clips per set")
     p.add_argument("--quick", action="store_true", help="3 clips per set, 3 bitrates; prints, writes nothing")
@@ -316,8 +326,11 @@ def main(argv: list[str] | None = None) -> None:
     meta = old["meta"] if old else {"sets": {}}
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m bench.audio " + " ".join(argv if argv is not None else sys.argv[1:])
-    for kind in args.sets:
-        clips = load_set(kind, limit)
+    jobs = [(args.kind, args.folder)] if args.folder else [(k, DATA / k) for k in args.sets]
+    for kind, folder in jobs:
+        if not folder.is_dir():
+            raise SystemExit(f"{folder} is not a folder of audio files")
+        clips = load_set(folder, limit)
         if ltc:
             ltc.enc_seconds = ltc.dec_seconds = 0.0
         rows = measure_set(kind, clips, codecs, targets, metrics, log)
@@ -335,7 +348,8 @@ def main(argv: list[str] | None = None) -> None:
             runs = len(targets["ltcodec"])
             info["ltcodec_rtf"] = {"encode": ltc.enc_seconds / (seconds * runs), "decode": ltc.dec_seconds / (seconds * runs)}
         meta["sets"][kind] = info
-    meta.update({"date": stamp, "machine": machine(), "command": command})
+    meta.update({"date": stamp, "machine": machine(), "command": command,
+                 "opus": "opusenc (opus-tools)" if shutil.which("opusenc") else "ffmpeg libopus"})
     if ltc:
         meta["model"] = f"{ltc.model.name} (sha256 {ltc.model.sha256[:12]}…)"
     if args.quick:

@@ -227,3 +227,15 @@ def test_cli_audio_errors_leave_no_output(model_path, tmp_path):
     assert sorted(f.name for f in tmp_path.iterdir()) == ["bad.ltc", "g.ltc", "in.wav"]
     r = CliRunner().invoke(main, ["decode", str(bad), str(tmp_path / "c.wav"), "--conceal", "--model", str(model_path)])
     assert r.exit_code == 0, r.output
+
+
+def test_decoding_is_identical_in_a_fresh_process(model, model_path, tmp_path):
+    data = encode_audio(tone(2.0, 32000, 2), 32000, quality=4, model=model)
+    (tmp_path / "a.ltc").write_bytes(data)
+    buf = io.BytesIO()
+    decode_audio_file(data, buf, model=model)
+    out = tmp_path / "a.wav"
+    p = subprocess.run([sys.executable, "-m", "ltcodec.cli", "decode", str(tmp_path / "a.ltc"), str(out),
+                        "--model", str(model_path)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert out.read_bytes() == buf.getvalue()
