@@ -155,7 +155,12 @@ def decode(input: str, output: str, model: str | None, force: bool, float_output
             from .audio import decode_audio_file, _parse
 
             _parse(data, conceal)  # every format error before OUTPUT is touched
-            _write_output(output, lambda f: decode_audio_file(data, f, float_output, model, conceal), force)
+            if output == "-":  # a WAV header needs a seekable file: build it in memory first
+                buf = io.BytesIO()
+                decode_audio_file(data, buf, float_output, model, conceal)
+                _write_output(output, buf.getvalue(), force)
+            else:
+                _write_output(output, lambda f: decode_audio_file(data, f, float_output, model, conceal), force)
             return
         from .image import decode_image
 

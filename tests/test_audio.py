@@ -239,3 +239,16 @@ def test_decoding_is_identical_in_a_fresh_process(model, model_path, tmp_path):
                         "--model", str(model_path)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert out.read_bytes() == buf.getvalue()
+
+
+def test_cli_audio_through_pipes(model_path, tmp_path):
+    buf = io.BytesIO()
+    sf.write(buf, tone(1.5, 16000), 16000, format="WAV")
+    enc = subprocess.run([sys.executable, "-m", "ltcodec.cli", "encode", "-", "-", "--model", str(model_path)],
+                         input=buf.getvalue(), capture_output=True)
+    assert enc.returncode == 0, enc.stderr
+    dec = subprocess.run([sys.executable, "-m", "ltcodec.cli", "decode", "-", "-", "--model", str(model_path)],
+                         input=enc.stdout, capture_output=True)
+    assert dec.returncode == 0, dec.stderr
+    y, rate = sf.read(io.BytesIO(dec.stdout))
+    assert (rate, len(y)) == (16000, 24000)
