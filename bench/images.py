@@ -115,13 +115,19 @@ def write_report(name: str, folder: Path, results: dict, skipped: dict, refs: di
     names = list(curves)
     bd = {a: {b: bd_rate([r["bpp"] for r in curves[a]], [r["psnr"] for r in curves[a]],
                          [r["bpp"] for r in curves[b]], [r["psnr"] for r in curves[b]]) for b in names} for a in names}
+    def ssim_db(rows):
+        return [-10 * math.log10(max(1 - r["ms_ssim"], 1e-10)) for r in rows]
+
+    bd_ssim = {a: {b: bd_rate([r["bpp"] for r in curves[a]], ssim_db(curves[a]), [r["bpp"] for r in curves[b]],
+                              ssim_db(curves[b])) for b in names} for a in names}
     bd_ref = {n: {ref: bd_rate(c["bpp"], c["psnr"], [r["bpp"] for r in curves[n]], [r["psnr"] for r in curves[n]])
                   for ref, c in refs.items()} for n in names}
     meta = {"command": command, "date": stamp, "machine": machine(), "threads": THREADS, "images": images,
             "set": str(folder), "seconds": seconds}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"images-{name}.json").write_text(json.dumps(
-        {"meta": meta, "codecs": results, "skipped": skipped, "bd_rate": bd, "bd_rate_vs_reference": bd_ref,
+        {"meta": meta, "codecs": results, "skipped": skipped, "bd_rate": bd, "bd_rate_ms_ssim": bd_ssim,
+         "bd_rate_vs_reference": bd_ref,
          "references": refs}, indent=1) + "\n")
 
     lines = [f"# Images: {name}", "", f"Command: `{command}` · {stamp} · {machine()} · {images} images · "
@@ -141,6 +147,11 @@ def write_report(name: str, folder: Path, results: dict, skipped: dict, refs: di
         cells = [f"{bd[b][a]:+.1f}" if not math.isnan(bd[b][a]) else "–" for b in names]
         cells += [f"{bd_ref[a][r]:+.1f}" if not math.isnan(bd_ref[a][r]) else "–" for r in refs]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    lines += ["", "## BD-rate (%, MS-SSIM in dB = −10·log10(1 − MS-SSIM)), row codec against column anchor", "",
+              "| codec | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for a in names:
+        lines.append(f"| {a} | " + " | ".join(f"{bd_ssim[b][a]:+.1f}" if not math.isnan(bd_ssim[b][a]) else "–"
+                                              for b in names) + " |")
     lines += ["", f"## Timings near 0.5 bpp (median per image, {THREADS} threads where the codec uses threads)", "",
               "| codec | setting | bpp | encode (s) | decode (s) |", "|---|---|---|---|---|"]
     for n in names:
