@@ -40,7 +40,7 @@ from .latent_coding import Streams
 from .zoo import load_audio_model, model_for_file
 
 __all__ = ["encode_audio", "decode_audio", "audio_info", "encode_audio_file", "decode_audio_file",
-           "AudioInfo", "MIN_INPUT_RATE", "MAX_INPUT_RATE"]
+           "decoded_integers", "AudioInfo", "MIN_INPUT_RATE", "MAX_INPUT_RATE"]
 
 SEGMENT_FRAMES = 300
 HALO_FRAMES = 8
@@ -468,6 +468,30 @@ def decode_audio_file(data: bytes, out, float_output: bool = False, model: str |
 def _chain(first, rest):
     yield first
     yield from rest
+
+
+def decoded_integers(data: bytes, model: str | AudioCodecModel | None = None) -> bytes:
+    """The normative integers of a file: per segment and coded channel, ẑ then u (little-endian int64)."""
+    c, hd = _parse(data, conceal=False)
+    m = model_for_file(c.model, model, "audio")
+    layout = _layout(hd, m.hop)
+    payloads, missing = _segments(c, hd, len(layout))
+    if missing:
+        raise LtcFormatError(f"{missing} of {len(layout)} segments are missing")
+    out = []
+    for k, frames in enumerate(layout):
+        payload, pos = payloads[k], _SEG_HEAD.size
+        for _ in range(hd.channels):
+            nz, ny = _CHAN_HEAD.unpack_from(payload, pos)
+            pos += _CHAN_HEAD.size
+            words = np.frombuffer(payload, "<u4", nz + ny, pos).astype(np.uint32)
+            pos += 4 * (nz + ny)
+            try:
+                z_hat, u, _ = m.decode_symbols(Streams(words[:nz], words[nz:], (1, frames)))
+            except CodingError as e:
+                raise LtcFormatError(str(e)) from None
+            out += [z_hat.astype("<i8").tobytes(), u.astype("<i8").tobytes()]
+    return b"".join(out)
 
 
 def audio_info(data: bytes) -> AudioInfo:

@@ -1,10 +1,11 @@
-"""Regenerate the conformance vectors for the default image model.
+"""Regenerate the conformance vectors for the default image and audio models.
 
     python formats/conformance/make_vectors.py
 
-Writes small .ltc files made from synthetic images (no external data) and ``vectors.json`` with, per
-file, the SHA-256 of its normative integers (equal on every machine) and of the reference decoder's
-pixels (on the reference platform).  Run it whenever the shipped model changes.
+Writes small .ltc files made from synthetic images and signals (no external data), the reference
+decoder's output beside each (PNG, or 16-bit FLAC for audio) and ``vectors.json`` with, per file, the
+SHA-256 of its normative integers (equal on every machine) and of the reference decoder's output (on
+the reference platform).  Run it whenever a shipped model changes.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+import soundfile as sf
+
+from ltcodec import audio
 from ltcodec.image import decode_image, decoded_integers, encode_image
-from ltcodec.zoo import DEFAULT_IMAGE_MODEL, load_image_model
+from ltcodec.zoo import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL, load_audio_model, load_image_model
 
 HERE = Path(__file__).parent
 
@@ -51,9 +54,44 @@ CASES = [
 ]
 
 
+AUDIO_CASES = [
+    ("mono-16k-1s-q3", 16000, 1, 1.0, 3.0),
+    ("stereo-22k-4.5s-q6", 22050, 2, 4.5, 6.0),  # two segments, mid/side
+    ("3ch-8k-0.3s-q1.5", 8000, 3, 0.3, 1.5),
+]
+
+
+def synthetic_audio(rate: int, channels: int, seconds: float, seed: int) -> np.ndarray:
+    """Tones, a chirp and noise bursts, different per channel."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    chans = []
+    for c in range(channels):
+        s = 0.3 * np.sin(2 * np.pi * (220 * (c + 1)) * t) + 0.2 * np.sin(2 * np.pi * (100 + 400 * t) * t)
+        s += rng.standard_normal(t.size) * np.where((t * 4).astype(int) % 2 == 0, 0.05, 0.002)
+        chans.append(s)
+    return np.stack(chans, 1).astype(np.float32)
+
+
+def audio_vectors() -> dict:
+    model = load_audio_model(DEFAULT_AUDIO_MODEL)
+    vectors = []
+    for name, rate, ch, seconds, q in AUDIO_CASES:
+        data = audio.encode_audio(synthetic_audio(rate, ch, seconds, seed=len(name)), rate, quality=q, model=model)
+        (HERE / f"{name}.ltc").write_bytes(data)
+        samples, _ = audio.decode_audio(data, dtype="int16", model=model)
+        sf.write(HERE / f"{name}.reference.flac", samples, rate, subtype="PCM_16")
+        vectors.append({
+            "file": f"{name}.ltc", "sample_rate": rate, "channels": ch, "frames": int(rate * seconds), "quality": q,
+            "integers_sha256": hashlib.sha256(audio.decoded_integers(data, model=model)).hexdigest(),
+            "samples_sha256": hashlib.sha256(np.ascontiguousarray(samples).astype("<i2").tobytes()).hexdigest(),
+        })
+    return {"audio_model": model.name, "audio_model_sha256": model.sha256, "audio_vectors": vectors}
+
+
 def main() -> None:
     model = load_image_model(DEFAULT_IMAGE_MODEL)
-    for old in [*HERE.glob("*.ltc"), *HERE.glob("*.reference.png")]:
+    for old in [*HERE.glob("*.ltc"), *HERE.glob("*.reference.png"), *HERE.glob("*.reference.flac")]:
         old.unlink()
     vectors = []
     for name, w, h, ch, q in CASES:
@@ -72,6 +110,7 @@ def main() -> None:
         "reference_platform": {"machine": platform.machine(), "torch": torch.__version__,
                                "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "vectors": vectors,
+        **audio_vectors(),
     }
     (HERE / "vectors.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {len(vectors)} vectors for {model.name} ({model.sha256[:12]}…)")
