@@ -139,7 +139,7 @@ def write_card(path: Path, name: str, sha: str, config: AudioModelConfig, params
         f"music {hours.get('music', 0):.2f} h — `../shared/data/train/audio` plus the Debian media corpus of "
         "`../shared/tools/fetch-debian-media.sh` as far as it had arrived.",
         f"* Steps: {state['step']:,}; CPU time: {state.get('cpu_seconds', 0) / 3600:.1f} CPU-hours "
-        f"({cpu}, 1 thread, beside other jobs).", "",
+        f"({cpu}, 2 cores shared with other jobs).", "",
         "## Measured (real .ltc files)", "",
         f"Measured {stamp} by `python -m ltcodec.training.export_audio --ckpt …` on {cpu}, 2 threads, on the first "
         f"{timing['clips']['speech']} speech and {timing['clips']['music']} music clips of "
