@@ -245,6 +245,17 @@ def opus_equivalent(rows: dict) -> None:
                 break
 
 
+def _equivalent_text(eq: float | None, row: dict, opus: list[dict]) -> str:
+    if eq:
+        return f"{eq:.1f}"
+    if not opus:
+        return "–"
+    low = min(opus, key=lambda r: r["kbps"])
+    if row["visqol"] < min(r["visqol"] for r in opus):
+        return f"< {low['kbps']:.1f} (below Opus's lowest point)"
+    return "above Opus's highest point"
+
+
 def write_report(results: dict, meta: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "audio.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
@@ -265,7 +276,7 @@ def write_report(results: dict, meta: dict) -> None:
                 eq = r.get("opus_kbps_same_visqol")
                 lines.append(f"| {name} | {r['target_kbps']} | {r['kbps']:.2f} | "
                              + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in keys)
-                             + f" | {'' if name != 'ltcodec' else ('%.1f' % eq if eq else 'outside Opus range')} |")
+                             + f" | {'' if name != 'ltcodec' else _equivalent_text(eq, r, rows.get('opus', []))} |")
         lines.append("")
         timing = info.get("ltcodec_rtf")
         if timing:
@@ -308,7 +319,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, help="clips per set")
     p.add_argument("--quick", action="store_true", help="3 clips per set, 3 bitrates; prints, writes nothing")
     p.add_argument("--model", help="audio model (default: the shipped one)")
+    p.add_argument("--report", action="store_true", help="redraw the report from bench/results/audio.json")
     args = p.parse_args(argv)
+    if args.report:
+        saved = json.loads((RESULTS / "audio.json").read_text())
+        write_report(saved["results"], saved["meta"])
+        return
     if shutil.which("ffmpeg") is None and set(args.codecs) & {"opus", "mp3"}:
         raise SystemExit("ffmpeg (with libopus and libmp3lame) is needed for the Opus and MP3 peers")
     limit = 3 if args.quick else args.limit
