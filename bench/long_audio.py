@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             "encode_seconds": enc_s, "encode_peak_mib": enc_mib, "decode_seconds": dec_s, "decode_peak_mib": dec_mib,
             "encode_rtf": enc_s / seconds, "decode_rtf": dec_s / seconds,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-            "command": "python -m bench.long_audio " + " ".join(argv or []),
+            "command": "python -m bench.long_audio " + " ".join(argv if argv is not None else sys.argv[1:]),
         }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "long-audio.json").write_text(json.dumps(result, indent=1))
