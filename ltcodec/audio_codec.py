@@ -15,16 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from torch import Tensor, nn
 
 from .audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig, to_two_d_state
-from .boxcode import BoxCoder, ChannelTables, LatticeCodingSpec, ScaleTables
-from .errors import LtcModelError
-from .image_codec import FORMAT_TAG, _metadata
+from .boxcode import BoxCoder, ChannelTables
 from .intnet import IntegerNetwork
-from .latent_coding import Z_CLAMP, HyperLatentCoding, freeze_entropy_model
+from .latent_coding import FORMAT_TAG, Z_CLAMP, HyperLatentCoding, freeze_entropy_model
 
 __all__ = ["AudioCodecModel", "export_audio_model"]
 
@@ -33,6 +30,7 @@ class AudioCodecModel(HyperLatentCoding, nn.Module):
     """A loaded audio model: mono signals at ``config.sample_rate`` in, latents out, and back."""
 
     kind = "audio"
+    config_class = AudioModelConfig
 
     def __init__(self, config: AudioModelConfig, name: str, sha256: str):
         super().__init__()
@@ -56,40 +54,6 @@ class AudioCodecModel(HyperLatentCoding, nn.Module):
     @property
     def hop(self) -> int:
         return self.config.hop
-
-    @classmethod
-    def from_bytes(cls, blob: bytes, name: str | None = None) -> "AudioCodecModel":
-        sha = hashlib.sha256(blob).hexdigest()
-        try:
-            arrays = st_load(blob)
-            meta = _metadata(blob)
-        except Exception as e:  # safetensors raises several types for damaged files
-            raise LtcModelError(f"model file is damaged: {e}") from None
-        if meta.get("format") != FORMAT_TAG or meta.get("kind") != "audio":
-            raise LtcModelError("not an ltcodec audio model")
-        config = AudioModelConfig.from_dict(json.loads(meta["config"]))
-        model = cls(config, name or meta.get("name", "unnamed"), sha)
-        state = {k[len("float."):]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()
-                 if k.startswith("float.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise LtcModelError(f"model file does not match its architecture (missing {missing[:3]})")
-        model.h_s_int = IntegerNetwork.from_arrays(arrays, "h_s.", json.loads(meta["h_s"]), Z_CLAMP)
-        if model.h_s_int.fingerprint(config.N) != meta["h_s_fingerprint"]:
-            raise LtcModelError("integer hyper-synthesis failed its self-test")
-        model.z_tables = ChannelTables.from_arrays(arrays, "z_tables.")
-        model.y_coder = BoxCoder(LatticeCodingSpec.from_lattice(model.lattice), ScaleTables.from_arrays(arrays, "y_tables."))
-        model.to(memory_format=torch.channels_last)
-        return model
-
-    @classmethod
-    def from_file(cls, path: str | Path, name: str | None = None) -> "AudioCodecModel":
-        path = Path(path)
-        try:
-            blob = path.read_bytes()
-        except OSError as e:
-            raise LtcModelError(f"cannot read model {path}: {e.strerror}") from None
-        return cls.from_bytes(blob, name or path.stem)
 
     # -- the pipeline --------------------------------------------------------------------------------
     def _gains(self, quality: float) -> tuple[Tensor, Tensor]:

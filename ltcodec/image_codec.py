@@ -19,22 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from torch import Tensor, nn
 
-from .boxcode import BoxCoder, ChannelTables, LatticeCodingSpec, ScaleTables
-from .errors import LtcModelError
+from .boxcode import BoxCoder, ChannelTables
 from .image_model import ImageModelConfig, LatticeHyperprior
 from .intnet import IntegerNetwork
-from .latent_coding import MEAN_GRID, Z_CLAMP, HyperLatentCoding, Streams, freeze_entropy_model
+from .latent_coding import FORMAT_TAG, MEAN_GRID, Z_CLAMP, HyperLatentCoding, Streams, freeze_entropy_model
 
 __all__ = ["ImageCodecModel", "export_image_model", "Streams", "MEAN_GRID", "Z_CLAMP"]
 
 #: Tiles for the float transforms, in latents, with a halo (DESIGN-NOTES §4): bounded memory.
 TILE_LATENTS = 64
 HALO_LATENTS = 2
-FORMAT_TAG = "ltcodec-model"
 
 
 def _tiled(fn, x: Tensor, factor: float, tile: int, halo: int) -> Tensor:
@@ -66,6 +63,7 @@ class ImageCodecModel(HyperLatentCoding, nn.Module):
     """A loaded image model, ready to compress and decompress RGB arrays."""
 
     kind = "image"
+    config_class = ImageModelConfig
 
     def __init__(self, config: ImageModelConfig, name: str, sha256: str):
         super().__init__()
@@ -87,43 +85,6 @@ class ImageCodecModel(HyperLatentCoding, nn.Module):
     @property
     def qualities(self) -> int:
         return len(self.config.lambdas)
-
-    # -- loading -------------------------------------------------------------------------------------
-    @classmethod
-    def from_bytes(cls, blob: bytes, name: str | None = None) -> "ImageCodecModel":
-        sha = hashlib.sha256(blob).hexdigest()
-        try:
-            arrays = st_load(blob)
-            meta = _metadata(blob)
-        except Exception as e:  # safetensors raises several types for damaged files
-            raise LtcModelError(f"model file is damaged: {e}") from None
-        if meta.get("format") != FORMAT_TAG or meta.get("kind") != "image":
-            raise LtcModelError("not an ltcodec image model")
-        config = ImageModelConfig.from_dict(json.loads(meta["config"]))
-        model = cls(config, name or meta.get("name", "unnamed"), sha)
-        state = {k[len("float."):]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()
-                 if k.startswith("float.")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise LtcModelError(f"model file does not match its architecture (missing {missing[:3]})")
-        specs = json.loads(meta["h_s"])
-        model.h_s_int = IntegerNetwork.from_arrays(arrays, "h_s.", specs, Z_CLAMP)
-        if model.h_s_int.fingerprint(config.N) != meta["h_s_fingerprint"]:
-            raise LtcModelError("integer hyper-synthesis failed its self-test")
-        model.z_tables = ChannelTables.from_arrays(arrays, "z_tables.")
-        spec = LatticeCodingSpec.from_lattice(model.lattice)
-        model.y_coder = BoxCoder(spec, ScaleTables.from_arrays(arrays, "y_tables."))
-        model.to(memory_format=torch.channels_last)
-        return model
-
-    @classmethod
-    def from_file(cls, path: str | Path, name: str | None = None) -> "ImageCodecModel":
-        path = Path(path)
-        try:
-            blob = path.read_bytes()
-        except OSError as e:
-            raise LtcModelError(f"cannot read model {path}: {e.strerror}") from None
-        return cls.from_bytes(blob, name or path.stem)
 
     # -- the pipeline --------------------------------------------------------------------------------
     def _gains(self, quality: float) -> tuple[Tensor, Tensor]:
@@ -147,13 +108,6 @@ class ImageCodecModel(HyperLatentCoding, nn.Module):
         x = _tiled(self.g_s, y_hat, 16, TILE_LATENTS, HALO_LATENTS)
         x = x[0, :, :height, :width].clamp_(0, 1).mul_(255).round_()
         return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-
-
-def _metadata(blob: bytes) -> dict:
-    n = int.from_bytes(blob[:8], "little")
-    if n > len(blob) - 8 or n > 100_000_000:
-        raise ValueError("bad safetensors header")
-    return json.loads(blob[8:8 + n]).get("__metadata__", {})
 
 
 # ----------------------------------------------------------------------------------------------------

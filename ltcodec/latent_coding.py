@@ -13,17 +13,25 @@ A model class mixes in :class:`HyperLatentCoding` and supplies ``h_a`` (float), 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.numpy import load as st_load
 from torch import Tensor, nn
 
-from .boxcode import ChannelTables, LatticeCodingSpec, ScaleTables
+from .boxcode import BoxCoder, ChannelTables, LatticeCodingSpec, ScaleTables
+from .errors import LtcModelError
 from .image_model import LOG2_SCALE_MAX, LOG2_SCALE_MIN
 from .intnet import IntegerNetwork, quantize_network
 
-__all__ = ["Streams", "HyperLatentCoding", "freeze_entropy_model", "MEAN_GRID", "Z_CLAMP"]
+__all__ = ["Streams", "HyperLatentCoding", "freeze_entropy_model", "model_metadata", "MEAN_GRID", "Z_CLAMP",
+           "FORMAT_TAG"]
+
+FORMAT_TAG = "ltcodec-model"
 
 MEAN_GRID = 16  # μ' is an integer number of 1/16 lattice units
 LEVEL_MIN = int(LOG2_SCALE_MIN * 8)
@@ -40,7 +48,52 @@ class Streams:
     latent_shape: tuple[int, int]  # (h, w) of y
 
 
+def model_metadata(blob: bytes) -> dict:
+    """The JSON metadata of a safetensors file, read from its header."""
+    n = int.from_bytes(blob[:8], "little")
+    if n > len(blob) - 8 or n > 100_000_000:
+        raise ValueError("bad safetensors header")
+    return json.loads(blob[8:8 + n]).get("__metadata__", {})
+
+
 class HyperLatentCoding:
+    """Mixed into a codec model class that defines ``kind``, ``config_class`` and ``__init__(config, name, sha)``."""
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, name: str | None = None):
+        """Load a shipped model file: float transforms, the self-tested integer h_s and the tables."""
+        sha = hashlib.sha256(blob).hexdigest()
+        try:
+            arrays = st_load(blob)
+            meta = model_metadata(blob)
+        except Exception as e:  # safetensors raises several types for damaged files
+            raise LtcModelError(f"model file is damaged: {e}") from None
+        if meta.get("format") != FORMAT_TAG or meta.get("kind") != cls.kind:
+            raise LtcModelError(f"not an ltcodec {cls.kind} model")
+        config = cls.config_class.from_dict(json.loads(meta["config"]))
+        model = cls(config, name or meta.get("name", "unnamed"), sha)
+        state = {k[len("float."):]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()
+                 if k.startswith("float.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise LtcModelError(f"model file does not match its architecture (missing {missing[:3]})")
+        model.h_s_int = IntegerNetwork.from_arrays(arrays, "h_s.", json.loads(meta["h_s"]), Z_CLAMP)
+        if model.h_s_int.fingerprint(config.N) != meta["h_s_fingerprint"]:
+            raise LtcModelError("integer hyper-synthesis failed its self-test")
+        model.z_tables = ChannelTables.from_arrays(arrays, "z_tables.")
+        model.y_coder = BoxCoder(LatticeCodingSpec.from_lattice(model.lattice), ScaleTables.from_arrays(arrays, "y_tables."))
+        model.to(memory_format=torch.channels_last)
+        return model
+
+    @classmethod
+    def from_file(cls, path: str | Path, name: str | None = None):
+        path = Path(path)
+        try:
+            blob = path.read_bytes()
+        except OSError as e:
+            raise LtcModelError(f"cannot read model {path}: {e.strerror}") from None
+        return cls.from_bytes(blob, name or path.stem)
+
     def z_shape(self, latent_shape: tuple[int, int]) -> tuple[int, int]:
         raise NotImplementedError
 
