@@ -158,6 +158,17 @@ class BlockContext(nn.Module):
         return out[..., 0], base_log_scale + out[..., 1]
 
 
+_NOISE_BANKS: dict[str, torch.Tensor] = {}
+
+
+def _noise_bank(lattice, size: int = 1 << 16) -> torch.Tensor:
+    """Voronoi-uniform samples of a fixed lattice, drawn once per process and shared by every run."""
+    if lattice.name not in _NOISE_BANKS or _NOISE_BANKS[lattice.name].shape[1] != lattice.dim:
+        gen = torch.Generator().manual_seed(7)
+        _NOISE_BANKS[lattice.name] = lattice.voronoi_noise((size, lattice.dim), generator=gen)
+    return _NOISE_BANKS[lattice.name]
+
+
 class LatticeCode(nn.Module):
     """g_a → lattice in blocks → Gaussian per block coordinate (box code) → g_s.
 
@@ -179,8 +190,7 @@ class LatticeCode(nn.Module):
         self.context: BlockContext | None = None
         # Voronoi-uniform noise drawn once: a closest-point search per training step saved (Leech).
         if not isinstance(lattice, LearnedLattice):
-            self.register_buffer("noise_bank", lattice.voronoi_noise((1 << 16, n),
-                                                                     generator=torch.Generator().manual_seed(7)))
+            self.register_buffer("noise_bank", _noise_bank(lattice))
 
     def noise(self, y):
         if isinstance(self.lattice, LearnedLattice):
@@ -459,7 +469,31 @@ def build(method: str, source: str, lattice: str, rate: float, density: str = "g
     raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
-def finetune_hard(model: nn.Module, source: str, lam: float, cfg: RunConfig, rng: np.random.Generator) -> None:
+def hard_bank(model: nn.Module, source: str, cfg: RunConfig, rng: np.random.Generator,
+              batches: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples and their hard-quantized latents under the frozen encoder, computed once.
+
+    The phases after training fit only the decoder and the entropy model (a few hundred parameters)
+    to the encoder's real quantization cells; ``batches`` batches of fresh samples estimate those
+    cells well (and at least 16,384 vectors, so that the sawbridge decoder does not overfit), and one
+    closest-point search per sample instead of one per step keeps Leech fast.
+    """
+    d = S.dimension(source)
+    batch = max(cfg.batch_samples // d, 64)
+    x = torch.from_numpy(S.sample(source, max(batch * batches, 16384), rng))
+    with torch.no_grad():
+        y = model.g_a(x)
+        q = torch.round(y) if isinstance(model, ScalarCode) else model.lattice.closest(model.blocks(y))
+    return x, q.reshape(x.shape[0], -1)
+
+
+def _draw(bank: tuple[torch.Tensor, torch.Tensor], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.randint(0, bank[0].shape[0], (batch,))
+    return bank[0][idx], bank[1][idx]
+
+
+def finetune_hard(model: nn.Module, source: str, lam: float, cfg: RunConfig, rng: np.random.Generator,
+                  bank: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """Freeze the encoder; fit decoder and entropy model to hard-quantized latents.
 
     Both objectives are then exact: the decoder learns the conditional means of the real quantization
@@ -468,6 +502,7 @@ def finetune_hard(model: nn.Module, source: str, lam: float, cfg: RunConfig, rng
     d = S.dimension(source)
     batch = max(cfg.batch_samples // d, 64)
     per = d if source != "sawbridge" else 1
+    bank = bank if bank is not None else hard_bank(model, source, cfg, rng)
     if isinstance(model, ScalarCode) or getattr(model, "density", None) is not None:
         entropy = list(model.density.parameters())
     else:
@@ -477,17 +512,12 @@ def finetune_hard(model: nn.Module, source: str, lam: float, cfg: RunConfig, rng
     steps = cfg.steps // 2
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[1e-3, 1e-2], total_steps=steps, pct_start=0.05)
     for _ in range(steps):
-        x = torch.from_numpy(S.sample(source, batch, rng))
-        with torch.no_grad():
-            y = model.g_a(x)
-            if isinstance(model, ScalarCode):
-                q = torch.round(y)
-            else:
-                q = model.lattice.closest(model.blocks(y))
+        x, q = _draw(bank, batch)
         if isinstance(model, ScalarCode):
             bits = -torch.log2(model._lik(q)).sum()
             x_hat = model.g_s(q)
         else:
+            q = model.blocks(q)
             bits = -torch.log2(model.box_likelihood(q, torch.exp(model.log_scale).expand_as(q))).sum()
             x_hat = model.g_s(q.reshape(x.shape[0], -1))
         loss = ((x_hat - x) ** 2).mean() + lam * bits / (batch * per)
@@ -497,18 +527,18 @@ def finetune_hard(model: nn.Module, source: str, lam: float, cfg: RunConfig, rng
         sched.step()
 
 
-def fit_context(model: LatticeCode, source: str, cfg: RunConfig, rng: np.random.Generator) -> None:
+def fit_context(model: LatticeCode, source: str, cfg: RunConfig, rng: np.random.Generator,
+                bank: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """Fit the block context model to hard-quantized points of the trained (now frozen) transform."""
     model.context = BlockContext(model.lattice.dim)
     opt = torch.optim.Adam(model.context.parameters(), lr=3e-3)
     d = S.dimension(source)
     batch = max(cfg.batch_samples // d, 64)
+    bank = bank if bank is not None else hard_bank(model, source, cfg, rng)
     steps = cfg.steps // 2
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.05)
     for _ in range(steps):
-        with torch.no_grad():
-            x = torch.from_numpy(S.sample(source, batch, rng))
-            q = model.lattice.closest(model.blocks(model.g_a(x)))
+        q = model.blocks(_draw(bank, batch)[1])
         mean, log_scale = model.context(q, model.log_scale.detach())
         bits = -torch.log2(box_likelihood(q - mean, model.lattice.diagonal, torch.exp(log_scale))).sum()
         opt.zero_grad(set_to_none=True)
@@ -517,37 +547,64 @@ def fit_context(model: LatticeCode, source: str, cfg: RunConfig, rng: np.random.
         sched.step()
 
 
-def run(source: str, method: str, lattice: str, quick: bool, seed: int = 0, context: bool = True,
-        steps: int | None = None, held_out: int = HELD_OUT_SAMPLES, rates: list[float] | None = None,
-        density: str = "gaussian") -> list[dict]:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    test_rng = np.random.default_rng(10_000 + seed)
+def _test_set(source: str, seed: int, held_out: int) -> np.ndarray:
     d = S.dimension(source)
     n_test = held_out if source == "sawbridge" else -(-held_out // d)
-    test = S.sample(source, n_test, test_rng)
+    return S.sample(source, n_test, np.random.default_rng(10_000 + seed))
+
+
+def run_rate(source: str, method: str, lattice: str, rate: float, k: int, steps: int, seed: int = 0,
+             context: bool = True, held_out: int = HELD_OUT_SAMPLES, density: str = "gaussian",
+             threads: int | None = None) -> dict:
+    """Train, code and measure one rate point.  Rate point k has its own seeds, so the result does not
+    depend on which other points run, or on whether they run in parallel."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    t0 = time.time()
+    torch.manual_seed(1000 * seed + k)
+    rng = np.random.default_rng([seed, k])
+    test = _test_set(source, seed, held_out)
+    # The VQ's soft assignment touches every codeword for every sub-vector: half the batch keeps its
+    # step time near the others', with 4,096 sub-vectors per step still plenty for 256 codewords.
+    cfg = RunConfig(steps=steps, batch_samples=8192 if method == "vq" else RunConfig.batch_samples)
+    model = build(method, source, lattice, rate, density)
+    lam = lagrangian(source, rate)
+    train(model, source, lam, cfg, rng)
+    if isinstance(model, (ScalarCode, LatticeCode)):
+        bank = hard_bank(model, source, cfg, rng)  # the encoder is frozen from here on
+        finetune_hard(model, source, lam, cfg, rng, bank)
+        if isinstance(model, LatticeCode) and context and model.density is None:
+            fit_context(model, source, cfg, rng, bank)
+    model.eval()
+    x_hat, nbytes = model.code(torch.from_numpy(test))
+    return _row(source, test, x_hat.numpy(), nbytes, {
+        "method": method, "lattice": lattice if method == "ltc" else ("learned8" if method == "learned" else "-"),
+        "target_rate": rate, "lambda": lam, "train_steps": cfg.steps, "seconds": time.time() - t0,
+        "context": bool(getattr(model, "context", None) is not None),
+        **({"density": density} if method == "ltc" else {})})
+
+
+def run(source: str, method: str, lattice: str, quick: bool, seed: int = 0, context: bool = True,
+        steps: int | None = None, held_out: int = HELD_OUT_SAMPLES, rates: list[float] | None = None,
+        density: str = "gaussian", jobs: int = 1) -> list[dict]:
+    """Every rate point of one source and method; ``jobs`` > 1 trains rate points in parallel
+    processes (one thread each), which is how the bench uses 2 cores: its small tensors keep a second
+    thread of one process mostly idle."""
     rates = rates or target_rates(source, quick)
     if method == "klt":
+        rng = np.random.default_rng(seed)
+        test = _test_set(source, seed, held_out)
         return [dict(r, lattice="-", target_rate=t) for r, t in zip(klt_points(source, rates, rng, test), rates)]
-    cfg = RunConfig(steps=steps or (1500 if quick else 4000))
-    rows = []
-    for rate in rates:
-        t0 = time.time()
-        model = build(method, source, lattice, rate, density)
-        lam = lagrangian(source, rate)
-        train(model, source, lam, cfg, rng)
-        if isinstance(model, (ScalarCode, LatticeCode)):
-            finetune_hard(model, source, lam, cfg, rng)
-        if isinstance(model, LatticeCode) and context and model.density is None:
-            fit_context(model, source, cfg, rng)
-        model.eval()
-        x_hat, nbytes = model.code(torch.from_numpy(test))
-        rows.append(_row(source, test, x_hat.numpy(), nbytes, {
-            "method": method, "lattice": lattice if method == "ltc" else ("learned8" if method == "learned" else "-"),
-            "target_rate": rate, "lambda": lam, "train_steps": cfg.steps, "seconds": time.time() - t0,
-            "context": bool(getattr(model, "context", None) is not None),
-            **({"density": density} if method == "ltc" else {})}))
-    return rows
+    steps = steps or (1500 if quick else 4000)
+    args = [(source, method, lattice, rate, k, steps, seed, context, held_out, density) for k, rate in enumerate(rates)]
+    if jobs <= 1 or len(rates) == 1:
+        return [run_rate(*a) for a in args]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(jobs, len(rates)), mp_context=multiprocessing.get_context("spawn")) as ex:
+        futures = [ex.submit(run_rate, *a, threads=1) for a in args]
+        return [f.result() for f in futures]
 
 
 def configurations(sources=S.SOURCES) -> list[tuple[str, str, str]]:
@@ -563,10 +620,12 @@ def configurations(sources=S.SOURCES) -> list[tuple[str, str, str]]:
 
 
 def write_report(rows: list[dict], quick: bool, command: str, seconds: float, date: str | None = None,
-                 host: str | None = None) -> None:
+                 host: str | None = None, jobs: int = 1) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = {"command": command, "date": stamp, "machine": host or f"{machine()}, {torch.get_num_threads()} thread(s)",
+    meta = {"command": command, "date": stamp, "machine": host or (
+        f"{machine()}, rate points in {jobs} process(es) of 1 thread" if jobs > 1
+        else f"{machine()}, {torch.get_num_threads()} thread(s)"),
             "quick": quick, "seconds": seconds}
     (RESULTS / "synthetic.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [
@@ -662,6 +721,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per rate point on stdout")
     p.add_argument("--threads", type=int, default=int(os.environ.get("LTCODEC_THREADS", "1")))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 2),
+                   help="rate points trained in parallel processes (default: 2, or 1 on one core)")
     p.add_argument("--no-context", action="store_true", help="LTC: plain per-coordinate Gaussians")
     p.add_argument("--density", choices=("gaussian", "nonparametric"), default="gaussian",
                    help="LTC: Gaussian per block coordinate (+ context model), or a learned non-parametric one")
@@ -688,16 +749,17 @@ def main(argv: list[str] | None = None) -> None:
             f" --sources {' '.join(args.sources)}" if list(args.sources) != list(S.SOURCES) else "")
         for n, (source, method, lat) in enumerate(configs, 1):
             t1 = time.time()
-            got = run(source, method, lat if lat != "-" else "e8", args.quick, args.seed, context=not args.no_context)
+            got = run(source, method, lat if lat != "-" else "e8", args.quick, args.seed, context=not args.no_context,
+                      jobs=args.jobs)
             stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             rows += [dict(r, run={"command": cmd, "when": stamp}) for r in got]
             print(f"[{n}/{len(configs)}] {source} {method} {lat}: " + ", ".join(
                 f"{r['rate_bits']:.2f}→{r['gap_db']:+.2f} dB" for r in got) + f" ({time.time() - t1:.0f} s)",
                 file=sys.stderr, flush=True)
-            write_report(kept + rows, args.quick, cmd, time.time() - t0)
+            write_report(kept + rows, args.quick, cmd, time.time() - t0, jobs=args.jobs)
         return
     rows = run(args.source, args.method, args.lattice, args.quick, args.seed, context=not args.no_context,
-               density=args.density)
+               density=args.density, jobs=args.jobs)
     for r in rows:
         if args.json:
             print(json.dumps(r), flush=True)

@@ -54,3 +54,11 @@ def test_every_method_runs_and_reports_real_bytes(source, method, lattice):
     per = r["samples"]
     assert r["rate_bits"] == pytest.approx(8 * r["coded_bytes"] / per)
     assert r["gap_db"] > 0  # nothing beats the rate–distortion function
+
+
+def test_rate_points_in_parallel_processes_give_the_same_rows():
+    kw = dict(quick=True, steps=10, held_out=2000, rates=[1.0, 2.0])
+    one = B.run("gaussian", "ltc", "d4", jobs=1, **kw)
+    two = B.run("gaussian", "ltc", "d4", jobs=2, **kw)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(one) == strip(two)

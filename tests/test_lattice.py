@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from ltcodec.lattice import (LATTICES, LearnedLattice, _closest_dn, golay_code, get_lattice,
+from ltcodec.lattice import (LATTICES, LearnedLattice, _closest_dn, golay_basis, golay_code, get_lattice,
                              lower_triangular_basis, reed_muller_1_4)
 
 FIXED = ["z8", "a2", "d4", "e8", "bw16", "leech"]
@@ -112,6 +112,18 @@ def test_golay_and_reed_muller_weight_enumerators():
     assert {k: int(w[k]) for k in range(25) if w[k]} == {0: 1, 8: 759, 12: 2576, 16: 759, 24: 1}
     w = reed_muller_1_4().sum(1).bincount(minlength=17)
     assert {k: int(w[k]) for k in range(17) if w[k]} == {0: 1, 8: 30, 16: 1}
+
+
+def test_golay_basis_generates_the_whole_code_in_its_mog_order():
+    basis = golay_basis().long()
+    msgs = (torch.arange(4096)[:, None] >> torch.arange(12)) & 1
+    spanned = {tuple(w) for w in ((msgs @ basis) % 2).tolist()}
+    assert spanned == {tuple(w) for w in golay_code().long().tolist()}
+    # MOG rule: every column has the parity of the top row
+    words = golay_code().long().reshape(4096, 6, 4)
+    col_par = words.sum(-1) % 2
+    top_par = words[:, :, 0].sum(-1) % 2
+    assert bool((col_par == top_par[:, None]).all())
 
 
 def test_hermite_basis_spans_the_same_lattice():
