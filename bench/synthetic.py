@@ -564,9 +564,11 @@ def run_rate(source: str, method: str, lattice: str, rate: float, k: int, steps:
     torch.manual_seed(1000 * seed + k)
     rng = np.random.default_rng([seed, k])
     test = _test_set(source, seed, held_out)
-    # The VQ's soft assignment touches every codeword for every sub-vector: half the batch keeps its
-    # step time near the others', with 4,096 sub-vectors per step still plenty for 256 codewords.
-    cfg = RunConfig(steps=steps, batch_samples=8192 if method == "vq" else RunConfig.batch_samples)
+    # Half batches where one step costs most: the VQ's soft assignment touches every codeword for every
+    # sub-vector, and Leech's closest-point search is 3x E8's per sample.  4,096 VQ sub-vectors and
+    # 341 Leech blocks per step are still plenty for these few parameters.
+    half = method == "vq" or (method == "ltc" and lattice == "leech")
+    cfg = RunConfig(steps=steps, batch_samples=8192 if half else RunConfig.batch_samples)
     model = build(method, source, lattice, rate, density)
     lam = lagrangian(source, rate)
     train(model, source, lam, cfg, rng)
@@ -587,9 +589,9 @@ def run_rate(source: str, method: str, lattice: str, rate: float, k: int, steps:
 def run(source: str, method: str, lattice: str, quick: bool, seed: int = 0, context: bool = True,
         steps: int | None = None, held_out: int = HELD_OUT_SAMPLES, rates: list[float] | None = None,
         density: str = "gaussian", jobs: int = 1) -> list[dict]:
-    """Every rate point of one source and method; ``jobs`` > 1 trains rate points in parallel
-    processes (one thread each), which is how the bench uses 2 cores: its small tensors keep a second
-    thread of one process mostly idle."""
+    """Every rate point of one source and method; ``jobs`` > 1 (0: one per rate point) trains rate
+    points in parallel processes of one thread each, which is how the bench uses 2 cores: its small
+    tensors leave a second thread of one process mostly idle."""
     rates = rates or target_rates(source, quick)
     if method == "klt":
         rng = np.random.default_rng(seed)
@@ -597,6 +599,7 @@ def run(source: str, method: str, lattice: str, quick: bool, seed: int = 0, cont
         return [dict(r, lattice="-", target_rate=t) for r, t in zip(klt_points(source, rates, rng, test), rates)]
     steps = steps or (1500 if quick else 4000)
     args = [(source, method, lattice, rate, k, steps, seed, context, held_out, density) for k, rate in enumerate(rates)]
+    jobs = jobs or len(rates)
     if jobs <= 1 or len(rates) == 1:
         return [run_rate(*a) for a in args]
     import multiprocessing
@@ -624,7 +627,7 @@ def write_report(rows: list[dict], quick: bool, command: str, seconds: float, da
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = {"command": command, "date": stamp, "machine": host or (
-        f"{machine()}, rate points in {jobs} process(es) of 1 thread" if jobs > 1
+        f"{machine()}, rate points in parallel processes of 1 thread" if jobs != 1
         else f"{machine()}, {torch.get_num_threads()} thread(s)"),
             "quick": quick, "seconds": seconds}
     (RESULTS / "synthetic.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
@@ -721,8 +724,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per rate point on stdout")
     p.add_argument("--threads", type=int, default=int(os.environ.get("LTCODEC_THREADS", "1")))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 2),
-                   help="rate points trained in parallel processes (default: 2, or 1 on one core)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="rate points trained in parallel processes (default 0: one process per rate point)")
     p.add_argument("--no-context", action="store_true", help="LTC: plain per-coordinate Gaussians")
     p.add_argument("--density", choices=("gaussian", "nonparametric"), default="gaussian",
                    help="LTC: Gaussian per block coordinate (+ context model), or a learned non-parametric one")

@@ -317,11 +317,10 @@ def _closest_golay_plus_dn(x: Tensor, a: float, chunk: int = 1024) -> tuple[Tens
         flip = torch.where(bits[None, None], pe[1][:, :, None, :], pe[0][:, :, None, :]).amin(-1)
         # Column cost when the column leaves D_24 parity e, as (column, B, k, e, p, score).
         col = torch.stack([cost + parity * flip, cost + (1 - parity) * flip], -1)  # (B, 6, 16, e)
-        col = col.reshape(b, 6, 4, 2, 2, 2).permute(1, 0, 4, 5, 3, 2).reshape(6, b * 8, 4)
+        col = col.reshape(b, 6, 4, 2, 2, 2).permute(1, 4, 5, 0, 3, 2).reshape(6, 4 * b * 2, 4)
         # Spread each column's 4 scores over the 64 hexacode words: a product with a one-hot matrix
         # (exact: every other term is 0·finite) is ~10x faster than an index gather here.
-        col = torch.bmm(col, onehot.to(col.dtype)).reshape(6, b, 2, 2, 2, 64)
-        col = col.permute(0, 2, 3, 1, 4, 5).contiguous()  # (j, k, e, B, p, h)
+        col = torch.bmm(col, onehot.to(col.dtype)).reshape(6, 2, 2, b, 2, 64)  # (j, k, e, B, p, h)
         # Trellis states s[tp][ep]: (B, 2 p, 64 h) with tp the top-row parity and ep the D_24 parity
         # of the columns so far.
         s = [[col[0, k, e] for e in (0, 1)] for k in (0, 1)]
