@@ -95,13 +95,16 @@ class Compander(nn.Module):
 
 
 class VectorMLP(nn.Module):
-    """x ↦ A·x + MLP(x) for vector sources."""
+    """x ↦ A·x + MLP(x) for vector sources; A starts as ``init`` (scaled by ``gain``) or orthogonal."""
 
-    def __init__(self, d_in: int, d_out: int, gain: float, hidden: int = 256):
+    def __init__(self, d_in: int, d_out: int, gain: float, hidden: int = 256, init: torch.Tensor | None = None):
         super().__init__()
         self.linear = nn.Linear(d_in, d_out, bias=False)
-        nn.init.orthogonal_(self.linear.weight)
         with torch.no_grad():
+            if init is None:
+                nn.init.orthogonal_(self.linear.weight)
+            else:
+                self.linear.weight.copy_(init)
             self.linear.weight.mul_(gain)
         self.mlp = nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, hidden),
                                  nn.LeakyReLU(0.1), nn.Linear(hidden, d_out))
@@ -112,14 +115,37 @@ class VectorMLP(nn.Module):
         return self.linear(x) + self.mlp(x)
 
 
+_PCA: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def principal_axes(source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(variances, axes as columns) of the source's covariance, largest first, from 40,000 samples
+    drawn with a fixed seed: the KLT, used to start the learned transforms where it leaves off."""
+    if source not in _PCA:
+        x = S.sample(source, 40_000, np.random.default_rng(12345)).astype(np.float64)
+        vals, vecs = np.linalg.eigh(np.cov(x, rowvar=False))
+        order = np.argsort(vals)[::-1]
+        _PCA[source] = (torch.from_numpy(vals[order].copy()).float(), torch.from_numpy(vecs[:, order].copy()).float())
+    return _PCA[source]
+
+
 def _transforms(source: str, latent: int, gain: float):
+    """Analysis and synthesis transforms; vector sources start from the KLT (its leading axes).
+
+    For the sawbridge the gain is set so that the first KLT coefficient spans about 2^R quantizer
+    steps (its one degree of freedom carries the whole rate).
+    """
     if S.iid(source):
         return Compander(gain), Compander(1 / gain)
     d = S.dimension(source)
+    variances, axes = principal_axes(source)
+    axes = axes[:, :latent]
+    if axes.shape[1] < latent:  # more latents than dimensions: pad with zero rows
+        axes = torch.cat([axes, torch.zeros(d, latent - axes.shape[1])], 1)
     if source == "sawbridge":
-        # A realization's norm is ~√(d/3); start with latents of unit spread per quantizer step.
-        gain = gain / math.sqrt(d / 3)
-    return VectorMLP(d, latent, gain), VectorMLP(latent, d, 1 / gain)
+        rate = -math.log2(1 / gain)  # gain = 1 / step = 2^R
+        gain = 2.0 ** rate / (math.sqrt(12.0) * float(variances[0]) ** 0.5)
+    return VectorMLP(d, latent, gain, init=axes.T), VectorMLP(latent, d, 1 / gain, init=axes)
 
 
 def _step_for_rate(source: str, rate: float) -> float:
@@ -132,6 +158,16 @@ def _step_for_rate(source: str, rate: float) -> float:
 # ----------------------------------------------------------------------------------------------------
 # Codes
 # ----------------------------------------------------------------------------------------------------
+
+#: Which latent the decoder sees in training.  iid sources (monotone companders) use the mixed
+#: relaxation: hard quantization with a straight-through gradient for the distortion, noise for the
+#: rate.  The straight-through gradient hands the encoder the decoder's slope *between* quantized
+#: points, which an unconstrained MLP decoder never learned; on the sawbridge the MLP encoder then
+#: folds the latent (cells that are unions of intervals: 0.5 bit above H(D) at 3 bits).  Vector
+#: sources therefore train on the dithered latent throughout (Ballé et al. 2017), and the hard
+#: fine-tuning that follows fits the decoder to the real cells (0.1 bit above H(D) at 3 bits).
+_DISTORTION_PATH = {"iid": "straight-through hard", "vector": "dithered"}
+
 
 class BlockContext(nn.Module):
     """Density of coordinate i of a lattice point given its coordinates 1 … i−1 (a masked MLP).
@@ -210,8 +246,9 @@ class LatticeCode(nn.Module):
         y = self.blocks(self.g_a(x))
         scale = torch.exp(self.log_scale).expand_as(y)
         noisy = self.noise(y)
-        hard = self.lattice.quantize(y, "ste")
         bits = -torch.log2(self.box_likelihood(noisy, scale)).sum()
+        # See _DISTORTION_PATH: vector sources train the decoder on the dithered latent.
+        hard = noisy if not S.iid(self.source) else self.lattice.quantize(y, "ste")
         x_hat = self.g_s(hard.reshape(x.shape[0], -1))
         return x_hat, bits
 
@@ -285,8 +322,10 @@ class ScalarCode(nn.Module):
     def forward(self, x):
         y = self.g_a(x)
         noisy = y + torch.rand_like(y) - 0.5
-        hard = y + (torch.round(y) - y).detach()
         bits = -torch.log2(self._lik(noisy)).sum()
+        if not S.iid(self.source):
+            return self.g_s(noisy), bits  # see _DISTORTION_PATH
+        hard = y + (torch.round(y) - y).detach()
         return self.g_s(hard), bits
 
     @torch.no_grad()
@@ -527,6 +566,23 @@ def finetune_hard(model: nn.Module, source: str, lam: float, cfg: RunConfig, rng
         sched.step()
 
 
+def fit_density(model: "ScalarCode", bank: tuple[torch.Tensor, torch.Tensor], steps: int = 300) -> None:
+    """Maximum-likelihood fit of the factorized density to every hard-quantized latent of the bank.
+
+    The fine-tuning batches are small for vector sources (64 sawbridge realizations: 64 symbols per
+    step), so the density they leave behind is noisy; full-batch steps on the frozen symbols fix it.
+    """
+    q = bank[1]
+    opt = torch.optim.Adam(model.density.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        bits = -torch.log2(model._lik(q)).mean()
+        opt.zero_grad(set_to_none=True)
+        bits.backward()
+        opt.step()
+        sched.step()
+
+
 def fit_context(model: LatticeCode, source: str, cfg: RunConfig, rng: np.random.Generator,
                 bank: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """Fit the block context model to hard-quantized points of the trained (now frozen) transform."""
@@ -575,6 +631,8 @@ def run_rate(source: str, method: str, lattice: str, rate: float, k: int, steps:
     if isinstance(model, (ScalarCode, LatticeCode)):
         bank = hard_bank(model, source, cfg, rng)  # the encoder is frozen from here on
         finetune_hard(model, source, lam, cfg, rng, bank)
+        if isinstance(model, ScalarCode):
+            fit_density(model, bank)
         if isinstance(model, LatticeCode) and context and model.density is None:
             fit_context(model, source, cfg, rng, bank)
     model.eval()
