@@ -35,6 +35,7 @@ import torch
 
 from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
 from .image import save_checkpoint
+from .optim import gain_optimizer, set_learning_rate, split_state
 
 CACHE = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec"))
 DEFAULT_OUT = CACHE / "audio-e8"
@@ -127,17 +128,6 @@ def rd_loss(model: AudioLatticeCodec, x: torch.Tensor, quality: torch.Tensor, lo
     return {"loss": loss, "dist": dist.detach(), "kbps": kbps.detach()}
 
 
-def _two_groups(saved: dict, model, gains) -> dict:
-    """An optimizer state saved with one parameter group, split into (others, gains) as built now."""
-    if len(saved["param_groups"]) == 2:
-        return saved
-    ids = {id(p): i for i, p in enumerate(model.parameters())}
-    gain_ids = [ids[id(g)] for g in gains]
-    group = saved["param_groups"][0]
-    rest = [i for i in group["params"] if i not in gain_ids]
-    return {"state": saved["state"], "param_groups": [dict(group, params=rest), dict(group, params=gain_ids)]}
-
-
 def si_sdr(x: np.ndarray, x_hat: np.ndarray) -> float:
     a = np.dot(x_hat, x) / (np.dot(x, x) + 1e-12)
     e = x_hat - a * x
@@ -212,8 +202,7 @@ def main(argv: list[str] | None = None) -> None:
               AudioModelConfig(channels=args.channels, M=args.M, lattice=args.lattice))
     model = AudioLatticeCodec(config)
     gains = [model.enc_gain, model.dec_gain]
-    others = [p for p in model.parameters() if all(p is not g for g in gains)]
-    opt = torch.optim.Adam([{"params": others, "lr": args.lr}, {"params": gains, "lr": args.lr * args.gain_lr_factor}])
+    opt = gain_optimizer(model, gains, args.lr, args.gain_lr_factor)
     targets = torch.tensor(config.target_kbps)
     # A starting ladder near the usual slopes of such codecs; dual ascent then moves each weight slowly.
     log_weights = torch.linspace(-1.0, -4.5, len(targets))
@@ -223,8 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(_two_groups(state["optimizer"], model, gains))
-        opt.param_groups[0]["lr"], opt.param_groups[1]["lr"] = args.lr, args.lr * args.gain_lr_factor
+        opt.load_state_dict(split_state(state["optimizer"], model, gains))
+        set_learning_rate(opt, args.lr, args.gain_lr_factor)
         step = state["step"]
         log_weights, rate_ema = state["log_weights"], state["rate_ema"]
         rng.bit_generator.state = state["numpy_rng"]

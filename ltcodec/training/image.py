@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from ..image_model import ImageModelConfig, LatticeHyperprior
+from .optim import gain_optimizer, set_learning_rate, split_state
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
 
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--lr-drop-at", type=int, default=0, help="divide the learning rate by 10 from this step")
+    p.add_argument("--gain-lr-factor", type=float, default=10.0,
+                   help="the per-quality gain vectors learn this many times faster (ltcodec.training.optim)")
     p.add_argument("--N", type=int, default=96)
     p.add_argument("--M", type=int, default=128)
     p.add_argument("--lattice", default="e8")
@@ -155,13 +158,14 @@ def main(argv: list[str] | None = None) -> None:
         state = None
         config = ImageModelConfig(N=args.N, M=args.M, lattice=args.lattice)
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    gains = [model.enc_gain, model.dec_gain]
+    opt = gain_optimizer(model, gains, args.lr, args.gain_lr_factor)
     step = 0
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(split_state(state["optimizer"], model, gains))
         step = state["step"]
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -199,8 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     n_acc = 0
     with open(log_path, "a") as log:
         while step < args.steps:
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+            set_learning_rate(opt, lr_at(step), args.gain_lr_factor)
             x = sample_batch(images, rng, args.batch, args.crop)
             quality = torch.from_numpy(rng.integers(0, len(config.lambdas), args.batch)).float()
             out = rd_loss(model, x, quality)

@@ -1,0 +1,39 @@
+"""The optimizer shared by the training recipes: per-quality gains learn faster than the transforms.
+
+The gain vectors are a few hundred numbers that set each quality's operating point; at the
+transforms' learning rate they barely leave their initial ladder in tens of thousands of steps
+(measured: image log2-gains moved < 0.15 in 22 k steps at 2·10⁻⁴), so every channel stays active
+at every quality.  Their own parameter group at ``factor`` × the learning rate lets them settle.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["gain_optimizer", "split_state", "set_learning_rate"]
+
+
+def _split(model: nn.Module, gains: list[nn.Parameter]) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if all(p is not g for g in gains)]
+
+
+def gain_optimizer(model: nn.Module, gains: list[nn.Parameter], lr: float, factor: float) -> torch.optim.Adam:
+    """Adam with two groups: (everything else, lr) and (gains, lr × factor)."""
+    return torch.optim.Adam([{"params": _split(model, gains), "lr": lr}, {"params": gains, "lr": lr * factor}])
+
+
+def split_state(saved: dict, model: nn.Module, gains: list[nn.Parameter]) -> dict:
+    """An optimizer state saved with one parameter group, split into (others, gains) as built now."""
+    if len(saved["param_groups"]) == 2:
+        return saved
+    ids = {id(p): i for i, p in enumerate(model.parameters())}
+    gain_ids = [ids[id(g)] for g in gains]
+    group = saved["param_groups"][0]
+    rest = [i for i in group["params"] if i not in gain_ids]
+    return {"state": saved["state"], "param_groups": [dict(group, params=rest), dict(group, params=gain_ids)]}
+
+
+def set_learning_rate(opt: torch.optim.Optimizer, lr: float, factor: float) -> None:
+    opt.param_groups[0]["lr"] = lr
+    opt.param_groups[1]["lr"] = lr * factor

@@ -1,0 +1,43 @@
+"""The training optimizer: gains in their own, faster group; older one-group states still resume."""
+
+import torch
+from torch import nn
+
+from ltcodec.training.optim import gain_optimizer, set_learning_rate, split_state
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Linear(3, 3)
+        self.enc_gain = nn.Parameter(torch.zeros(2, 3))
+        self.dec_gain = nn.Parameter(torch.zeros(2, 3))
+
+
+def _step(opt, model):
+    loss = (model.conv(torch.ones(1, 3)) * model.enc_gain.exp().sum() * model.dec_gain.exp().sum()).sum()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def test_gains_get_the_faster_learning_rate():
+    m = Tiny()
+    opt = gain_optimizer(m, [m.enc_gain, m.dec_gain], 1e-3, 10.0)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-2]
+    assert opt.param_groups[1]["params"][0] is m.enc_gain
+    set_learning_rate(opt, 1e-4, 10.0)
+    assert [g["lr"] for g in opt.param_groups] == [1e-4, 1e-3]
+
+
+def test_a_one_group_state_resumes_with_its_moments_on_the_right_parameters():
+    m = Tiny()
+    old = torch.optim.Adam(m.parameters(), lr=1e-3)
+    _step(old, m)
+    saved = old.state_dict()
+    opt = gain_optimizer(m, [m.enc_gain, m.dec_gain], 1e-3, 10.0)
+    opt.load_state_dict(split_state(saved, m, [m.enc_gain, m.dec_gain]))
+    # the moments follow each parameter, whatever group it now sits in
+    assert torch.equal(opt.state[m.enc_gain]["exp_avg"], old.state[m.enc_gain]["exp_avg"])
+    assert torch.equal(opt.state[m.conv.weight]["exp_avg"], old.state[m.conv.weight]["exp_avg"])
+    _step(opt, m)  # and it keeps training
