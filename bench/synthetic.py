@@ -193,6 +193,12 @@ class BlockContext(nn.Module):
         out = torch.einsum("bih,iho->bio", h, self.w2) + self.b2
         return out[..., 0], base_log_scale + out[..., 1]
 
+    def coordinate(self, x: torch.Tensor, base_log_scale: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log scale (each (B,)) of coordinate i alone: what the coder asks for, n times cheaper."""
+        h = torch.nn.functional.softplus(x[:, :i] @ self.w1[i, :i] + self.b1[i])
+        out = h @ self.w2[i] + self.b2[i]
+        return out[:, 0], base_log_scale[i] + out[:, 1]
+
 
 _NOISE_BANKS: dict[str, torch.Tensor] = {}
 
@@ -287,8 +293,8 @@ class LatticeCode(nn.Module):
                 pts = torch.zeros(prefix.shape[0], self.lattice.dim, dtype=torch.float64)
                 if i:
                     pts[:, :i] = torch.from_numpy(prefix).double() @ g[:i, :i].T
-                mean, log_scale = self.context(pts.float(), self.log_scale)
-                return level_of_scale(torch.exp(log_scale[:, i]).double().numpy()), mean[:, i].double().numpy()
+                mean, log_scale = self.context.coordinate(pts.float(), self.log_scale, i)
+                return level_of_scale(torch.exp(log_scale).double().numpy()), mean.double().numpy()
 
             lo, hi = int(levels.min()) - 40, int(levels.max()) + 16
             coder = BoxCoder(spec, ScaleTables.build(lo, hi, spec.fractions(conditional=True)))
@@ -573,6 +579,8 @@ def fit_density(model: "ScalarCode", bank: tuple[torch.Tensor, torch.Tensor], st
     step), so the density they leave behind is noisy; full-batch steps on the frozen symbols fix it.
     """
     q = bank[1]
+    # A one-dimensional density per channel: 65,536 symbols pin it down (and keep 300 steps cheap).
+    q = q[: max(1, (1 << 16) // q.shape[1])]
     opt = torch.optim.Adam(model.density.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
@@ -680,6 +688,32 @@ def configurations(sources=S.SOURCES) -> list[tuple[str, str, str]]:
     return out
 
 
+def _config_seconds(rows: list[dict]) -> float:
+    """Wall time of one source × method: measured around it, else its slowest rate point."""
+    measured = [r["config_seconds"] for r in rows if "config_seconds" in r]
+    return max(measured) if measured else max(r.get("seconds", 0.0) for r in rows)
+
+
+def _timing_table(rows: list[dict], quick: bool) -> list[str]:
+    """Wall time per source and method (all its rate points), against the 2-minute quick budget."""
+    keys = sorted({(r["source"], r["method"], r["lattice"]) for r in rows if r["method"] != "klt"},
+                  key=lambda k: (S.SOURCES.index(k[0]), METHODS.index(k[1]), k[2]))
+    if not keys:
+        return []
+    lines = ["## Wall time per source and method", "",
+             "All rate points of a source and method, trained in parallel processes; the quick budget is",
+             "2 minutes. Rows without a measured total show the slowest rate point (a lower bound).", "",
+             "| source | method | lattice | seconds |" + (" ≤ 120 s |" if quick else ""),
+             "|---|---|---|---|" + ("---|" if quick else "")]
+    for source, method, lat in keys:
+        sub = [r for r in rows if (r["source"], r["method"], r["lattice"]) == (source, method, lat)]
+        sec = _config_seconds(sub)
+        mark = "" if "config_seconds" in sub[0] else " (slowest point)"
+        lines.append(f"| {source} | {method} | {lat} | {sec:.0f}{mark} |" +
+                     (f" {'yes' if sec <= 120 else '**no**'} |" if quick else ""))
+    return lines + [""]
+
+
 def write_report(rows: list[dict], quick: bool, command: str, seconds: float, date: str | None = None,
                  host: str | None = None, jobs: int = 1) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -704,14 +738,19 @@ def write_report(rows: list[dict], quick: bool, command: str, seconds: float, da
         if not sub:
             continue
         unit = sub[0]["rate_unit"]
-        run = sub[0].get("run", {"command": command, "when": stamp})
-        lines += [f"## {source}", "", f"Rows from `{run['command']}` ({run['when']}).", "",
+        runs: dict[str, list[str]] = {}
+        for r in sub:
+            run = r.get("run", {"command": command, "when": stamp})
+            runs.setdefault(run["command"], []).append(run["when"])
+        made = "; ".join(f"`{c}` ({min(w)}{' – ' + max(w) if max(w) != min(w) else ''})" for c, w in runs.items())
+        lines += [f"## {source}", "", f"Rows from {made}.", "",
                   f"| method | lattice | rate ({unit}) | MSE | bound MSE | gap (dB) | gap (bits) |",
                   "|---|---|---|---|---|---|---|"]
         for r in sub:
             lines.append(f"| {r['method']} | {r['lattice']} | {r['rate_bits']:.3f} | {r['mse']:.5f} | "
                          f"{r['bound_mse']:.5f} | {r['gap_db']:+.3f} | {r['gap_bits']:+.3f} |")
         lines.append("")
+    lines += _timing_table(rows, quick)
     lines += ["## Targets (iid N(0,1), rates 1–3 bits/sample)", "", "| method | target | measured gaps (dB) | met |",
               "|---|---|---|---|"]
     targets = [("ntc", "-", (1.45, 1.65)), ("ltc", "e8", (None, 0.95)), ("ltc", "bw16", (None, 0.80)),
@@ -789,6 +828,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="LTC: Gaussian per block coordinate (+ context model), or a learned non-parametric one")
     p.add_argument("--all", action="store_true", help="every source and method; writes bench/results/synthetic.*")
     p.add_argument("--sources", nargs="*", default=list(S.SOURCES), help="with --all: these sources only")
+    p.add_argument("--methods", nargs="*", default=list(METHODS), help="with --all: these methods only")
+    p.add_argument("--lattices", nargs="*", default=list(LATTICES[1:]), help="with --all: these LTC lattices only")
     p.add_argument("--report", action="store_true", help="rewrite the Markdown and plot from synthetic.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -799,21 +840,28 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.all:
         t0 = time.time()
-        # Rows of sources not rerun are kept from the previous report, so sources can be run one by one.
+        configs = [c for c in configurations(args.sources) if c[1] in args.methods
+                   and (c[1] != "ltc" or c[2] in args.lattices)]
+        # Rows of configurations not rerun are kept from the previous report, so the bench can be run
+        # piece by piece.
         previous = RESULTS / "synthetic.json"
         kept = []
         if previous.exists():
-            kept = [r for r in json.loads(previous.read_text())["rows"] if r["source"] not in args.sources]
+            rerun = {(s, m, "-" if m != "ltc" else lat) for s, m, lat in configs}
+            kept = [r for r in json.loads(previous.read_text())["rows"]
+                    if (r["source"], r["method"], "-" if r["method"] != "ltc" else r["lattice"]) not in rerun]
         rows = []
-        configs = configurations(args.sources)
-        cmd = "python -m bench.synthetic --all" + (" --quick" if args.quick else "") + (
-            f" --sources {' '.join(args.sources)}" if list(args.sources) != list(S.SOURCES) else "")
+        cmd = "python -m bench.synthetic --all" + (" --quick" if args.quick else "") + "".join(
+            f" --{name} {' '.join(chosen)}" for name, chosen, every in (
+                ("sources", args.sources, S.SOURCES), ("methods", args.methods, METHODS),
+                ("lattices", args.lattices, LATTICES[1:])) if list(chosen) != list(every))
         for n, (source, method, lat) in enumerate(configs, 1):
             t1 = time.time()
             got = run(source, method, lat if lat != "-" else "e8", args.quick, args.seed, context=not args.no_context,
                       jobs=args.jobs)
             stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            rows += [dict(r, run={"command": cmd, "when": stamp}) for r in got]
+            took = time.time() - t1
+            rows += [dict(r, run={"command": cmd, "when": stamp}, config_seconds=took) for r in got]
             print(f"[{n}/{len(configs)}] {source} {method} {lat}: " + ", ".join(
                 f"{r['rate_bits']:.2f}→{r['gap_db']:+.2f} dB" for r in got) + f" ({time.time() - t1:.0f} s)",
                 file=sys.stderr, flush=True)

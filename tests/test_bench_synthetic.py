@@ -62,3 +62,15 @@ def test_rate_points_in_parallel_processes_give_the_same_rows():
     two = B.run("gaussian", "ltc", "d4", jobs=2, **kw)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(one) == strip(two)
+
+
+def test_block_context_one_coordinate_at_a_time_matches_the_whole_block():
+    import torch
+
+    ctx = B.BlockContext(8)
+    torch.nn.init.normal_(ctx.w2, std=0.1)
+    x, base = torch.randn(50, 8), torch.randn(8)
+    mean, log_scale = ctx(x, base)
+    for i in range(8):
+        m, s = ctx.coordinate(x, base, i)
+        assert torch.allclose(m, mean[:, i], atol=1e-6) and torch.allclose(s, log_scale[:, i], atol=1e-6)
