@@ -129,15 +129,22 @@ def principal_axes(source: str) -> tuple[torch.Tensor, torch.Tensor]:
     return _PCA[source]
 
 
-def _transforms(source: str, latent: int, gain: float):
-    """Analysis and synthesis transforms; vector sources start from the KLT (its leading axes).
+def _transforms(source: str, latent: int, gain: float, klt: bool = True):
+    """Analysis and synthesis transforms.
 
-    For the sawbridge the gain is set so that the first KLT coefficient spans about 2^R quantizer
-    steps (its one degree of freedom carries the whole rate).
+    With ``klt`` vector sources start from the KLT (its leading axes; for the sawbridge the gain is set
+    so that the first coefficient spans about 2^R quantizer steps, its one degree of freedom carrying
+    the whole rate).  Without it they start from a random rotation, which spreads the variance evenly
+    over the latents: what a code with one entropy model for every block needs (LTC).
     """
     if S.iid(source):
         return Compander(gain), Compander(1 / gain)
     d = S.dimension(source)
+    if not klt:
+        if source == "sawbridge":
+            # A realization's norm is ~√(d/3); start with latents of unit spread per quantizer step.
+            gain = gain / math.sqrt(d / 3)
+        return VectorMLP(d, latent, gain), VectorMLP(latent, d, 1 / gain)
     variances, axes = principal_axes(source)
     axes = axes[:, :latent]
     if axes.shape[1] < latent:  # more latents than dimensions: pad with zero rows
@@ -159,14 +166,15 @@ def _step_for_rate(source: str, rate: float) -> float:
 # Codes
 # ----------------------------------------------------------------------------------------------------
 
-#: Which latent the decoder sees in training.  iid sources (monotone companders) use the mixed
-#: relaxation: hard quantization with a straight-through gradient for the distortion, noise for the
-#: rate.  The straight-through gradient hands the encoder the decoder's slope *between* quantized
+#: Which latent the scalar NTC decoder sees in training.  iid sources (monotone companders) use the
+#: mixed relaxation: hard quantization with a straight-through gradient for the distortion, noise for
+#: the rate.  The straight-through gradient hands the encoder the decoder's slope *between* quantized
 #: points, which an unconstrained MLP decoder never learned; on the sawbridge the MLP encoder then
 #: folds the latent (cells that are unions of intervals: 0.5 bit above H(D) at 3 bits).  Vector
-#: sources therefore train on the dithered latent throughout (Ballé et al. 2017), and the hard
-#: fine-tuning that follows fits the decoder to the real cells (0.1 bit above H(D) at 3 bits).
-_DISTORTION_PATH = {"iid": "straight-through hard", "vector": "dithered"}
+#: sources therefore train NTC on the dithered latent throughout (Ballé et al. 2017), and the hard
+#: fine-tuning that follows fits the decoder to the real cells (0.1 bit above H(D) at 3 bits).  LTC
+#: keeps the mixed relaxation everywhere: on AR(1) the dithered path cost it 1–2 dB.
+_DISTORTION_PATH = {"iid": "straight-through hard", "vector": "dithered (NTC)"}
 
 
 class BlockContext(nn.Module):
@@ -227,7 +235,9 @@ class LatticeCode(nn.Module):
         self.latent = S.dimension(source) if S.iid(source) else (
             max(n, 16) if source == "ar1" else max(n, 4))
         self.latent = -(-self.latent // n) * n
-        self.g_a, self.g_s = _transforms(source, self.latent, 1 / _step_for_rate(source, rate))
+        # One Gaussian scale per block coordinate serves every block: start from a random rotation,
+        # which spreads the variance evenly over the blocks (the KLT would not).
+        self.g_a, self.g_s = _transforms(source, self.latent, 1 / _step_for_rate(source, rate), klt=False)
         self.log_scale = nn.Parameter(torch.zeros(n))
         self.context: BlockContext | None = None
         # Voronoi-uniform noise drawn once: a closest-point search per training step saved (Leech).
@@ -253,8 +263,7 @@ class LatticeCode(nn.Module):
         scale = torch.exp(self.log_scale).expand_as(y)
         noisy = self.noise(y)
         bits = -torch.log2(self.box_likelihood(noisy, scale)).sum()
-        # See _DISTORTION_PATH: vector sources train the decoder on the dithered latent.
-        hard = noisy if not S.iid(self.source) else self.lattice.quantize(y, "ste")
+        hard = self.lattice.quantize(y, "ste")
         x_hat = self.g_s(hard.reshape(x.shape[0], -1))
         return x_hat, bits
 
@@ -358,7 +367,7 @@ class VQCode(nn.Module):
         self.sub = sub
         self.groups = 1 if S.iid(source) else self.latent // sub
         step = _step_for_rate(source, rate)
-        self.g_a, self.g_s = _transforms(source, self.latent, 1.0)
+        self.g_a, self.g_s = _transforms(source, self.latent, 1.0, klt=False)
         # Codebook initialized on a grid of the right step (a good start for k-means-like training).
         side = int(math.isqrt(codewords))
         grid = (torch.arange(side) - (side - 1) / 2) * step * 1.0
@@ -628,11 +637,11 @@ def run_rate(source: str, method: str, lattice: str, rate: float, k: int, steps:
     torch.manual_seed(1000 * seed + k)
     rng = np.random.default_rng([seed, k])
     test = _test_set(source, seed, held_out)
-    # Half batches where one step costs most: the VQ's soft assignment touches every codeword for every
-    # sub-vector, and Leech's closest-point search is 3x E8's per sample.  4,096 VQ sub-vectors and
-    # 341 Leech blocks per step are still plenty for these few parameters.
-    half = method == "vq" or (method == "ltc" and lattice == "leech")
-    cfg = RunConfig(steps=steps, batch_samples=8192 if half else RunConfig.batch_samples)
+    # Smaller batches where one step costs most: the VQ's soft assignment touches every codeword for
+    # every sub-vector, and Leech's closest-point search is 3x E8's per sample.  2,048 VQ sub-vectors
+    # and 341 Leech blocks per step are still plenty for these few parameters.
+    batch = {"vq": 4096}.get(method, 8192 if (method == "ltc" and lattice == "leech") else RunConfig.batch_samples)
+    cfg = RunConfig(steps=steps, batch_samples=batch)
     model = build(method, source, lattice, rate, density)
     lam = lagrangian(source, rate)
     train(model, source, lam, cfg, rng)
