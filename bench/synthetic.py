@@ -780,7 +780,8 @@ def write_report(rows: list[dict], quick: bool, command: str, seconds: float, da
         lines += ["", "Sawbridge: learned codecs within 0.1 bit/realization of H(D), and the KLT coder's gap at the",
                   "same target rate:", ""]
         for r in saw:
-            if r["method"] in ("ntc", "ltc", "learned", "vq") and r["gap_bits"] <= 0.1:
+            # (a point that codes nothing, at the rate-0 end of H(D), does not count)
+            if r["method"] in ("ntc", "ltc", "learned", "vq") and r["gap_bits"] <= 0.1 and r["rate_bits"] >= 0.5:
                 k = [x for x in klt if x["target_rate"] == r["target_rate"]]
                 kg = f"{k[0]['gap_bits']:.3f}" if k else "?"
                 lines.append(f"- {r['method']} {r['lattice']} at {r['rate_bits']:.2f} bits: gap {r['gap_bits']:.3f} bits; "
