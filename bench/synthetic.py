@@ -149,9 +149,8 @@ def _transforms(source: str, latent: int, gain: float, klt: bool = True):
     axes = axes[:, :latent]
     if axes.shape[1] < latent:  # more latents than dimensions: pad with zero rows
         axes = torch.cat([axes, torch.zeros(d, latent - axes.shape[1])], 1)
-    if source == "sawbridge":
-        rate = -math.log2(1 / gain)  # gain = 1 / step = 2^R
-        gain = 2.0 ** rate / (math.sqrt(12.0) * float(variances[0]) ** 0.5)
+    if source == "sawbridge":  # gain = 1 / step = 2^R: the first coefficient spans ~2^R steps
+        gain = gain / (math.sqrt(12.0) * float(variances[0]) ** 0.5)
     return VectorMLP(d, latent, gain, init=axes.T), VectorMLP(latent, d, 1 / gain, init=axes)
 
 
@@ -165,17 +164,6 @@ def _step_for_rate(source: str, rate: float) -> float:
 # ----------------------------------------------------------------------------------------------------
 # Codes
 # ----------------------------------------------------------------------------------------------------
-
-#: Which latent the scalar NTC decoder sees in training.  iid sources (monotone companders) use the
-#: mixed relaxation: hard quantization with a straight-through gradient for the distortion, noise for
-#: the rate.  The straight-through gradient hands the encoder the decoder's slope *between* quantized
-#: points, which an unconstrained MLP decoder never learned; on the sawbridge the MLP encoder then
-#: folds the latent (cells that are unions of intervals: 0.5 bit above H(D) at 3 bits).  Vector
-#: sources therefore train NTC on the dithered latent throughout (Ballé et al. 2017), and the hard
-#: fine-tuning that follows fits the decoder to the real cells (0.1 bit above H(D) at 3 bits).  LTC
-#: keeps the mixed relaxation everywhere: on AR(1) the dithered path cost it 1–2 dB.
-_DISTORTION_PATH = {"iid": "straight-through hard", "vector": "dithered (NTC)"}
-
 
 class BlockContext(nn.Module):
     """Density of coordinate i of a lattice point given its coordinates 1 … i−1 (a masked MLP).
@@ -338,8 +326,16 @@ class ScalarCode(nn.Module):
         y = self.g_a(x)
         noisy = y + torch.rand_like(y) - 0.5
         bits = -torch.log2(self._lik(noisy)).sum()
+        # iid sources (monotone companders) use the mixed relaxation: hard quantization with a
+        # straight-through gradient for the distortion, noise for the rate.  The straight-through
+        # gradient hands the encoder the decoder's slope *between* quantized points, which an
+        # unconstrained MLP decoder never learned; on the sawbridge the MLP encoder then folds the
+        # latent (cells that are unions of intervals: 0.5 bit above H(D) at 3 bits).  Vector sources
+        # therefore train on the dithered latent throughout (Ballé et al. 2017), and the hard
+        # fine-tuning that follows fits the decoder to the real cells.  (LTC keeps the mixed
+        # relaxation everywhere: on AR(1) the dithered path cost it 1–2 dB.)
         if not S.iid(self.source):
-            return self.g_s(noisy), bits  # see _DISTORTION_PATH
+            return self.g_s(noisy), bits
         hard = y + (torch.round(y) - y).detach()
         return self.g_s(hard), bits
 
@@ -428,10 +424,14 @@ class RunConfig:
     batch_samples: int = 16384
     lr: float = 3e-3
 
+    def vectors(self, source: str) -> int:
+        """Source vectors per step: ``batch_samples`` samples, at least 64 vectors."""
+        return max(self.batch_samples // S.dimension(source), 64)
+
 
 def train(model: nn.Module, source: str, lam: float, cfg: RunConfig, rng: np.random.Generator) -> None:
     d = S.dimension(source)
-    batch = max(cfg.batch_samples // d, 64)
+    batch = cfg.vectors(source)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     per = d if source != "sawbridge" else 1  # rate and distortion per sample / per realization
@@ -532,9 +532,7 @@ def hard_bank(model: nn.Module, source: str, cfg: RunConfig, rng: np.random.Gene
     cells well (and at least 16,384 vectors, so that the sawbridge decoder does not overfit), and one
     closest-point search per sample instead of one per step keeps Leech fast.
     """
-    d = S.dimension(source)
-    batch = max(cfg.batch_samples // d, 64)
-    x = torch.from_numpy(S.sample(source, max(batch * batches, 16384), rng))
+    x = torch.from_numpy(S.sample(source, max(cfg.vectors(source) * batches, 16384), rng))
     with torch.no_grad():
         y = model.g_a(x)
         q = torch.round(y) if isinstance(model, ScalarCode) else model.lattice.closest(model.blocks(y))
@@ -554,7 +552,7 @@ def finetune_hard(model: nn.Module, source: str, lam: float, cfg: RunConfig, rng
     cells, and the density the real symbol frequencies, so the training loss is the coded loss.
     """
     d = S.dimension(source)
-    batch = max(cfg.batch_samples // d, 64)
+    batch = cfg.vectors(source)
     per = d if source != "sawbridge" else 1
     bank = bank if bank is not None else hard_bank(model, source, cfg, rng)
     if isinstance(model, ScalarCode) or getattr(model, "density", None) is not None:
@@ -605,8 +603,7 @@ def fit_context(model: LatticeCode, source: str, cfg: RunConfig, rng: np.random.
     """Fit the block context model to hard-quantized points of the trained (now frozen) transform."""
     model.context = BlockContext(model.lattice.dim)
     opt = torch.optim.Adam(model.context.parameters(), lr=3e-3)
-    d = S.dimension(source)
-    batch = max(cfg.batch_samples // d, 64)
+    batch = cfg.vectors(source)
     bank = bank if bank is not None else hard_bank(model, source, cfg, rng)
     steps = cfg.steps // 2
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.05)
@@ -873,7 +870,7 @@ def main(argv: list[str] | None = None) -> None:
             took = time.time() - t1
             rows += [dict(r, run={"command": cmd, "when": stamp}, config_seconds=took) for r in got]
             print(f"[{n}/{len(configs)}] {source} {method} {lat}: " + ", ".join(
-                f"{r['rate_bits']:.2f}→{r['gap_db']:+.2f} dB" for r in got) + f" ({time.time() - t1:.0f} s)",
+                f"{r['rate_bits']:.2f}→{r['gap_db']:+.2f} dB" for r in got) + f" ({took:.0f} s)",
                 file=sys.stderr, flush=True)
             write_report(kept + rows, args.quick, cmd, time.time() - t0, jobs=args.jobs)
         return
