@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import os
-import platform
+
+from ltcodec.training.card import cpu_name
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         import torch
 

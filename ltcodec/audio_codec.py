@@ -9,19 +9,16 @@ the same :class:`~ltcodec.latent_coding.HyperLatentCoding` as images, with h = 1
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import save as st_save
 from torch import Tensor, nn
 
 from .audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig, to_two_d_state
 from .boxcode import BoxCoder, ChannelTables
 from .intnet import IntegerNetwork
-from .latent_coding import FORMAT_TAG, Z_CLAMP, HyperLatentCoding, freeze_entropy_model
+from .latent_coding import Z_CLAMP, HyperLatentCoding, freeze_entropy_model, write_model_file
 
 __all__ = ["AudioCodecModel", "export_audio_model"]
 
@@ -96,19 +93,5 @@ def export_audio_model(net: AudioLatticeCodec, calibration: list[np.ndarray], pa
             zs.append(torch.round(two.h_a(y * enc_g)).clamp(-Z_CLAMP, Z_CLAMP))
     z_cal = torch.cat([z.reshape(1, z.shape[1], 1, -1) for z in zs], dim=3)
     h_s_int, entropy_arrays, specs = freeze_entropy_model(two.h_s, two.z_density, two.lattice, net.config.M, z_cal)
-    arrays: dict[str, np.ndarray] = {}
-    for k, v in two.state_dict().items():
-        if k.startswith(("h_s.", "z_density.")):
-            continue
-        a = v.detach().cpu().numpy()
-        big = a.ndim == 4 and k.endswith("weight")
-        arrays["float." + k] = a.astype(np.float16 if (half and big) else np.float32)
-    arrays.update(entropy_arrays)
-    meta = {
-        "format": FORMAT_TAG, "kind": "audio", "name": name, "config": json.dumps(net.config.to_dict()),
-        "h_s": json.dumps(specs), "h_s_fingerprint": h_s_int.fingerprint(net.config.N),
-        **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra_meta or {}).items()},
-    }
-    blob = st_save(arrays, metadata=meta)
-    Path(path).write_bytes(blob)
-    return hashlib.sha256(blob).hexdigest()
+    return write_model_file(path, "audio", name, net.config.to_dict(), two.state_dict(), h_s_int, entropy_arrays,
+                            specs, half, extra_meta)

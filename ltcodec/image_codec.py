@@ -13,19 +13,16 @@ so a stream parses identically on every machine; only the float synthesis moves 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import save as st_save
 from torch import Tensor, nn
 
 from .boxcode import BoxCoder, ChannelTables
 from .image_model import ImageModelConfig, LatticeHyperprior
 from .intnet import IntegerNetwork
-from .latent_coding import FORMAT_TAG, MEAN_GRID, Z_CLAMP, HyperLatentCoding, Streams, freeze_entropy_model
+from .latent_coding import MEAN_GRID, Z_CLAMP, HyperLatentCoding, Streams, freeze_entropy_model, write_model_file
 
 __all__ = ["ImageCodecModel", "export_image_model", "Streams", "MEAN_GRID", "Z_CLAMP"]
 
@@ -139,19 +136,5 @@ def export_image_model(net: LatticeHyperprior, calibration_images: list[np.ndarr
     z_cal = _calibration_z(net, calibration_images)
     h_s_int, entropy_arrays, specs = freeze_entropy_model(net.h_s, net.z_density, net.lattice, net.config.M, z_cal)
 
-    arrays: dict[str, np.ndarray] = {}
-    for k, v in net.state_dict().items():
-        if k.startswith(("h_s.", "z_density.")):
-            continue
-        a = v.detach().cpu().numpy()
-        big = a.ndim == 4 and k.endswith("weight")
-        arrays["float." + k] = a.astype(np.float16 if (half and big) else np.float32)
-    arrays.update(entropy_arrays)
-    meta = {
-        "format": FORMAT_TAG, "kind": "image", "name": name, "config": json.dumps(net.config.to_dict()),
-        "h_s": json.dumps(specs), "h_s_fingerprint": h_s_int.fingerprint(net.config.N),
-        **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra_meta or {}).items()},
-    }
-    blob = st_save(arrays, metadata=meta)
-    Path(path).write_bytes(blob)
-    return hashlib.sha256(blob).hexdigest()
+    return write_model_file(path, "image", name, net.config.to_dict(), net.state_dict(), h_s_int, entropy_arrays,
+                            specs, half, extra_meta)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 from torch import Tensor, nn
 
 from .boxcode import BoxCoder, ChannelTables, LatticeCodingSpec, ScaleTables
@@ -29,7 +30,7 @@ from .image_model import LOG2_SCALE_MAX, LOG2_SCALE_MIN
 from .intnet import IntegerNetwork, quantize_network
 
 __all__ = ["Streams", "HyperLatentCoding", "freeze_entropy_model", "model_metadata", "MEAN_GRID", "Z_CLAMP",
-           "FORMAT_TAG"]
+           "FORMAT_TAG", "write_model_file"]
 
 FORMAT_TAG = "ltcodec-model"
 
@@ -148,6 +149,32 @@ class HyperLatentCoding:
         y_hat = self._unblocks(points, streams.latent_shape) + mean_int / MEAN_GRID
         _, dec_g = self._gains(quality)
         return torch.from_numpy(y_hat.astype(np.float32))[None] * dec_g
+
+
+def write_model_file(path: str | Path, kind: str, name: str, config: dict, state: dict[str, Tensor],
+                     h_s_int: IntegerNetwork, entropy_arrays: dict[str, np.ndarray], specs: list[dict],
+                     half: bool = True, extra_meta: dict | None = None) -> str:
+    """Write a shipped model file (safetensors, no pickle); returns its SHA-256.
+
+    ``state`` holds the float transforms and gains (conv kernels stored in fp16 when ``half``); the
+    float h_s and z density are left out, their frozen integer forms are in ``entropy_arrays``.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for k, v in state.items():
+        if k.startswith(("h_s.", "z_density.")):
+            continue
+        a = v.detach().cpu().numpy()
+        big = a.ndim == 4 and k.endswith("weight")
+        arrays["float." + k] = a.astype(np.float16 if (half and big) else np.float32)
+    arrays.update(entropy_arrays)
+    meta = {
+        "format": FORMAT_TAG, "kind": kind, "name": name, "config": json.dumps(config),
+        "h_s": json.dumps(specs), "h_s_fingerprint": h_s_int.fingerprint(config["N"]),
+        **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra_meta or {}).items()},
+    }
+    blob = st_save(arrays, metadata=meta)
+    Path(path).write_bytes(blob)
+    return hashlib.sha256(blob).hexdigest()
 
 
 @torch.no_grad()

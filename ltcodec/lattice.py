@@ -640,8 +640,11 @@ LATTICES: dict[str, Callable[[], Lattice]] = {
 
 
 def get_lattice(name: str) -> Lattice:
-    """Build a fixed lattice by name (``z``, ``z8``, ``a2``, ``d4``, ``e8``, ``bw16``, ``leech``)."""
+    """Build a lattice by name: a fixed one (``z``, ``z8``, ``a2``, ``d4``, ``e8``, ``bw16``, ``leech``)
+    or ``learned<n>``, a learned n-dimensional basis starting at the identity."""
     key = name.lower()
+    if key.startswith("learned") and key[7:].isdigit():
+        return LearnedLattice(int(key[7:]))
     if key.startswith("z") and key[1:].isdigit():
         return ZnLattice(int(key[1:]))
     if key.startswith("d") and key[1:].isdigit():

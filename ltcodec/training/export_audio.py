@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from ..audio import decode_audio, encode_audio
 from ..audio_codec import AudioCodecModel, export_audio_model
 from ..audio_model import AudioLatticeCodec, AudioModelConfig
 from .audio import load_corpus, si_sdr
+from .card import cpu_name
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -106,11 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 def write_card(path: Path, name: str, sha: str, config: AudioModelConfig, params: int, state: dict,
                rows: list[dict], timing: dict, load_s: float, weights: Path, hours: dict) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    cpu = platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     widths = [config.channels * 2 ** i for i in range(len(config.strides) + 1)]
     lines = [
         f"# {name}", "",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
@@ -27,13 +26,15 @@ from PIL import Image
 from ..image import decode_image, encode_image
 from ..image_codec import ImageCodecModel, export_image_model
 from ..image_model import ImageModelConfig, LatticeHyperprior
+from .card import cpu_name
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def kodak_table(model: ImageCodecModel, folder: Path, threads: int = 2) -> tuple[list[dict], dict]:
+def kodak_table(model: ImageCodecModel, folder: Path, threads: int = 2,
+                limit: int | None = None) -> tuple[list[dict], dict]:
     torch.set_num_threads(threads)
-    files = sorted(folder.glob("*.png"))
+    files = sorted(folder.glob("*.png"))[:limit]
     images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     rows, enc_t, dec_t = [], [], []
     for q in range(1, model.qualities + 1):
@@ -88,11 +89,7 @@ def main(argv: list[str] | None = None) -> None:
 def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params: int, state: dict,
                rows: list[dict], timing: dict, load_s: float, weights: Path) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    cpu = platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     lines = [
         f"# {name}", "",
         f"The default image model of ltcodec. File `{weights.name}` ({weights.stat().st_size / 1e6:.1f} MB), "

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..image_model import ImageModelConfig, LatticeHyperprior
+from ..image_model import LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
 from .optim import gain_optimizer, set_learning_rate, split_state
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
@@ -114,6 +114,43 @@ def load_init(path: Path) -> tuple[dict[str, torch.Tensor], int, float]:
     return init["model"], 0, 0.0
 
 
+def widen_latent(weights: dict[str, torch.Tensor], M: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Pad a model's latent from its M₀ channels to M (a multiple of a wider lattice's dimension).
+
+    The new channels start small in g_a and invisible to g_s, h_a and the hyper-mean, with the smallest
+    scale, so the widened model starts as the same function at nearly the same rate; training then
+    decides what they carry.  Used when a lattice's dimension does not divide M₀ (Leech: 128 → 144).
+    """
+    w = dict(weights)
+    m0 = w["g_a.6.weight"].shape[0]
+    extra = M - m0
+    if extra == 0:
+        return w
+    if extra < 0:
+        raise ValueError(f"cannot narrow the latent from {m0} to {M} channels")
+    gen = torch.Generator().manual_seed(seed)
+
+    def pad(t: torch.Tensor, dim: int, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
+        shape = list(t.shape)
+        shape[dim] = extra
+        new = fill if isinstance(fill, torch.Tensor) else torch.full(shape, float(fill), dtype=t.dtype)
+        return torch.cat([t, new.to(t.dtype)], dim)
+
+    ga = w["g_a.6.weight"]
+    w["g_a.6.weight"] = pad(ga, 0, torch.randn((extra, *ga.shape[1:]), generator=gen) * 0.1 * ga.std())
+    w["g_a.6.bias"] = pad(w["g_a.6.bias"], 0)
+    w["g_s.0.weight"] = pad(w["g_s.0.weight"], 0)
+    w["h_a.0.weight"] = pad(w["h_a.0.weight"], 1)
+    mean_w, scale_w = w["h_s.4.weight"].chunk(2, 0)
+    mean_b, scale_b = w["h_s.4.bias"].chunk(2, 0)
+    w["h_s.4.weight"] = torch.cat([pad(mean_w, 0), pad(scale_w, 0)], 0)
+    w["h_s.4.bias"] = torch.cat([pad(mean_b, 0), pad(scale_b, 0, LOG2_SCALE_MIN)], 0)
+    for k in ("enc_gain", "dec_gain"):
+        g = w[k]
+        w[k] = pad(g, 1, g.mean(1, keepdim=True).expand(-1, extra))
+    return w
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -158,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         state = None
         config = ImageModelConfig(N=args.N, M=args.M, lattice=args.lattice)
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
-    gains = [model.enc_gain, model.dec_gain]
+    # A learned lattice's basis is a handful of numbers too: it learns at the gains' rate.
+    gains = [model.enc_gain, model.dec_gain, *model.lattice.parameters()]
     opt = gain_optimizer(model, gains, args.lr, args.gain_lr_factor)
     step = 0
     rng = np.random.default_rng(args.seed)
@@ -172,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resumed at step {step}", flush=True)
     elif args.init is not None:
         init_state, step, init_cpu = load_init(args.init)
+        init_state = widen_latent(init_state, config.M, args.seed)
         missing, unexpected = model.load_state_dict(init_state, strict=False)
         print(f"initialized from {args.init} at step {step} (missing {missing}, unexpected {unexpected})", flush=True)
 
@@ -226,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
                 log.flush()
                 print(json.dumps(rec), flush=True)
                 t0, acc, n_acc = time.time(), {k: 0.0 for k in acc}, 0
-            if eval_images and step % args.eval_every == 0:
+            if eval_images and args.eval_every and step % args.eval_every == 0:
                 rows = evaluate(model, eval_images)
                 log.write(json.dumps({"step": step, "eval": rows}) + "\n")
                 log.flush()
