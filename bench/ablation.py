@@ -99,7 +99,7 @@ def measure(lattice: str, work: Path, kodak: Path, calibration: Path, limit: int
 
 
 def write_report(results: dict[str, dict], init: Path, steps: int, command: str, seconds: float,
-                 jobs: int = 2) -> None:
+                 jobs: int = 2, note: str = "") -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     anchor = results.get("z")
 
@@ -110,7 +110,7 @@ def write_report(results: dict[str, dict], init: Path, steps: int, command: str,
           (math.nan, math.nan) for lat, r in results.items()}
     images = next(iter(results.values()))["timing"]["images"]
     meta = {"command": command, "date": stamp, "machine": machine(), "init": str(init), "steps": steps,
-            "images": images, "seconds": seconds, "jobs": jobs}
+            "images": images, "seconds": seconds, "jobs": jobs, "note": note}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ablation-kodak.json").write_text(json.dumps(
         {"meta": meta, "results": results, "bd_rate_vs_scalar": {k: v[0] for k, v in bd.items()},
@@ -135,7 +135,8 @@ def write_report(results: dict[str, dict], init: Path, steps: int, command: str,
     lines += ["", "Negative BD-rate: fewer bits than scalar quantization at the same PSNR (over the PSNR range "
               "both curves share); BD-PSNR: the PSNR difference at equal rate (over the shared rate range).", "",
               "Caveat: the starting checkpoint was trained with E8, so E8 continues where the others adapt; "
-              "the same budget for each is what makes the comparison, not convergence.", ""]
+              "the same budget for each is what makes the comparison, not convergence."
+              + (f" {note}" if note else ""), ""]
     learned = results.get("learned8", {}).get("generator")
     if learned is not None:
         dev = float(np.abs(np.asarray(learned) - np.eye(len(learned))).max())
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, help="measure on the first N Kodak images only")
     p.add_argument("--jobs", type=int, default=2, help="runs trained (and measured) at a time, one thread each")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--note", default="", help="what the report should say about the starting checkpoint")
     args = p.parse_args(argv)
     if not args.init.exists():
         raise SystemExit(f"no starting checkpoint at {args.init}")
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         results = {lat: f.result() for lat, f in futures.items()}
     command = f"python -m bench.ablation --init {args.init} --steps {args.steps}" + (
         f" --limit {args.limit}" if args.limit else "")
-    write_report(results, args.init, args.steps, command, time.time() - t0, args.jobs)
+    write_report(results, args.init, args.steps, command, time.time() - t0, args.jobs, args.note)
     print((RESULTS / "ablation-kodak.md").read_text())
 
 

@@ -153,19 +153,23 @@ class HyperLatentCoding:
 
 def write_model_file(path: str | Path, kind: str, name: str, config: dict, state: dict[str, Tensor],
                      h_s_int: IntegerNetwork, entropy_arrays: dict[str, np.ndarray], specs: list[dict],
-                     half: bool = True, extra_meta: dict | None = None) -> str:
+                     half: bool = True, extra_meta: dict | None = None, training_state: bool = True) -> str:
     """Write a shipped model file (safetensors, no pickle); returns its SHA-256.
 
-    ``state`` holds the float transforms and gains (conv kernels stored in fp16 when ``half``); the
-    float h_s and z density are left out, their frozen integer forms are in ``entropy_arrays``.
+    ``state`` holds the float transforms and gains (``float.*``; conv kernels in fp16 when ``half``).
+    The codec uses the frozen integer forms of h_s and the z density (``entropy_arrays``); their float
+    weights are kept under ``train.*`` only so that training can go on from a shipped file without
+    relearning the hyperprior (thousands of steps), unless ``training_state`` is False.  Decoding never
+    reads them.
     """
     arrays: dict[str, np.ndarray] = {}
     for k, v in state.items():
-        if k.startswith(("h_s.", "z_density.")):
+        if not training_state and k.startswith(("h_s.", "z_density.")):
             continue
         a = v.detach().cpu().numpy()
         big = a.ndim == 4 and k.endswith("weight")
-        arrays["float." + k] = a.astype(np.float16 if (half and big) else np.float32)
+        prefix = "train." if k.startswith(("h_s.", "z_density.")) else "float."
+        arrays[prefix + k] = a.astype(np.float16 if (half and big) else np.float32)
     arrays.update(entropy_arrays)
     meta = {
         "format": FORMAT_TAG, "kind": kind, "name": name, "config": json.dumps(config),

@@ -29,3 +29,23 @@ def test_widen_refuses_to_narrow():
         assert "narrow" in str(e)
     else:
         raise AssertionError("narrowing was accepted")
+
+
+def test_a_shipped_file_restarts_training_with_its_hyperprior(tmp_path):
+    import numpy as np
+
+    from ltcodec.image_codec import ImageCodecModel, export_image_model
+    from ltcodec.training.image import load_init
+
+    torch.manual_seed(1)
+    net = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8"))
+    rgb = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "m.safetensors"
+    export_image_model(net, [rgb], path, "m")
+    ImageCodecModel.from_file(path)  # the codec ignores the training-only arrays
+    weights, _, _ = load_init(path)
+    again = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8"))
+    missing, unexpected = again.load_state_dict(weights, strict=False)
+    assert not missing and not unexpected
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, rtol=2e-3, atol=2e-3)  # fp16 conv kernels

@@ -99,16 +99,18 @@ def evaluate(model: LatticeHyperprior, images: list[np.ndarray]) -> list[dict]:
 def load_init(path: Path) -> tuple[dict[str, torch.Tensor], int, float]:
     """Weights, step and CPU seconds to start from: a training checkpoint or a shipped model.
 
-    A shipped model keeps the float analysis/synthesis transforms and gains, so training can go on from
-    it when the checkpoint is gone; its integer hyper-synthesis and density tables are not float
-    parameters, so those two parts start afresh and relearn in a few thousand steps.
+    A shipped model keeps the float transforms and gains (``float.*``) and the float hyper-synthesis and
+    hyper-latent density (``train.*``), so training can go on from it when the checkpoint is gone (only
+    the optimizer state is lost).  Files written before ``train.*`` existed lack the last two: those
+    parts then start afresh and relearn over thousands of steps.
     """
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
-            weights = {k.removeprefix("float."): f.get_tensor(k).float() for k in f.keys() if k.startswith("float.")}
+            weights = {k.split(".", 1)[1]: f.get_tensor(k).float() for k in f.keys()
+                       if k.startswith(("float.", "train."))}
         return weights, int(meta.get("train_step", 0)), float(meta.get("train_cpu_hours", 0.0)) * 3600.0
     init = torch.load(path, weights_only=False)
     return init["model"], 0, 0.0
