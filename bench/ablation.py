@@ -29,6 +29,7 @@ import numpy as np
 
 from .bdrate import bd_psnr, bd_rate
 from .host import machine
+from .plots import psnr_bpp_axes, save
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -153,23 +154,12 @@ def write_report(results: dict[str, dict], init: Path, steps: int, command: str,
     lines += ["![PSNR vs bpp per lattice](ablation-kodak.png)", ""]
     (RESULTS / "ablation-kodak.md").write_text("\n".join(lines))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = psnr_bpp_axes((7, 5))
     for lat, r in results.items():
         b, p = curve(r)
         label = LABELS.get(lat, lat) + (f" ({bd[lat][0]:+.1f}%)" if lat != "z" and anchor else "")
         ax.plot(b, p, "o-", ms=3, label=label)
-    ax.set_xlabel("bits per pixel")
-    ax.set_ylabel("PSNR (dB, RGB)")
-    ax.set_title(f"Lattice ablation, Kodak ({images} images), {steps:,} steps each")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "ablation-kodak.png", dpi=110)
+    save(fig, ax, f"Lattice ablation, Kodak ({images} images), {steps:,} steps each", RESULTS / "ablation-kodak.png")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,6 +27,7 @@ from .bdrate import bd_rate
 from .host import machine
 from .codecs import THREADS, all_codecs
 from .metrics import ms_ssim, psnr
+from .plots import psnr_bpp_axes, save
 
 RESULTS = Path(__file__).parent / "results"
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference" / "kodak"
@@ -165,25 +166,14 @@ def write_report(name: str, folder: Path, results: dict, skipped: dict, refs: di
     lines += [f"![PSNR vs bpp](images-{name}.png)", "", f"![crops near 0.25 bpp](images-{name}-crops.png)", ""]
     (RESULTS / f"images-{name}.md").write_text("\n".join(lines))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = psnr_bpp_axes((7.5, 5.5))
     for n in names:
         pts = sorted((r["bpp"], r["psnr"]) for r in curves[n] if r["bpp"] <= 2.2)
         ax.plot(*zip(*pts), "o-", ms=3, lw=2.2 if n == "ltcodec" else 1.2, label=labels[n])
     for ref, c in refs.items():
         pts = sorted((b, p) for b, p in zip(c["bpp"], c["psnr"]) if b <= 2.2)
         ax.plot(*zip(*pts), "--", lw=1, label=ref)
-    ax.set_xlabel("bits per pixel")
-    ax.set_ylabel("PSNR (dB, RGB)")
-    ax.set_title(f"{name} ({images} images)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"images-{name}.png", dpi=110)
+    save(fig, ax, f"{name} ({images} images)", RESULTS / f"images-{name}.png", legend_size=7)
 
 
 def main(argv: list[str] | None = None) -> None:
