@@ -1,4 +1,6 @@
-"""The image training recipe's helpers: widening the latent for a wider lattice."""
+"""The image training recipe's helpers: widening the latent, restarting from a model file, the ablation runs."""
+
+from pathlib import Path
 
 import torch
 
@@ -49,3 +51,14 @@ def test_a_shipped_file_restarts_training_with_its_hyperprior(tmp_path):
     assert not missing and not unexpected
     for k, v in net.state_dict().items():
         torch.testing.assert_close(again.state_dict()[k], v, rtol=2e-3, atol=2e-3)  # fp16 conv kernels
+
+
+def test_every_ablation_lattice_builds_the_image_model():
+    from bench.ablation import LATENT_CHANNELS, train_command
+    from ltcodec.lattice import get_lattice
+
+    for lattice, m in LATENT_CHANNELS.items():
+        assert m % get_lattice(lattice).dim == 0 and m >= 128
+        LatticeHyperprior(ImageModelConfig(N=8, M=m, lattice=lattice))
+        cmd = train_command(lattice, Path("init.ckpt"), 10, Path("out"), 0)
+        assert cmd[cmd.index("--M") + 1] == str(m) and cmd[cmd.index("--lattice") + 1] == lattice
