@@ -69,11 +69,9 @@ def train(lattice: str, init: Path, steps: int, work: Path, seed: int) -> None:
 def measure(lattice: str, work: Path, kodak: Path, calibration: Path, limit: int | None) -> dict:
     """Export the trained run as a model file and code Kodak with it at every quality."""
     import torch
-    from PIL import Image
 
     from ltcodec.image_codec import ImageCodecModel, export_image_model
-    from ltcodec.image_model import ImageModelConfig, LatticeHyperprior
-    from ltcodec.training.export_image import kodak_table
+    from ltcodec.training.export_image import calibration_images, kodak_table, load_trained
 
     out = work / lattice
     cached = out / "kodak.json"
@@ -83,14 +81,9 @@ def measure(lattice: str, work: Path, kodak: Path, calibration: Path, limit: int
         if saved.get("limit") == limit:
             return saved
     torch.set_num_threads(1)
-    state = torch.load(ckpt, weights_only=False)
-    net = LatticeHyperprior(ImageModelConfig.from_dict(state["config"]))
-    net.load_state_dict(state["model"])
-    if hasattr(net.lattice, "snap"):
-        net.lattice.snap()  # the basis on its dyadic grid, as a shipped model would hold it
-    cal = [np.asarray(Image.open(f).convert("RGB")) for f in sorted(calibration.glob("*.png"))[::10]]
+    net, state = load_trained(ckpt)
     path = out / "model.safetensors"
-    export_image_model(net, cal, path, f"ablation-{lattice}")
+    export_image_model(net, calibration_images(calibration), path, f"ablation-{lattice}")  # snaps a learned basis
     model = ImageCodecModel.from_file(path)
     rows, timing = kodak_table(model, kodak, threads=1, limit=limit)
     result = {"lattice": lattice, "steps": state["step"], "rows": rows, "timing": timing, "limit": limit,

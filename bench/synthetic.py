@@ -694,6 +694,11 @@ def configurations(sources=S.SOURCES) -> list[tuple[str, str, str]]:
     return out
 
 
+def _config_key(source: str, method: str, lattice: str) -> tuple[str, str, str]:
+    """A configuration as :func:`configurations` names it (rows name the learned lattice; configs "-")."""
+    return source, method, lattice if method == "ltc" else "-"
+
+
 def _config_seconds(rows: list[dict]) -> float:
     """Wall time of one source × method: measured around it, else its slowest rate point."""
     measured = [r["config_seconds"] for r in rows if "config_seconds" in r]
@@ -854,9 +859,9 @@ def main(argv: list[str] | None = None) -> None:
         previous = RESULTS / "synthetic.json"
         kept = []
         if previous.exists():
-            rerun = {(s, m, "-" if m != "ltc" else lat) for s, m, lat in configs}
+            rerun = {_config_key(*c) for c in configs}
             kept = [r for r in json.loads(previous.read_text())["rows"]
-                    if (r["source"], r["method"], "-" if r["method"] != "ltc" else r["lattice"]) not in rerun]
+                    if _config_key(r["source"], r["method"], r["lattice"]) not in rerun]
         rows = []
         cmd = "python -m bench.synthetic --all" + (" --quick" if args.quick else "") + "".join(
             f" --{name} {' '.join(chosen)}" for name, chosen, every in (

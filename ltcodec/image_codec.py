@@ -129,10 +129,12 @@ def export_image_model(net: LatticeHyperprior, calibration_images: list[np.ndarr
                        name: str, half: bool = True, extra_meta: dict | None = None) -> str:
     """Freeze a trained model into a shipped model file; returns the file's SHA-256.
 
-    Quantizes h_s to an integer network on hyper-latents of the calibration images at every quality,
+    Snaps a learned lattice's basis to its grid (in place), quantizes h_s to an integer network on hyper-latents of the calibration images at every quality,
     freezes the hyper-latent density into per-channel tables and builds the box-code tables.
     """
     net = net.eval()
+    if hasattr(net.lattice, "snap"):
+        net.lattice.snap()  # a learned basis on its dyadic grid: what the file stores is what was measured
     z_cal = _calibration_z(net, calibration_images)
     h_s_int, entropy_arrays, specs = freeze_entropy_model(net.h_s, net.z_density, net.lattice, net.config.M, z_cal)
 

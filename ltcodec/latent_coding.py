@@ -164,12 +164,12 @@ def write_model_file(path: str | Path, kind: str, name: str, config: dict, state
     """
     arrays: dict[str, np.ndarray] = {}
     for k, v in state.items():
-        if not training_state and k.startswith(("h_s.", "z_density.")):
+        hyper = k.startswith(("h_s.", "z_density."))
+        if hyper and not training_state:
             continue
         a = v.detach().cpu().numpy()
         big = a.ndim == 4 and k.endswith("weight")
-        prefix = "train." if k.startswith(("h_s.", "z_density.")) else "float."
-        arrays[prefix + k] = a.astype(np.float16 if (half and big) else np.float32)
+        arrays[("train." if hyper else "float.") + k] = a.astype(np.float16 if (half and big) else np.float32)
     arrays.update(entropy_arrays)
     meta = {
         "format": FORMAT_TAG, "kind": kind, "name": name, "config": json.dumps(config),

@@ -58,6 +58,19 @@ def kodak_table(model: ImageCodecModel, folder: Path, threads: int = 2,
     return rows, timing
 
 
+def load_trained(ckpt: Path) -> tuple[LatticeHyperprior, dict]:
+    """The network of a training checkpoint, and the checkpoint itself (step, CPU time, ...)."""
+    state = torch.load(ckpt, weights_only=False)
+    net = LatticeHyperprior(ImageModelConfig.from_dict(state["config"]))
+    net.load_state_dict(state["model"])
+    return net, state
+
+
+def calibration_images(folder: Path) -> list[np.ndarray]:
+    """Every tenth training image: their hyper-latents set the integer h_s's activation ranges."""
+    return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))[::10]]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", type=Path, required=True)
@@ -67,15 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calibration", type=Path, default=REPO.parent / "shared" / "data" / "train" / "images")
     args = p.parse_args(argv)
 
-    state = torch.load(args.ckpt, weights_only=False)
-    config = ImageModelConfig.from_dict(state["config"])
-    net = LatticeHyperprior(config)
-    net.load_state_dict(state["model"])
-    cal_files = sorted(args.calibration.glob("*.png"))[::10]
-    cal = [np.asarray(Image.open(f).convert("RGB")) for f in cal_files]
+    net, state = load_trained(args.ckpt)
+    config = net.config
     path = args.out / f"{args.name}.safetensors"
     meta = {"train_step": state["step"], "train_cpu_hours": round(state.get("cpu_seconds", 0) / 3600, 2)}
-    sha = export_image_model(net, cal, path, args.name, extra_meta=meta)
+    sha = export_image_model(net, calibration_images(args.calibration), path, args.name, extra_meta=meta)
     print(f"wrote {path} sha256 {sha}")
     model = ImageCodecModel.from_file(path, args.name)
     t0 = time.perf_counter()
