@@ -45,7 +45,9 @@ def test_a_shipped_file_restarts_training_with_its_hyperprior(tmp_path):
     path = tmp_path / "m.safetensors"
     export_image_model(net, [rgb], path, "m")
     ImageCodecModel.from_file(path)  # the codec ignores the training-only arrays
-    weights, _, _ = load_init(path)
+    init = load_init(path)
+    assert init.lambdas == net.config.lambdas
+    weights = init.weights
     again = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8"))
     missing, unexpected = again.load_state_dict(weights, strict=False)
     assert not missing and not unexpected
@@ -62,3 +64,58 @@ def test_every_ablation_lattice_builds_the_image_model():
         LatticeHyperprior(ImageModelConfig(N=8, M=m, lattice=lattice))
         cmd = train_command(lattice, Path("init.ckpt"), 10, Path("out"), 0)
         assert cmd[cmd.index("--M") + 1] == str(m) and cmd[cmd.index("--lattice") + 1] == lattice
+
+
+def test_refitted_gains_keep_a_ladder_and_follow_its_slope():
+    from ltcodec.training.image import refit_gains
+
+    old = [0.002, 0.004, 0.008, 0.016]
+    slope = torch.tensor([0.5, 0.3])
+    gains = torch.log2(torch.tensor(old))[:, None] * slope + torch.tensor([1.0, -2.0])
+    torch.testing.assert_close(refit_gains(gains, old, old), gains)
+    new = [0.0005, 0.003, 0.016, 0.064]  # below, inside, on and above the old ladder
+    want = torch.log2(torch.tensor(new))[:, None] * slope + torch.tensor([1.0, -2.0])
+    torch.testing.assert_close(refit_gains(gains, old, new), want)
+    try:
+        refit_gains(gains, old, [0.01, 0.001, 0.02, 0.03])
+    except ValueError as e:
+        assert "increasing" in str(e)
+    else:
+        raise AssertionError("a decreasing ladder was accepted")
+
+
+def test_resuming_with_a_new_ladder_refits_the_gains(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from ltcodec.training.image import main, refit_gains
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    common = ["--data", str(data), "--eval", str(tmp_path / "none"), "--out", str(out), "--N", "8", "--M", "8",
+              "--batch", "2", "--crop", "64", "--threads", "1", "--eval-every", "0", "--keep-every", "0"]
+    main(common + ["--steps", "2"])
+    before = torch.load(out / "last.ckpt", weights_only=False)
+    old = before["config"]["lambdas"]
+    new = [lam / 4 for lam in old[:-1]] + [old[-1]]
+    main(common + ["--steps", "2", "--resume", "--lambdas", *map(str, new)])  # no step: only the refit
+    after = torch.load(out / "last.ckpt", weights_only=False)
+    assert after["config"]["lambdas"] == new and after["step"] == 2
+    torch.testing.assert_close(after["model"]["enc_gain"], refit_gains(before["model"]["enc_gain"], old, new))
+    assert (after["model"]["enc_gain"][0] < before["model"]["enc_gain"][0]).all()  # a lower λ, a coarser step
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"step": 2, "lambdas_from": old, "lambdas": new} in log
+    main(common + ["--steps", "3", "--resume"])  # the new ladder is the model's from now on
+    assert torch.load(out / "last.ckpt", weights_only=False)["config"]["lambdas"] == new
+    try:
+        main(common + ["--steps", "3", "--resume", "--lambdas", "0.1", "0.2"])
+    except SystemExit as e:
+        assert "8 values" in str(e)
+    else:
+        raise AssertionError("a ladder of the wrong length was accepted")

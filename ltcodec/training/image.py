@@ -17,6 +17,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -96,8 +97,15 @@ def evaluate(model: LatticeHyperprior, images: list[np.ndarray]) -> list[dict]:
     return rows
 
 
-def load_init(path: Path) -> tuple[dict[str, torch.Tensor], int, float]:
-    """Weights, step and CPU seconds to start from: a training checkpoint or a shipped model.
+class Init(NamedTuple):
+    weights: dict[str, torch.Tensor]
+    step: int
+    cpu_seconds: float
+    lambdas: tuple[float, ...]  # the quality ladder its gain vectors were trained for
+
+
+def load_init(path: Path) -> Init:
+    """Weights, step, CPU seconds and quality ladder to start from: a training checkpoint or a shipped model.
 
     A shipped model keeps the float transforms and gains (``float.*``) and the float hyper-synthesis and
     hyper-latent density (``train.*``), so training can go on from it when the checkpoint is gone (only
@@ -111,9 +119,32 @@ def load_init(path: Path) -> tuple[dict[str, torch.Tensor], int, float]:
             meta = f.metadata()
             weights = {k.split(".", 1)[1]: f.get_tensor(k).float() for k in f.keys()
                        if k.startswith(("float.", "train."))}
-        return weights, int(meta.get("train_step", 0)), float(meta.get("train_cpu_hours", 0.0)) * 3600.0
+        config = ImageModelConfig.from_dict(json.loads(meta.get("config", "{}")))
+        return Init(weights, int(meta.get("train_step", 0)), float(meta.get("train_cpu_hours", 0.0)) * 3600.0,
+                    config.lambdas)
     init = torch.load(path, weights_only=False)
-    return init["model"], 0, 0.0
+    return Init(init["model"], 0, 0.0, ImageModelConfig.from_dict(init.get("config", {})).lambdas)
+
+
+def refit_gains(gains: torch.Tensor, old: Sequence[float], new: Sequence[float]) -> torch.Tensor:
+    """Gain vectors (qualities × M) for a new λ ladder, from those learned for the old one.
+
+    Per channel, log2-gain is interpolated piecewise-linearly in log2 λ between the old qualities; beyond
+    the old ladder's ends it continues with the channel's least-squares slope (the ends alone are noisy).
+    Log2-gains are close to linear in log2 λ (a step ∝ λ^-1/2 at high rate), so the new qualities start
+    near their operating points and training refines them.
+    """
+    x = np.log2(np.asarray(old, dtype=np.float64))
+    xn = np.log2(np.asarray(new, dtype=np.float64))
+    if np.any(np.diff(x) <= 0) or np.any(np.diff(xn) <= 0):
+        raise ValueError("quality ladders must be strictly increasing in λ")
+    g = gains.detach().double().numpy()
+    slope = ((x - x.mean())[:, None] * (g - g.mean(0))).sum(0) / ((x - x.mean()) ** 2).sum()
+    out = np.stack([np.interp(xn, x, g[:, c]) for c in range(g.shape[1])], 1)
+    below, above = xn < x[0], xn > x[-1]
+    out[below] = g[0] + (xn[below] - x[0])[:, None] * slope
+    out[above] = g[-1] + (xn[above] - x[-1])[:, None] * slope
+    return torch.from_numpy(out).to(gains.dtype)
 
 
 def widen_latent(weights: dict[str, torch.Tensor], M: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -177,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--N", type=int, default=96)
     p.add_argument("--M", type=int, default=128)
     p.add_argument("--lattice", default="e8")
+    p.add_argument("--lambdas", type=float, nargs="+",
+                   help="the quality ladder (λ of qualities 1…n, increasing); when it differs from the one "
+                        "being resumed or initialized from, the gain vectors are refitted to it")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -190,12 +224,16 @@ def main(argv: list[str] | None = None) -> None:
     ckpt_path = args.out / "last.ckpt"
     log_path = args.out / "log.jsonl"
 
+    init = None
     if args.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
         config = ImageModelConfig.from_dict(state["config"])
     else:
         state = None
         config = ImageModelConfig(N=args.N, M=args.M, lattice=args.lattice)
+        if args.init is not None:
+            init = load_init(args.init)
+            config.lambdas = init.lambdas
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
     # A learned lattice's basis is a handful of numbers too: it learns at the gains' rate.
     gains = [model.enc_gain, model.dec_gain, *model.lattice.parameters()]
@@ -210,11 +248,21 @@ def main(argv: list[str] | None = None) -> None:
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed at step {step}", flush=True)
-    elif args.init is not None:
-        init_state, step, init_cpu = load_init(args.init)
-        init_state = widen_latent(init_state, config.M, args.seed)
-        missing, unexpected = model.load_state_dict(init_state, strict=False)
+    elif init is not None:
+        step = init.step
+        missing, unexpected = model.load_state_dict(widen_latent(init.weights, config.M, args.seed), strict=False)
         print(f"initialized from {args.init} at step {step} (missing {missing}, unexpected {unexpected})", flush=True)
+    ladder_change = None
+    if args.lambdas and tuple(args.lambdas) != tuple(config.lambdas):
+        if len(args.lambdas) != len(config.lambdas):
+            raise SystemExit(f"--lambdas needs {len(config.lambdas)} values, one per quality of the model")
+        with torch.no_grad():
+            for g in (model.enc_gain, model.dec_gain):
+                g.copy_(refit_gains(g, config.lambdas, args.lambdas))
+                opt.state.pop(g, None)  # Adam moments of the old operating points
+        ladder_change = {"step": step, "lambdas_from": list(config.lambdas), "lambdas": list(args.lambdas)}
+        config.lambdas = tuple(args.lambdas)
+        print(f"quality ladder changed: {json.dumps(ladder_change)}", flush=True)
 
     images = load_images(args.data, args.out / "train-images.npz")
     eval_files = sorted(args.eval.glob("*.png"))[: args.eval_images] if args.eval.exists() else []
@@ -232,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
             "cpu_seconds": cpu_total(),
         })
 
-    cpu_base = state.get("cpu_seconds", 0.0) if state else (init_cpu if args.init is not None else 0.0)
+    cpu_base = state.get("cpu_seconds", 0.0) if state else (init.cpu_seconds if init is not None else 0.0)
     cpu_start = time.process_time()
 
     def cpu_total() -> float:
@@ -243,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     t0, acc = time.time(), {"loss": 0.0, "mse": 0.0, "bpp": 0.0}
     n_acc = 0
     with open(log_path, "a") as log:
+        if ladder_change is not None:
+            log.write(json.dumps(ladder_change) + "\n")
         while step < args.steps:
             set_learning_rate(opt, lr_at(step), args.gain_lr_factor)
             x = sample_batch(images, rng, args.batch, args.crop)
