@@ -117,6 +117,9 @@ class VectorMLP(nn.Module):
 
 _PCA: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
+#: Hidden width of the vector sources' MLPs, where it differs from 256.
+HIDDEN = {"ar1": 128}
+
 
 def principal_axes(source: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(variances, axes as columns) of the source's covariance, largest first, from 40,000 samples
@@ -140,18 +143,22 @@ def _transforms(source: str, latent: int, gain: float, klt: bool = True):
     if S.iid(source):
         return Compander(gain), Compander(1 / gain)
     d = S.dimension(source)
+    # The AR(1) source is Gaussian, so its best transform is linear (the KLT): a narrower MLP on top of
+    # the linear map serves it as well at 0.6x the training time (E8 at 2 bits, seeds 0/1/2: width 256
+    # 2.09/2.50/2.82 dB from R(D), width 128 2.90/2.51/2.07 dB, differences within the seed spread).
+    hidden = HIDDEN.get(source, 256)
     if not klt:
         if source == "sawbridge":
             # A realization's norm is ~√(d/3); start with latents of unit spread per quantizer step.
             gain = gain / math.sqrt(d / 3)
-        return VectorMLP(d, latent, gain), VectorMLP(latent, d, 1 / gain)
+        return VectorMLP(d, latent, gain, hidden), VectorMLP(latent, d, 1 / gain, hidden)
     variances, axes = principal_axes(source)
     axes = axes[:, :latent]
     if axes.shape[1] < latent:  # more latents than dimensions: pad with zero rows
         axes = torch.cat([axes, torch.zeros(d, latent - axes.shape[1])], 1)
     if source == "sawbridge":  # gain = 1 / step = 2^R: the first coefficient spans ~2^R steps
         gain = gain / (math.sqrt(12.0) * float(variances[0]) ** 0.5)
-    return VectorMLP(d, latent, gain, init=axes.T), VectorMLP(latent, d, 1 / gain, init=axes)
+    return VectorMLP(d, latent, gain, hidden, init=axes.T), VectorMLP(latent, d, 1 / gain, hidden, init=axes)
 
 
 def _step_for_rate(source: str, rate: float) -> float:

@@ -95,7 +95,11 @@ def test_barnes_wall_decoder_matches_naive_coset_search():
 
 def test_leech_decoder_matches_naive_search_over_both_cosets():
     lat = get_lattice("leech")
-    x = torch.randn(120, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 4
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(120, 24, dtype=torch.float64, generator=g) * 4
+    # and points halfway between two lattice points: ties, where either is a right answer
+    u = torch.randint(-3, 4, (2, 60, 24), generator=g)
+    x = torch.cat([x, (lat.raw_generator_int.double() @ u.double().unsqueeze(-1)).squeeze(-1).mean(0)])
     raw = lat._closest_raw(x)
     v = torch.ones(24, dtype=torch.float64)
     v[0] = -3
