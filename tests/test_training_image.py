@@ -110,9 +110,15 @@ def test_resuming_with_a_new_ladder_refits_the_gains(tmp_path):
     torch.testing.assert_close(after["model"]["enc_gain"], refit_gains(before["model"]["enc_gain"], old, new))
     assert (after["model"]["enc_gain"][0] < before["model"]["enc_gain"][0]).all()  # a lower λ, a coarser step
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert {"step": 2, "lambdas_from": old, "lambdas": new} in log
+    change = {"step": 2, "lambdas_from": old, "lambdas": new}
+    assert change in log and after["history"] == [change]
     main(common + ["--steps", "3", "--resume"])  # the new ladder is the model's from now on
-    assert torch.load(out / "last.ckpt", weights_only=False)["config"]["lambdas"] == new
+    later = torch.load(out / "last.ckpt", weights_only=False)
+    assert later["config"]["lambdas"] == new and later["history"] == [change]
+    del later["history"]  # a checkpoint from before the history was kept: rebuilt from the log
+    torch.save(later, out / "last.ckpt")
+    main(common + ["--steps", "3", "--resume"])
+    assert torch.load(out / "last.ckpt", weights_only=False)["history"] == [change]
     try:
         main(common + ["--steps", "3", "--resume", "--lambdas", "0.1", "0.2"])
     except SystemExit as e:

@@ -148,7 +148,9 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         "its own quality), on `../shared/data/train/images` (610 crops of 256² from 105 freely licensed "
         "photographs; see that folder's manifest).",
         f"* Steps: {state['step']:,}; CPU time: {state.get('cpu_seconds', 0) / 3600:.1f} CPU-hours "
-        f"({cpu}, 2 threads).", "",
+        f"({cpu}, 2 threads).",
+        *[f"* Quality ladder changed at step {h['step']:,} from λ = {', '.join(map(str, h['lambdas_from']))} "
+          "(gains refitted per channel in log2 λ, `--lambdas`)." for h in state.get("history", [])], "",
         "## Kodak (24 images, real .ltc files, PSNR on RGB)", "",
         f"Measured {stamp} by `python -m ltcodec.training.export_image --ckpt …` on {cpu}, "
         f"{timing['threads']} threads.", "",

@@ -252,6 +252,11 @@ def main(argv: list[str] | None = None) -> None:
         step = init.step
         missing, unexpected = model.load_state_dict(widen_latent(init.weights, config.M, args.seed), strict=False)
         print(f"initialized from {args.init} at step {step} (missing {missing}, unexpected {unexpected})", flush=True)
+    # Changes of the quality ladder so far (the model card reports them); runs that changed it before
+    # checkpoints kept this list have it in their log.
+    history = list(state.get("history", [])) if state is not None else []
+    if state is not None and "history" not in state and log_path.exists():
+        history = [r for r in map(json.loads, log_path.read_text().splitlines()) if "lambdas_from" in r]
     ladder_change = None
     if args.lambdas and tuple(args.lambdas) != tuple(config.lambdas):
         if len(args.lambdas) != len(config.lambdas):
@@ -262,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
                 opt.state.pop(g, None)  # Adam moments of the old operating points
         ladder_change = {"step": step, "lambdas_from": list(config.lambdas), "lambdas": list(args.lambdas)}
         config.lambdas = tuple(args.lambdas)
+        history.append(ladder_change)
         print(f"quality ladder changed: {json.dumps(ladder_change)}", flush=True)
 
     images = load_images(args.data, args.out / "train-images.npz")
@@ -277,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "cpu_seconds": cpu_total(),
+            "cpu_seconds": cpu_total(), "history": history,
         })
 
     cpu_base = state.get("cpu_seconds", 0.0) if state else (init.cpu_seconds if init is not None else 0.0)
