@@ -152,8 +152,25 @@ def write_card(path: Path, name: str, sha: str, config: AudioModelConfig, params
         f"{timing['encode_rtf_median']:.3f}× real time, decode {timing['decode_rtf_median']:.3f}× real time. "
         f"Model loading: {load_s * 1000:.0f} ms.", "",
         "Perceptual comparison with Opus and MP3 (ViSQOL, PESQ-WB, STOI): `bench/results/audio.md`.", "",
+        *status_section(state["step"], rows, config),
     ]
     path.write_text("\n".join(lines))
+
+
+def status_section(step: int, rows: list[dict], config: AudioModelConfig) -> list[str]:
+    """What the model is and is not yet good for, from its measured table."""
+    top = rows[-1]
+    return [
+        "## Status", "",
+        f"An early checkpoint ({step:,} steps), shipped so that the audio path works end to end out of the box; "
+        f"it is **not yet a competitive codec** (see the comparison above). At quality {top['quality']} it "
+        f"reaches speech SI-SDR {top['speech_si_sdr']:.1f} dB and music SI-SDR {top['music_si_sdr']:.1f} dB; the "
+        f"{config.sample_rate // 1000} kHz model drops everything above {config.sample_rate // 2000} kHz. Its "
+        f"highest quality spends only ≈ {top['speech_kbps']:.0f} kbps on mono speech and ≈ "
+        f"{top['music_kbps']:.0f} kbps on stereo music, so `--kbps` above those saturates at quality "
+        f"{top['quality']}. Training continues from `~/.cache/ltcodec/audio-e8/last.ckpt` (`python -m "
+        "ltcodec.training.audio --out ~/.cache/ltcodec/audio-e8 --resume --media <corpus folders>`).", "",
+    ]
 
 
 if __name__ == "__main__":
