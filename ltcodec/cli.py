@@ -70,6 +70,16 @@ def _is_ltc(data: bytes) -> bool:
     return sniff(data)
 
 
+def _note_missed_target(got: float, asked: float, unit: str, quality: float) -> None:
+    """One line on standard error when a size target is beyond the model's qualities (the file is still
+    written: it is the nearest the model can do)."""
+    if abs(got - asked) <= 0.1 * asked:
+        return
+    why = ("quality 8 is the model's highest" if quality >= 8 else
+           "quality 1 is the model's lowest" if quality <= 1 else "the nearest quality found")
+    click.echo(f"ltcodec: note: {got:.3g} {unit}, not {asked:g}: {why}", err=True)
+
+
 def _run(fn):
     """Run a command body, turning every expected failure into a one-line error."""
     try:
@@ -118,7 +128,13 @@ def encode(input: str, output: str, quality: float | None, bpp: float | None, kb
 
             if bpp is not None:
                 raise LtcError("--bpp is for images; use --kbps or --quality for audio")
-            _write_output(output, encode_audio_file(source, quality=quality, kbps=kbps, model=model), force)
+            blob = encode_audio_file(source, quality=quality, kbps=kbps, model=model)
+            _write_output(output, blob, force)
+            if kbps is not None:
+                from .audio import audio_info
+
+                info = audio_info(blob)
+                _note_missed_target(info.kbps, kbps, "kbit/s", info.quality)
             return
         from PIL import Image, UnidentifiedImageError
 
@@ -132,7 +148,14 @@ def encode(input: str, output: str, quality: float | None, bpp: float | None, kb
             im.load()
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
             raise LtcError(f"{input} is not a readable image or audio file: {e}") from None
-        _write_output(output, encode_image(im, quality=quality, bpp=bpp, model=model), force)
+        blob = encode_image(im, quality=quality, bpp=bpp, model=model)
+        _write_output(output, blob, force)
+        if bpp is not None:
+            from .image import image_info
+
+            info = image_info(blob)
+            if info.bpp > bpp:  # --bpp is a ceiling: only the lowest quality can exceed it
+                _note_missed_target(info.bpp, bpp, "bpp", info.quality)
 
     _run(body)
 

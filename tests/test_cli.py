@@ -38,6 +38,24 @@ def test_bpp_option(tmp_path):
     assert (tmp_path / "b.ltc").stat().st_size * 8 / (256 * 192) <= 0.5
 
 
+def test_a_target_out_of_reach_is_met_as_nearly_as_possible_with_a_note(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    src = _png(tmp_path, size=(128, 96))
+    r = CliRunner().invoke(main, ["encode", str(src), str(tmp_path / "b.ltc"), "--bpp", "0.001"])
+    assert r.exit_code == 0 and (tmp_path / "b.ltc").exists()
+    assert "note: " in r.stderr and "not 0.001: quality 1 is the model's lowest" in r.stderr
+    r = CliRunner().invoke(main, ["encode", str(src), str(tmp_path / "c.ltc"), "--bpp", "8"])
+    assert r.exit_code == 0 and r.stderr == ""  # a ceiling met with room to spare is no miss
+    wav = tmp_path / "a.wav"
+    t = np.arange(16000) / 16000
+    sf.write(wav, 0.3 * np.sin(2 * np.pi * 300 * t), 16000)
+    r = CliRunner().invoke(main, ["encode", str(wav), str(tmp_path / "a.ltc"), "--kbps", "900"])
+    assert r.exit_code == 0 and (tmp_path / "a.ltc").exists()
+    assert "not 900: quality 8 is the model's highest" in r.stderr
+
+
 def test_stdin_and_stdout(tmp_path):
     src = _png(tmp_path)
     enc = subprocess.run([sys.executable, "-m", "ltcodec.cli", "encode", "-", "-"], input=src.read_bytes(),
