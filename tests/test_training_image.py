@@ -125,3 +125,27 @@ def test_resuming_with_a_new_ladder_refits_the_gains(tmp_path):
         assert "8 values" in str(e)
     else:
         raise AssertionError("a ladder of the wrong length was accepted")
+
+
+def test_checkpoints_keep_a_moving_average_of_the_weights(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ltcodec.training.export_image import load_trained
+    from ltcodec.training.image import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)).save(data / "0.png")
+    runs = {}
+    for decay in ("0", "1"):
+        out = tmp_path / decay
+        main(["--data", str(data), "--eval", str(tmp_path / "none"), "--out", str(out), "--N", "8", "--M", "8",
+              "--batch", "2", "--crop", "64", "--threads", "1", "--eval-every", "0", "--keep-every", "0",
+              "--steps", "2", "--ema-decay", decay])
+        runs[decay] = torch.load(out / "last.ckpt", weights_only=False)
+        raw, _ = load_trained(out / "last.ckpt")
+        avg, _ = load_trained(out / "last.ckpt", ema=True)
+        changed = [k for k, v in raw.state_dict().items() if not torch.equal(v, avg.state_dict()[k])]
+        assert (changed == []) == (decay == "0")  # decay 0 follows the weights; 1 stays at the start
+    assert set(runs["1"]["ema"]) == set(runs["1"]["model"]) and runs["1"]["ema_decay"] == 1.0

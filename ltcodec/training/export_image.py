@@ -58,11 +58,12 @@ def kodak_table(model: ImageCodecModel, folder: Path, threads: int = 2,
     return rows, timing
 
 
-def load_trained(ckpt: Path) -> tuple[LatticeHyperprior, dict]:
-    """The network of a training checkpoint, and the checkpoint itself (step, CPU time, ...)."""
+def load_trained(ckpt: Path, ema: bool = False) -> tuple[LatticeHyperprior, dict]:
+    """The network of a training checkpoint (its moving-average weights with ``ema``, where it keeps
+    them), and the checkpoint itself (step, CPU time, ...)."""
     state = torch.load(ckpt, weights_only=False)
     net = LatticeHyperprior(ImageModelConfig.from_dict(state["config"]))
-    net.load_state_dict(state["model"])
+    net.load_state_dict(state["ema"] if ema and "ema" in state else state["model"])
     return net, state
 
 
@@ -78,9 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=REPO / "models")
     p.add_argument("--kodak", type=Path, default=REPO.parent / "shared" / "data" / "eval" / "images" / "kodak")
     p.add_argument("--calibration", type=Path, default=REPO.parent / "shared" / "data" / "train" / "images")
+    p.add_argument("--raw", action="store_true", help="export the training weights, not their moving average")
     args = p.parse_args(argv)
 
-    net, state = load_trained(args.ckpt)
+    net, state = load_trained(args.ckpt, ema=not args.raw)
+    state["exported_weights"] = "raw" if args.raw or "ema" not in state else "ema"
     config = net.config
     path = args.out / f"{args.name}.safetensors"
     meta = {"train_step": state["step"], "train_cpu_hours": round(state.get("cpu_seconds", 0) / 3600, 2)}
@@ -149,6 +152,8 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         "photographs; see that folder's manifest).",
         f"* Steps: {state['step']:,}; CPU time: {state.get('cpu_seconds', 0) / 3600:.1f} CPU-hours "
         f"({cpu}, 2 threads).",
+        "* Weights: " + (f"the moving average (decay {state.get('ema_decay', 0.999)} per step) of the training weights."
+                         if state.get("exported_weights") == "ema" else "the training weights at that step."),
         *[f"* Quality ladder changed at step {h['step']:,} from λ = {', '.join(map(str, h['lambdas_from']))} "
           "(gains refitted per channel in log2 λ, `--lambdas`)." for h in state.get("history", [])], "",
         "## Kodak (24 images, real .ltc files, PSNR on RGB)", "",

@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=5000)
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--keep-every", type=int, default=20_000, help="also keep step-N.ckpt every N steps")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="decay of the moving average of the weights kept beside them (exported by default)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -283,8 +285,17 @@ def main(argv: list[str] | None = None) -> None:
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "cpu_seconds": cpu_total(), "history": history,
+            "cpu_seconds": cpu_total(), "history": history, "ema": ema,
+            "ema_decay": args.ema_decay,
         })
+
+    # A moving average of the weights: at batch 8 the weights wander by up to ~1 dB at high quality from
+    # one checkpoint to the next; their average does not, and costs one vector operation per step.
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if state is not None and "ema" in state:
+        ema.update(state["ema"])
+    live = model.state_dict()
+    ema_pairs = [(ema[k], live[k]) for k in ema if live[k].dtype.is_floating_point]
 
     cpu_base = state.get("cpu_seconds", 0.0) if state else (init.cpu_seconds if init is not None else 0.0)
     cpu_start = time.process_time()
@@ -311,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            with torch.no_grad():
+                torch._foreach_lerp_([e for e, _ in ema_pairs], [v for _, v in ema_pairs], 1.0 - args.ema_decay)
             step += 1
             for k in acc:
                 acc[k] += out[k].item()
@@ -325,9 +338,12 @@ def main(argv: list[str] | None = None) -> None:
                 t0, acc, n_acc = time.time(), {k: 0.0 for k in acc}, 0
             if eval_images and args.eval_every and step % args.eval_every == 0:
                 rows = evaluate(model, eval_images)
-                log.write(json.dumps({"step": step, "eval": rows}) + "\n")
+                averaged = LatticeHyperprior(config)
+                averaged.load_state_dict(ema)
+                rec = {"step": step, "eval": rows, "eval_ema": evaluate(averaged, eval_images)}
+                log.write(json.dumps(rec) + "\n")
                 log.flush()
-                print(json.dumps({"step": step, "eval": rows}), flush=True)
+                print(json.dumps(rec), flush=True)
             if args.keep_every and step % args.keep_every == 0:
                 checkpoint()
                 save_checkpoint(args.out / f"step-{step:07d}.ckpt", torch.load(ckpt_path, weights_only=False))
