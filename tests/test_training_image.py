@@ -84,22 +84,28 @@ def test_refitted_gains_keep_a_ladder_and_follow_its_slope():
         raise AssertionError("a decreasing ladder was accepted")
 
 
-def test_resuming_with_a_new_ladder_refits_the_gains(tmp_path):
-    import json
-
+def _tiny_run(tmp_path, out):
+    """Arguments of a training run small enough for a unit test (two 64² images, an 8-channel model)."""
     import numpy as np
     from PIL import Image
 
+    data = tmp_path / "data"
+    if not data.exists():
+        data.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(2):
+            Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    return ["--data", str(data), "--eval", str(tmp_path / "none"), "--out", str(out), "--N", "8", "--M", "8",
+            "--batch", "2", "--crop", "64", "--threads", "1", "--eval-every", "0", "--keep-every", "0"]
+
+
+def test_resuming_with_a_new_ladder_refits_the_gains(tmp_path):
+    import json
+
     from ltcodec.training.image import main, refit_gains
 
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
     out = tmp_path / "run"
-    common = ["--data", str(data), "--eval", str(tmp_path / "none"), "--out", str(out), "--N", "8", "--M", "8",
-              "--batch", "2", "--crop", "64", "--threads", "1", "--eval-every", "0", "--keep-every", "0"]
+    common = _tiny_run(tmp_path, out)
     main(common + ["--steps", "2"])
     before = torch.load(out / "last.ckpt", weights_only=False)
     old = before["config"]["lambdas"]
@@ -128,21 +134,13 @@ def test_resuming_with_a_new_ladder_refits_the_gains(tmp_path):
 
 
 def test_checkpoints_keep_a_moving_average_of_the_weights(tmp_path):
-    import numpy as np
-    from PIL import Image
-
     from ltcodec.training.export_image import load_trained
     from ltcodec.training.image import main
 
-    data = tmp_path / "data"
-    data.mkdir()
-    Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)).save(data / "0.png")
     runs = {}
     for decay in ("0", "1"):
         out = tmp_path / decay
-        main(["--data", str(data), "--eval", str(tmp_path / "none"), "--out", str(out), "--N", "8", "--M", "8",
-              "--batch", "2", "--crop", "64", "--threads", "1", "--eval-every", "0", "--keep-every", "0",
-              "--steps", "2", "--ema-decay", decay])
+        main(_tiny_run(tmp_path, out) + ["--steps", "2", "--ema-decay", decay])
         runs[decay] = torch.load(out / "last.ckpt", weights_only=False)
         raw, _ = load_trained(out / "last.ckpt")
         avg, _ = load_trained(out / "last.ckpt", ema=True)
