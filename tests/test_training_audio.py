@@ -35,8 +35,9 @@ def test_train_resume_export(tmp_path, monkeypatch):
     train_audio.main(common + ["--steps", "3", "--resume"])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
-    assert any("eval" in r for r in log)
+    assert any("eval" in r and "eval_ema" in r for r in log)
     state = torch.load(out / "last.ckpt", weights_only=False)
+    assert set(state["ema"]) == set(state["model"]) and state["ema_decay"] == 0.999
     net = AudioLatticeCodec(AudioModelConfig.from_dict(state["config"]))
     net.load_state_dict(state["model"])
     export_audio_model(net, [np.zeros(24000, np.float32)], tmp_path / "m.safetensors", "m")

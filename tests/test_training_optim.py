@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from ltcodec.training.optim import gain_optimizer, set_learning_rate, split_state
+from ltcodec.training.optim import WeightAverage, gain_optimizer, set_learning_rate, split_state
 
 
 class Tiny(nn.Module):
@@ -41,3 +41,18 @@ def test_a_one_group_state_resumes_with_its_moments_on_the_right_parameters():
     assert torch.equal(opt.state[m.enc_gain]["exp_avg"], old.state[m.enc_gain]["exp_avg"])
     assert torch.equal(opt.state[m.conv.weight]["exp_avg"], old.state[m.conv.weight]["exp_avg"])
     _step(opt, m)  # and it keeps training
+
+
+def test_weight_average_follows_the_weights_at_its_decay_and_resumes():
+    model = Tiny()
+    with torch.no_grad():
+        model.conv.weight.fill_(1.0)
+    avg = WeightAverage(model, decay=0.75)
+    with torch.no_grad():
+        model.conv.weight.fill_(5.0)  # an optimizer step changes the weights in place
+    avg.update()
+    assert torch.allclose(avg.state["conv.weight"], torch.full((3, 3), 2.0))  # 0.75·1 + 0.25·5
+    assert torch.equal(model.conv.weight, torch.full((3, 3), 5.0))  # the weights themselves untouched
+    again = WeightAverage(model, decay=0.75, saved=avg.state)  # from a checkpoint
+    again.update()
+    assert torch.allclose(again.state["conv.weight"], torch.full((3, 3), 2.75))

@@ -35,7 +35,7 @@ import torch
 
 from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
 from .image import save_checkpoint
-from .optim import gain_optimizer, set_learning_rate, split_state
+from .optim import WeightAverage, gain_optimizer, set_learning_rate, split_state
 
 CACHE = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec"))
 DEFAULT_OUT = CACHE / "audio-e8"
@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gain-lr-factor", type=float, default=10.0,
                    help="learning-rate factor of the per-quality gains (they must move far for the rates to spread)")
     p.add_argument("--dual-step", type=float, default=0.003, help="step of the rate-weight updates")
+    p.add_argument("--ema-decay", type=float, default=0.999,
+                   help="decay of the moving average of the weights kept beside them (exported by default)")
     p.add_argument("--reload-every", type=int, default=2000, help="rescan the data folders (a corpus may still be arriving)")
     args = p.parse_args(argv)
 
@@ -241,8 +243,11 @@ def main(argv: list[str] | None = None) -> None:
     def cpu_total() -> float:
         return cpu_base + time.process_time() - cpu_start
 
+    average = WeightAverage(model, args.ema_decay, state.get("ema") if state is not None else None)
+
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, {
+            "ema": average.state, "ema_decay": args.ema_decay,
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "log_weights": log_weights, "rate_ema": rate_ema, "cpu_seconds": cpu_total(),
@@ -264,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            average.update()
             step += 1
             # Dual ascent on the per-quality rate weights.
             for q, r in zip(quality.long().tolist(), out["kbps"].tolist()):
@@ -281,10 +287,12 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(rec), flush=True)
                 t0, acc, n_acc = time.time(), {k: 0.0 for k in acc}, 0
             if clips and step % args.eval_every == 0:
-                rows = evaluate(model, clips)
-                log.write(json.dumps({"step": step, "eval": rows}) + "\n")
+                averaged = AudioLatticeCodec(config)
+                averaged.load_state_dict(average.state)
+                rec = {"step": step, "eval": evaluate(model, clips), "eval_ema": evaluate(averaged, clips)}
+                log.write(json.dumps(rec) + "\n")
                 log.flush()
-                print(json.dumps({"step": step, "eval": rows}), flush=True)
+                print(json.dumps(rec), flush=True)
             if args.reload_every and step % args.reload_every == 0:
                 corpus = corpus_now()
             if time.time() - last_ckpt > args.ckpt_minutes * 60:

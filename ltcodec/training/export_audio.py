@@ -80,12 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval", type=Path, default=SHARED / "eval" / "audio")
     p.add_argument("--data", type=Path, nargs="+",
                    default=[SHARED / "train" / "audio", Path.home() / ".cache" / "ltcodec-media"])
+    p.add_argument("--raw", action="store_true", help="export the training weights, not their moving average")
     args = p.parse_args(argv)
 
     state = torch.load(args.ckpt, weights_only=False)
     config = AudioModelConfig.from_dict(state["config"])
     net = AudioLatticeCodec(config)
-    net.load_state_dict(state["model"])
+    state["exported_weights"] = "raw" if args.raw or "ema" not in state else "ema"
+    net.load_state_dict(state["ema"] if state["exported_weights"] == "ema" else state["model"])
     cal = []
     for f in sorted((args.data[0] / "music").glob("*.flac"))[:4] + sorted((args.data[0] / "speech").glob("*.flac"))[:4]:
         x, rate = sf.read(f, dtype="float32", always_2d=True)
@@ -135,7 +137,10 @@ def write_card(path: Path, name: str, sha: str, config: AudioModelConfig, params
         f"music {hours.get('music', 0):.2f} h — `../shared/data/train/audio` plus the Debian media corpus of "
         "`../shared/tools/fetch-debian-media.sh` as far as it had arrived.",
         f"* Steps: {state['step']:,}; CPU time: {state.get('cpu_seconds', 0) / 3600:.1f} CPU-hours "
-        f"({cpu}, 2 cores shared with other jobs).", "",
+        f"({cpu}, 2 cores shared with other jobs).",
+        "* Weights: " + (f"the moving average (decay {state.get('ema_decay', 0.999)} per step) of the training "
+                         "weights." if state.get("exported_weights") == "ema" else "the training weights at that step."),
+        "",
         "## Measured (real .ltc files)", "",
         f"Measured {stamp} by `python -m ltcodec.training.export_audio --ckpt …` on {cpu}, 2 threads, on the first "
         f"{timing['clips']['speech']} speech and {timing['clips']['music']} music clips of "

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..image_model import LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
-from .optim import gain_optimizer, set_learning_rate, split_state
+from .optim import WeightAverage, gain_optimizer, set_learning_rate, split_state
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
 
@@ -285,17 +285,11 @@ def main(argv: list[str] | None = None) -> None:
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "cpu_seconds": cpu_total(), "history": history, "ema": ema,
+            "cpu_seconds": cpu_total(), "history": history, "ema": average.state,
             "ema_decay": args.ema_decay,
         })
 
-    # A moving average of the weights: at batch 8 the weights wander by up to ~1 dB at high quality from
-    # one checkpoint to the next; their average does not, and costs one vector operation per step.
-    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if state is not None and "ema" in state:
-        ema.update(state["ema"])
-    live = model.state_dict()
-    ema_pairs = [(ema[k], live[k]) for k in ema if live[k].dtype.is_floating_point]
+    average = WeightAverage(model, args.ema_decay, state.get("ema") if state is not None else None)
 
     cpu_base = state.get("cpu_seconds", 0.0) if state else (init.cpu_seconds if init is not None else 0.0)
     cpu_start = time.process_time()
@@ -322,8 +316,7 @@ def main(argv: list[str] | None = None) -> None:
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            with torch.no_grad():
-                torch._foreach_lerp_([e for e, _ in ema_pairs], [v for _, v in ema_pairs], 1.0 - args.ema_decay)
+            average.update()
             step += 1
             for k in acc:
                 acc[k] += out[k].item()
@@ -339,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
             if eval_images and args.eval_every and step % args.eval_every == 0:
                 rows = evaluate(model, eval_images)
                 averaged = LatticeHyperprior(config)
-                averaged.load_state_dict(ema)
+                averaged.load_state_dict(average.state)
                 rec = {"step": step, "eval": rows, "eval_ema": evaluate(averaged, eval_images)}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["gain_optimizer", "split_state", "set_learning_rate"]
+__all__ = ["gain_optimizer", "split_state", "set_learning_rate", "WeightAverage"]
 
 
 def _split(model: nn.Module, gains: list[nn.Parameter]) -> list[nn.Parameter]:
@@ -37,3 +37,25 @@ def split_state(saved: dict, model: nn.Module, gains: list[nn.Parameter]) -> dic
 def set_learning_rate(opt: torch.optim.Optimizer, lr: float, factor: float) -> None:
     opt.param_groups[0]["lr"] = lr
     opt.param_groups[1]["lr"] = lr * factor
+
+
+class WeightAverage:
+    """An exponential moving average of a model's floating-point state, kept beside its weights.
+
+    At batch 8 the weights wander from one checkpoint to the next (image: up to ~1 dB at the highest
+    quality); their average does not, and costs one vector operation per step.  The recipes save
+    ``state`` in their checkpoints and evaluate and export it.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, saved: dict | None = None):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if saved:
+            self.state.update(saved)
+        live = model.state_dict()
+        pairs = [(self.state[k], live[k]) for k in self.state if live[k].dtype.is_floating_point]
+        self._avg, self._live = [a for a, _ in pairs], [v for _, v in pairs]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self._avg, self._live, 1.0 - self.decay)
