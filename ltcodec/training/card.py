@@ -15,3 +15,10 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def weights_line(state: dict) -> str:
+    """The card's line on which weights of a checkpoint were exported (``state["exported_weights"]``)."""
+    if state.get("exported_weights") == "ema":
+        return f"* Weights: the moving average (decay {state.get('ema_decay', 0.999)} per step) of the training weights."
+    return "* Weights: the training weights at that step."

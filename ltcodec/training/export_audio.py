@@ -26,7 +26,7 @@ from ..audio import decode_audio, encode_audio
 from ..audio_codec import AudioCodecModel, export_audio_model
 from ..audio_model import AudioLatticeCodec, AudioModelConfig
 from .audio import load_corpus, si_sdr
-from .card import cpu_name
+from .card import cpu_name, weights_line
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -138,8 +138,7 @@ def write_card(path: Path, name: str, sha: str, config: AudioModelConfig, params
         "`../shared/tools/fetch-debian-media.sh` as far as it had arrived.",
         f"* Steps: {state['step']:,}; CPU time: {state.get('cpu_seconds', 0) / 3600:.1f} CPU-hours "
         f"({cpu}, 2 cores shared with other jobs).",
-        "* Weights: " + (f"the moving average (decay {state.get('ema_decay', 0.999)} per step) of the training "
-                         "weights." if state.get("exported_weights") == "ema" else "the training weights at that step."),
+        weights_line(state),
         "",
         "## Measured (real .ltc files)", "",
         f"Measured {stamp} by `python -m ltcodec.training.export_audio --ckpt …` on {cpu}, 2 threads, on the first "

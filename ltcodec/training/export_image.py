@@ -26,7 +26,7 @@ from PIL import Image
 from ..image import decode_image, encode_image
 from ..image_codec import ImageCodecModel, export_image_model
 from ..image_model import ImageModelConfig, LatticeHyperprior
-from .card import cpu_name
+from .card import cpu_name, weights_line
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -152,8 +152,7 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         "photographs; see that folder's manifest).",
         f"* Steps: {state['step']:,}; CPU time: {state.get('cpu_seconds', 0) / 3600:.1f} CPU-hours "
         f"({cpu}, 2 threads).",
-        "* Weights: " + (f"the moving average (decay {state.get('ema_decay', 0.999)} per step) of the training weights."
-                         if state.get("exported_weights") == "ema" else "the training weights at that step."),
+        weights_line(state),
         *[f"* Quality ladder changed at step {h['step']:,} from λ = {', '.join(map(str, h['lambdas_from']))} "
           "(gains refitted per channel in log2 λ, `--lambdas`)." for h in state.get("history", [])], "",
         "## Kodak (24 images, real .ltc files, PSNR on RGB)", "",
