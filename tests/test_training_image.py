@@ -147,3 +147,18 @@ def test_checkpoints_keep_a_moving_average_of_the_weights(tmp_path):
         changed = [k for k, v in raw.state_dict().items() if not torch.equal(v, avg.state_dict()[k])]
         assert (changed == []) == (decay == "0")  # decay 0 follows the weights; 1 stays at the start
     assert set(runs["1"]["ema"]) == set(runs["1"]["model"]) and runs["1"]["ema_decay"] == 1.0
+
+
+def test_a_new_learning_rate_is_recorded_for_the_card(tmp_path):
+    from ltcodec.training.card import history_line
+    from ltcodec.training.image import main
+
+    out = tmp_path / "run"
+    common = _tiny_run(tmp_path, out)
+    main(common + ["--steps", "2", "--lr", "2e-4"])
+    main(common + ["--steps", "3", "--resume", "--lr", "1e-4"])
+    state = torch.load(out / "last.ckpt", weights_only=False)
+    assert state["lr"] == 1e-4 and state["history"] == [{"step": 2, "lr_from": 2e-4, "lr": 1e-4}]
+    assert history_line(state["history"][0]) == "* Learning rate changed at step 2 from 0.0002 to 0.0001 (`--lr`)."
+    main(common + ["--steps", "4", "--resume", "--lr", "1e-4"])  # the same rate again: nothing new
+    assert torch.load(out / "last.ckpt", weights_only=False)["history"] == state["history"]

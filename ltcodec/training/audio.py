@@ -189,8 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gain-lr-factor", type=float, default=10.0,
                    help="learning-rate factor of the per-quality gains (they must move far for the rates to spread)")
     p.add_argument("--dual-step", type=float, default=0.003, help="step of the rate-weight updates")
-    p.add_argument("--ema-decay", type=float, default=0.999,
-                   help="decay of the moving average of the weights kept beside them (exported by default)")
+    WeightAverage.add_argument(p)
     p.add_argument("--reload-every", type=int, default=2000, help="rescan the data folders (a corpus may still be arriving)")
     args = p.parse_args(argv)
 

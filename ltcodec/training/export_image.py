@@ -26,7 +26,7 @@ from PIL import Image
 from ..image import decode_image, encode_image
 from ..image_codec import ImageCodecModel, export_image_model
 from ..image_model import ImageModelConfig, LatticeHyperprior
-from .card import cpu_name, weights_line
+from .card import cpu_name, history_line, weights_line
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -153,8 +153,7 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         f"* Steps: {state['step']:,}; CPU time: {state.get('cpu_seconds', 0) / 3600:.1f} CPU-hours "
         f"({cpu}, 2 threads).",
         weights_line(state),
-        *[f"* Quality ladder changed at step {h['step']:,} from λ = {', '.join(map(str, h['lambdas_from']))} "
-          "(gains refitted per channel in log2 λ, `--lambdas`)." for h in state.get("history", [])], "",
+        *[history_line(h) for h in state.get("history", [])], "",
         "## Kodak (24 images, real .ltc files, PSNR on RGB)", "",
         f"Measured {stamp} by `python -m ltcodec.training.export_image --ckpt …` on {cpu}, "
         f"{timing['threads']} threads.", "",

@@ -217,8 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=5000)
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--keep-every", type=int, default=20_000, help="also keep step-N.ckpt every N steps")
-    p.add_argument("--ema-decay", type=float, default=0.999,
-                   help="decay of the moving average of the weights kept beside them (exported by default)")
+    WeightAverage.add_argument(p)
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -258,8 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     # checkpoints kept this list have it in their log.
     history = list(state.get("history", [])) if state is not None else []
     if state is not None and "history" not in state and log_path.exists():
-        history = [r for r in map(json.loads, log_path.read_text().splitlines()) if "lambdas_from" in r]
-    ladder_change = None
+        history = [r for r in map(json.loads, log_path.read_text().splitlines()) if "lambdas_from" in r or "lr_from" in r]
+    ladder_change = lr_change = None
     if args.lambdas and tuple(args.lambdas) != tuple(config.lambdas):
         if len(args.lambdas) != len(config.lambdas):
             raise SystemExit(f"--lambdas needs {len(config.lambdas)} values, one per quality of the model")
@@ -271,6 +270,16 @@ def main(argv: list[str] | None = None) -> None:
         config.lambdas = tuple(args.lambdas)
         history.append(ladder_change)
         print(f"quality ladder changed: {json.dumps(ladder_change)}", flush=True)
+    # The base learning rate a resumed run trained with until now (checkpoints from before it was kept:
+    # the rate its log last recorded); a change is part of the recipe, so the card reports it too.
+    lr_before = state.get("lr") if state is not None else None
+    if state is not None and lr_before is None and log_path.exists():
+        logged = [r["lr"] for r in map(json.loads, log_path.read_text().splitlines()) if "lr" in r]
+        lr_before = logged[-1] if logged else None
+    if lr_before is not None and lr_before != args.lr and not args.lr_drop_at:
+        lr_change = {"step": step, "lr_from": lr_before, "lr": args.lr}
+        history.append(lr_change)
+        print(f"learning rate changed: {json.dumps(lr_change)}", flush=True)
 
     images = load_images(args.data, args.out / "train-images.npz")
     eval_files = sorted(args.eval.glob("*.png"))[: args.eval_images] if args.eval.exists() else []
@@ -286,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "cpu_seconds": cpu_total(), "history": history, "ema": average.state,
-            "ema_decay": args.ema_decay,
+            "ema_decay": args.ema_decay, "lr": args.lr if not args.lr_drop_at else lr_at(step),
         })
 
     average = WeightAverage(model, args.ema_decay, state.get("ema") if state is not None else None)
@@ -302,8 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     t0, acc = time.time(), {"loss": 0.0, "mse": 0.0, "bpp": 0.0}
     n_acc = 0
     with open(log_path, "a") as log:
-        if ladder_change is not None:
-            log.write(json.dumps(ladder_change) + "\n")
+        for change in (ladder_change, lr_change):
+            if change is not None:
+                log.write(json.dumps(change) + "\n")
         while step < args.steps:
             set_learning_rate(opt, lr_at(step), args.gain_lr_factor)
             x = sample_batch(images, rng, args.batch, args.crop)

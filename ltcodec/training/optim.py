@@ -47,6 +47,12 @@ class WeightAverage:
     ``state`` in their checkpoints and evaluate and export it.
     """
 
+    @staticmethod
+    def add_argument(parser) -> None:
+        """The recipes' ``--ema-decay`` option."""
+        parser.add_argument("--ema-decay", type=float, default=0.999,
+                            help="decay of the moving average of the weights kept beside them (exported by default)")
+
     def __init__(self, model: nn.Module, decay: float, saved: dict | None = None):
         self.decay = decay
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
