@@ -162,3 +162,26 @@ def test_a_new_learning_rate_is_recorded_for_the_card(tmp_path):
     assert history_line(state["history"][0]) == "* Learning rate changed at step 2 from 0.0002 to 0.0001 (`--lr`)."
     main(common + ["--steps", "4", "--resume", "--lr", "1e-4"])  # the same rate again: nothing new
     assert torch.load(out / "last.ckpt", weights_only=False)["history"] == state["history"]
+
+
+def test_periodic_eval_measures_training_images_beside_the_eval_images(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from ltcodec.training.image import main
+
+    out = tmp_path / "run"
+    common = _tiny_run(tmp_path, out)
+    kodak = tmp_path / "kodak"
+    kodak.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(kodak / "a.png")
+    common[common.index("--eval") + 1] = str(kodak)
+    common[common.index("--eval-every") + 1] = "1"
+    main(common + ["--steps", "1"])
+    (rec,) = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "eval" in r]
+    for key in ("eval", "eval_ema", "eval_train_ema"):
+        assert [r["quality"] for r in rec[key]] == list(range(1, 9))
+    # The flat grey eval image costs far fewer bits than the random training images.
+    assert rec["eval_ema"][7]["bpp"] < rec["eval_train_ema"][7]["bpp"]

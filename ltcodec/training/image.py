@@ -284,6 +284,9 @@ def main(argv: list[str] | None = None) -> None:
     images = load_images(args.data, args.out / "train-images.npz")
     eval_files = sorted(args.eval.glob("*.png"))[: args.eval_images] if args.eval.exists() else []
     eval_images = [np.asarray(Image.open(f).convert("RGB")) for f in eval_files]
+    # Four training images measured like the eval images: the gap between the two curves over the
+    # steps shows how far the model is fitting its (small) training set rather than photographs.
+    train_probe = [images[i] for i in np.linspace(0, len(images) - 1, 4).astype(int)]
     params = sum(p.numel() for p in model.parameters())
     print(f"{len(images)} training images, {params / 1e6:.2f} M parameters, config {config.to_dict()}", flush=True)
 
@@ -343,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows = evaluate(model, eval_images)
                 averaged = LatticeHyperprior(config)
                 averaged.load_state_dict(average.state)
-                rec = {"step": step, "eval": rows, "eval_ema": evaluate(averaged, eval_images)}
+                rec = {"step": step, "eval": rows, "eval_ema": evaluate(averaged, eval_images),
+                       "eval_train_ema": evaluate(averaged, train_probe)}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 print(json.dumps(rec), flush=True)
