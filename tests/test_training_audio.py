@@ -38,6 +38,13 @@ def test_train_resume_export(tmp_path, monkeypatch):
     assert any("eval" in r and "eval_ema" in r for r in log)
     state = torch.load(out / "last.ckpt", weights_only=False)
     assert set(state["ema"]) == set(state["model"]) and state["ema_decay"] == 0.999
+    assert state["history"] == [] and state["lr"] == 3e-4
+    del state["lr"]  # a checkpoint from before the rate was kept: every such run trained at 3e-4
+    torch.save(state, out / "last.ckpt")
+    train_audio.main(common + ["--steps", "4", "--resume", "--lr", "1.5e-4"])
+    change = {"step": 3, "lr_from": 3e-4, "lr": 1.5e-4}
+    assert torch.load(out / "last.ckpt", weights_only=False)["history"] == [change]
+    assert change in [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     net = AudioLatticeCodec(AudioModelConfig.from_dict(state["config"]))
     net.load_state_dict(state["model"])
     export_audio_model(net, [np.zeros(24000, np.float32)], tmp_path / "m.safetensors", "m")

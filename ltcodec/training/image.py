@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..image_model import LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
-from .optim import WeightAverage, gain_optimizer, set_learning_rate, split_state
+from .optim import WeightAverage, gain_optimizer, learning_rate_change, set_learning_rate, split_state
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
 
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     history = list(state.get("history", [])) if state is not None else []
     if state is not None and "history" not in state and log_path.exists():
         history = [r for r in map(json.loads, log_path.read_text().splitlines()) if "lambdas_from" in r or "lr_from" in r]
-    ladder_change = lr_change = None
+    ladder_change = None
     if args.lambdas and tuple(args.lambdas) != tuple(config.lambdas):
         if len(args.lambdas) != len(config.lambdas):
             raise SystemExit(f"--lambdas needs {len(config.lambdas)} values, one per quality of the model")
@@ -270,14 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         config.lambdas = tuple(args.lambdas)
         history.append(ladder_change)
         print(f"quality ladder changed: {json.dumps(ladder_change)}", flush=True)
-    # The base learning rate a resumed run trained with until now (checkpoints from before it was kept:
-    # the rate its log last recorded); a change is part of the recipe, so the card reports it too.
-    lr_before = state.get("lr") if state is not None else None
-    if state is not None and lr_before is None and log_path.exists():
-        logged = [r["lr"] for r in map(json.loads, log_path.read_text().splitlines()) if "lr" in r]
-        lr_before = logged[-1] if logged else None
-    if lr_before is not None and lr_before != args.lr and not args.lr_drop_at:
-        lr_change = {"step": step, "lr_from": lr_before, "lr": args.lr}
+    lr_change = None if args.lr_drop_at else learning_rate_change(state, args.lr, step, log_path)
+    if lr_change is not None:
         history.append(lr_change)
         print(f"learning rate changed: {json.dumps(lr_change)}", flush=True)
 

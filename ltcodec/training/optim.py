@@ -8,10 +8,13 @@ at every quality.  Their own parameter group at ``factor`` × the learning rate 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 
-__all__ = ["gain_optimizer", "split_state", "set_learning_rate", "WeightAverage"]
+__all__ = ["gain_optimizer", "split_state", "set_learning_rate", "WeightAverage", "learning_rate_change"]
 
 
 def _split(model: nn.Module, gains: list[nn.Parameter]) -> list[nn.Parameter]:
@@ -65,3 +68,22 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         torch._foreach_lerp_(self._avg, self._live, 1.0 - self.decay)
+
+
+def learning_rate_change(state: dict | None, lr: float, step: int, log_path: Path | None = None,
+                         default: float | None = None) -> dict | None:
+    """The change of base learning rate a resumed run makes, as a ``history`` entry (the card reports it).
+
+    The rate trained with so far is the checkpoint's; checkpoints from before it was kept fall back on
+    the last rate the log recorded, then on ``default`` (the only rate the recipe had used).
+    """
+    if state is None:
+        return None
+    before = state.get("lr")
+    if before is None and log_path is not None and log_path.exists():
+        logged = [r["lr"] for r in map(json.loads, log_path.read_text().splitlines()) if "lr" in r]
+        before = logged[-1] if logged else None
+    before = default if before is None else before
+    if before is None or before == lr:
+        return None
+    return {"step": step, "lr_from": before, "lr": lr}
