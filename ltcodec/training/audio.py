@@ -35,7 +35,7 @@ import torch
 
 from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
 from .image import save_checkpoint
-from .optim import WeightAverage, gain_optimizer, learning_rate_change, set_learning_rate, split_state
+from .optim import WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state
 
 CACHE = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec"))
 DEFAULT_OUT = CACHE / "audio-e8"
@@ -271,14 +271,8 @@ def main(argv: list[str] | None = None) -> None:
             quality = torch.from_numpy(rng.permutation(len(targets))[: args.batch] if args.batch <= len(targets)
                                        else rng.integers(0, len(targets), args.batch)).float()
             out = rd_loss(model, x, quality, log_weights)
-            opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(out["loss"]):
-                print(f"step {step}: non-finite loss, batch skipped", flush=True)
+            if not descend(opt, model, average, out["loss"], step):
                 continue
-            out["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            average.update()
             step += 1
             # Dual ascent on the per-quality rate weights.
             for q, r in zip(quality.long().tolist(), out["kbps"].tolist()):

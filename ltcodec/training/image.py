@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..image_model import LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
-from .optim import WeightAverage, gain_optimizer, learning_rate_change, set_learning_rate, split_state
+from .optim import WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
 
@@ -316,14 +316,8 @@ def main(argv: list[str] | None = None) -> None:
             x = sample_batch(images, rng, args.batch, args.crop)
             quality = torch.from_numpy(rng.integers(0, len(config.lambdas), args.batch)).float()
             out = rd_loss(model, x, quality)
-            opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(out["loss"]):
-                print(f"step {step}: non-finite loss, batch skipped", flush=True)
+            if not descend(opt, model, average, out["loss"], step):
                 continue
-            out["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            average.update()
             step += 1
             for k in acc:
                 acc[k] += out[k].item()

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["gain_optimizer", "split_state", "set_learning_rate", "WeightAverage", "learning_rate_change"]
+__all__ = ["gain_optimizer", "split_state", "set_learning_rate", "WeightAverage", "learning_rate_change", "descend"]
 
 
 def _split(model: nn.Module, gains: list[nn.Parameter]) -> list[nn.Parameter]:
@@ -87,3 +87,20 @@ def learning_rate_change(state: dict | None, lr: float, step: int, log_path: Pat
     if before is None or before == lr:
         return None
     return {"step": step, "lr_from": before, "lr": lr}
+
+
+def descend(opt: torch.optim.Optimizer, model: nn.Module, average: WeightAverage, loss: torch.Tensor,
+            step: int) -> bool:
+    """One optimizer step on ``loss`` (gradients clipped to norm 1), then the moving average.
+
+    A non-finite loss changes nothing and returns False: one bad batch must not wreck hours of training.
+    """
+    opt.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        print(f"step {step}: non-finite loss, batch skipped", flush=True)
+        return False
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    average.update()
+    return True
