@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import platform
+from pathlib import Path
+from typing import Callable, Sequence
 
 
 def cpu_name() -> str:
@@ -32,3 +35,37 @@ def history_line(change: dict) -> str:
     if "lr_from" in change:
         return f"* Learning rate changed at step {change['step']:,} from {change['lr_from']:g} to {change['lr']:g} (`--lr`)."
     raise ValueError(f"unknown training change {change}")
+
+
+def eval_records(log: Path | None, until_step: int) -> list[dict]:
+    """The periodic evals a training log holds up to a step (the last one per step, if a run repeated it)."""
+    if log is None or not log.exists():
+        return []
+    by_step = {}
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        if "eval" in rec and rec["step"] <= until_step:
+            by_step[rec["step"]] = rec
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def progress_section(records: list[dict], qualities: Sequence[int], cell: Callable[[dict], str],
+                     what: str, key: str | None = None) -> list[str]:
+    """Card lines: a periodic eval over the steps, for some qualities (one cell per quality).
+
+    ``key`` names the eval to show; by default the moving average's where the run kept one, else the
+    training weights'.  ``what`` says what the eval measures, on which signals.
+    """
+    shown = [r for r in records if key is None or key in r]
+    if not shown:
+        return []
+    lines = [f"{what} (ideal box-code rates, close to but not equal to file sizes; each quality's λ or rate "
+             "target is the one in force at that step):", "",
+             "| step | weights | " + " | ".join(f"q{q}" for q in qualities) + " |",
+             "|---|---|" + "---|" * len(qualities)]
+    for rec in shown:
+        name = key if key is not None else ("eval_ema" if "eval_ema" in rec else "eval")
+        by_q = {r["quality"]: r for r in rec[name]}
+        lines.append(f"| {rec['step']:,} | {'average' if name.endswith('_ema') else 'training'} | "
+                     + " | ".join(cell(by_q[q]) if q in by_q else "–" for q in qualities) + " |")
+    return lines + [""]

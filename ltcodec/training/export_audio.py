@@ -26,7 +26,7 @@ from ..audio import decode_audio, encode_audio
 from ..audio_codec import AudioCodecModel, export_audio_model
 from ..audio_model import AudioLatticeCodec, AudioModelConfig
 from .audio import load_corpus, si_sdr
-from .card import cpu_name, history_line, weights_line
+from .card import cpu_name, eval_records, history_line, progress_section, weights_line
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, nargs="+",
                    default=[SHARED / "train" / "audio", Path.home() / ".cache" / "ltcodec-media"])
     p.add_argument("--raw", action="store_true", help="export the training weights, not their moving average")
+    p.add_argument("--log", type=Path, help="the run's log.jsonl, for the card's training progress "
+                   "(default: the one beside --ckpt)")
     args = p.parse_args(argv)
 
     state = torch.load(args.ckpt, weights_only=False)
@@ -102,11 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     rows, timing = eval_table(model, args.eval)
     hours = corpus_hours(config.sample_rate, args.data)
     params = sum(p.numel() for p in net.parameters())
-    write_card(args.out / f"{args.name}.md", args.name, sha, config, params, state, rows, timing, load_s, path, hours)
+    progress = eval_records(args.log or args.ckpt.parent / "log.jsonl", state["step"])
+    write_card(args.out / f"{args.name}.md", args.name, sha, config, params, state, rows, timing, load_s, path, hours,
+               progress)
 
 
 def write_card(path: Path, name: str, sha: str, config: AudioModelConfig, params: int, state: dict,
-               rows: list[dict], timing: dict, load_s: float, weights: Path, hours: dict) -> None:
+               rows: list[dict], timing: dict, load_s: float, weights: Path, hours: dict,
+               progress: list[dict] = ()) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     cpu = cpu_name()
     widths = [config.channels * 2 ** i for i in range(len(config.strides) + 1)]
@@ -158,8 +163,20 @@ def write_card(path: Path, name: str, sha: str, config: AudioModelConfig, params
         f"Model loading: {load_s * 1000:.0f} ms.", "",
         "Perceptual comparison with Opus and MP3 (ViSQOL, PESQ-WB, STOI): `bench/results/audio.md`.", "",
         *status_section(state["step"], rows, config),
+        *audio_progress(progress),
     ]
     path.write_text("\n".join(lines))
+
+
+def audio_progress(records: list[dict]) -> list[str]:
+    """The card's training-progress section: the periodic eval on held-out clips, every few thousand steps."""
+    kept = [r for r in records if r["step"] % 2000 == 0 or r is records[-1]]
+    if not kept:
+        return []
+    return ["## Training progress", "", *progress_section(
+        kept, (1, 3, 5, 8), lambda r: f"{r['kbps']:.1f} kbps, {r['si_sdr']:.1f} dB",
+        "Periodic eval on 2 speech and 2 music clips of `../shared/data/eval/audio` (6 s, mono 24 kHz; kbps "
+        "and SI-SDR)")]
 
 
 def status_section(step: int, rows: list[dict], config: AudioModelConfig) -> list[str]:

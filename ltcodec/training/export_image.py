@@ -26,7 +26,7 @@ from PIL import Image
 from ..image import decode_image, encode_image
 from ..image_codec import ImageCodecModel, export_image_model
 from ..image_model import ImageModelConfig, LatticeHyperprior
-from .card import cpu_name, history_line, weights_line
+from .card import cpu_name, eval_records, history_line, progress_section, weights_line
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kodak", type=Path, default=REPO.parent / "shared" / "data" / "eval" / "images" / "kodak")
     p.add_argument("--calibration", type=Path, default=REPO.parent / "shared" / "data" / "train" / "images")
     p.add_argument("--raw", action="store_true", help="export the training weights, not their moving average")
+    p.add_argument("--log", type=Path, help="the run's log.jsonl, for the card's training progress "
+                   "(default: the one beside --ckpt)")
     args = p.parse_args(argv)
 
     net, state = load_trained(args.ckpt, ema=not args.raw)
@@ -95,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     load_s = time.perf_counter() - t0
     rows, timing = kodak_table(model, args.kodak)
     params = sum(p.numel() for p in net.parameters())
-    write_card(args.out / f"{args.name}.md", args.name, sha, config, params, state, rows, timing, load_s, path)
+    progress = eval_records(args.log or args.ckpt.parent / "log.jsonl", state["step"])
+    write_card(args.out / f"{args.name}.md", args.name, sha, config, params, state, rows, timing, load_s, path,
+               progress)
 
 
 def lattice_section(shipped: str, ablation: Path = REPO / "bench" / "results" / "ablation-kodak.json") -> list[str]:
@@ -126,8 +130,23 @@ def lattice_section(shipped: str, ablation: Path = REPO / "bench" / "results" / 
     return lines
 
 
+def image_progress(records: list[dict]) -> list[str]:
+    """The card's training-progress section: the periodic Kodak eval, and the training images beside it."""
+    if not records:
+        return []
+
+    def cell(r: dict) -> str:
+        return f"{r['bpp']:.3f} bpp, {r['psnr']:.2f} dB"
+
+    qualities = (1, 3, 5, 8)
+    return ["## Training progress", "",
+            *progress_section(records, qualities, cell, "Periodic eval on the first 4 Kodak images"),
+            *progress_section(records, qualities, cell, "The same eval on 4 training images, for the gap "
+                              "between what the model fits and what it generalizes to", key="eval_train_ema")]
+
+
 def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params: int, state: dict,
-               rows: list[dict], timing: dict, load_s: float, weights: Path) -> None:
+               rows: list[dict], timing: dict, load_s: float, weights: Path, progress: list[dict] = ()) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     cpu = cpu_name()
     lines = [
@@ -163,7 +182,7 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
     lines += ["", f"Median per Kodak image: encode {timing['encode_s_median']:.3f} s, decode "
               f"{timing['decode_s_median']:.3f} s (model loading excluded: {load_s:.2f} s).", "",
               "Comparison with other codecs (BD-rates, plots, crops): `bench/results/images-kodak.md`.", "",
-              *lattice_section(config.lattice), ""]
+              *lattice_section(config.lattice), "", *image_progress(progress)]
     path.write_text("\n".join(lines))
     print(f"wrote {path}")
 

@@ -1,0 +1,41 @@
+"""Model-card lines built from a training run's checkpoint and log."""
+
+import json
+
+import pytest
+
+from ltcodec.training.card import eval_records, history_line, progress_section
+
+
+def _log(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_eval_records_keep_the_last_eval_per_step_up_to_the_exported_step(tmp_path):
+    row = [{"quality": 1, "bpp": 0.5, "psnr": 30.0}]
+    log = _log(tmp_path / "log.jsonl", [
+        {"step": 100, "loss": 1.0},
+        {"step": 5000, "eval": row},
+        {"step": 5000, "eval": [dict(row[0], psnr=31.0)]},  # a resumed run evaluated the step again
+        {"step": 10000, "eval": row},
+    ])
+    recs = eval_records(log, 9000)
+    assert [r["step"] for r in recs] == [5000] and recs[0]["eval"][0]["psnr"] == 31.0
+    assert eval_records(tmp_path / "missing.jsonl", 9000) == [] and eval_records(None, 9000) == []
+
+
+def test_progress_section_prefers_the_average_and_marks_which_weights():
+    recs = [{"step": 5000, "eval": [{"quality": 1, "v": 1.0}]},
+            {"step": 10000, "eval": [{"quality": 1, "v": 2.0}], "eval_ema": [{"quality": 1, "v": 3.0}]}]
+    lines = progress_section(recs, (1, 2), lambda r: f"{r['v']:.1f}", "An eval")
+    assert "| 5,000 | training | 1.0 | – |" in lines and "| 10,000 | average | 3.0 | – |" in lines
+    assert progress_section(recs, (1,), str, "x", key="eval_train_ema") == []
+
+
+def test_history_lines_name_each_change():
+    assert history_line({"step": 31774, "lr_from": 2e-4, "lr": 1e-4}) == (
+        "* Learning rate changed at step 31,774 from 0.0002 to 0.0001 (`--lr`).")
+    assert "from λ = 0.1, 0.2" in history_line({"step": 1, "lambdas_from": [0.1, 0.2], "lambdas": [0.2, 0.3]})
+    with pytest.raises(ValueError):
+        history_line({"step": 1})
