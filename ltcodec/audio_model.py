@@ -45,6 +45,7 @@ class AudioModelConfig:
     N: int = 64  # hyper-latent channels
     lattice: str = "e8"
     target_kbps: tuple[float, ...] = field(default_factory=lambda: DEFAULT_TARGET_KBPS)
+    scale_floor_level: int = int(LOG2_SCALE_MIN * 8)  # as in ImageModelConfig
 
     @property
     def hop(self) -> int:
@@ -190,7 +191,7 @@ class AudioLatticeCodec(nn.Module):
 
     def hyper_parameters(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
         mean, log2_scale = self.h_s(z_hat).chunk(2, dim=1)
-        log2_scale = lower_bound(log2_scale, LOG2_SCALE_MIN)
+        log2_scale = lower_bound(log2_scale, max(LOG2_SCALE_MIN, self.config.scale_floor_level / 8))
         log2_scale = -lower_bound(-log2_scale, -LOG2_SCALE_MAX)
         return mean, log2_scale
 

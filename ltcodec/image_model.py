@@ -44,6 +44,10 @@ class ImageModelConfig:
     M: int = 128
     lattice: str = "e8"
     lambdas: tuple[float, ...] = field(default_factory=lambda: DEFAULT_LAMBDAS)
+    #: Smallest σ' the entropy model uses, as a level ℓ of σ' = 2^(ℓ/8) (−32 = the tables' 2^-4).  The
+    #: hyperprior learns scales too small for the rare nonzero latents of the lowest qualities; a floor
+    #: fitted at export on training images (``fit_scale_floor``) prices them better at no cost in quality.
+    scale_floor_level: int = int(LOG2_SCALE_MIN * 8)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -113,7 +117,7 @@ class LatticeHyperprior(nn.Module):
     def hyper_parameters(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
         """Mean μ' and log2 σ' of y' in lattice units, from the decoded hyper-latent."""
         mean, log2_scale = self.h_s(z_hat).chunk(2, dim=1)
-        log2_scale = lower_bound(log2_scale, LOG2_SCALE_MIN)
+        log2_scale = lower_bound(log2_scale, max(LOG2_SCALE_MIN, self.config.scale_floor_level / 8))
         log2_scale = -lower_bound(-log2_scale, -LOG2_SCALE_MAX)
         return mean, log2_scale
 

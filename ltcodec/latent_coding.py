@@ -103,7 +103,7 @@ class HyperLatentCoding:
         out = self.h_s_int(torch.from_numpy(z_hat)[None])[0]
         h, w = shape
         m = self.config.M
-        return out[:m, :h, :w].numpy(), out[m:, :h, :w].numpy()
+        return out[:m, :h, :w].numpy(), np.maximum(out[m:, :h, :w].numpy(), self.config.scale_floor_level)
 
     def _blocks(self, a: np.ndarray) -> np.ndarray:
         """(M, h, w) → (h·w·M/n, n): the lattice blocks in coding order."""

@@ -71,3 +71,28 @@ def test_tampered_model_file_is_refused(tiny_model, tmp_path):
     garbage.write_bytes(b"not a model at all")
     with pytest.raises(LtcModelError, match="damaged"):
         ImageCodecModel.from_file(garbage)
+
+
+def test_a_scale_floor_changes_the_rate_only_and_round_trips(tmp_path):
+    from ltcodec.training.export_image import fit_scale_floor
+
+    torch.manual_seed(0)
+    net = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8"))
+    images = [smooth_image(64, 64, s) for s in range(3)]
+    level = fit_scale_floor(net, images, candidates=range(-32, -7, 4))
+    assert level in range(-32, -7, 4)
+    models = {}
+    for floor in (-32, -12):
+        net.config.scale_floor_level = floor
+        export_image_model(net, images, tmp_path / f"f{floor}.safetensors", "tiny")
+        models[floor] = ImageCodecModel.from_file(tmp_path / f"f{floor}.safetensors")
+        assert models[floor].config.scale_floor_level == floor
+    img = smooth_image(70, 40, 9)
+    data = {f: encode_image(img, quality=2, model=m) for f, m in models.items()}
+    assert data[-32] != data[-12]  # the coded sizes differ ...
+    pixels = {f: np.asarray(decode_image(data[f], model=models[f])) for f in models}
+    np.testing.assert_array_equal(pixels[-32], pixels[-12])  # ... the decoded image does not
+    z_hat = np.random.default_rng(0).integers(-3, 4, (16, 2, 2))
+    _, free = models[-32].hyper(z_hat, (8, 8))
+    _, floored = models[-12].hyper(z_hat, (8, 8))
+    np.testing.assert_array_equal(floored, np.maximum(free, -12))

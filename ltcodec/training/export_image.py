@@ -25,7 +25,8 @@ from PIL import Image
 
 from ..image import decode_image, encode_image
 from ..image_codec import ImageCodecModel, export_image_model
-from ..image_model import ImageModelConfig, LatticeHyperprior
+from ..entropy import box_likelihood
+from ..image_model import LOG2_SCALE_MAX, LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
 from .card import cpu_name, eval_records, history_line, progress_section, weights_line
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,6 +68,33 @@ def load_trained(ckpt: Path, ema: bool = False) -> tuple[LatticeHyperprior, dict
     return net, state
 
 
+@torch.no_grad()
+def fit_scale_floor(net: LatticeHyperprior, images: list[np.ndarray], candidates=range(-32, -7)) -> int:
+    """The σ' floor level that minimizes the coded size of some (training) images, summed over qualities
+    as relative sizes so that every quality counts alike.
+
+    Quantization does not depend on σ', so the floor changes the rate only, never the reconstruction.
+    """
+    net.eval()
+    cands = list(candidates)
+    ratio = np.zeros(len(cands))
+    for q in range(net.qualities):
+        bits = np.zeros(len(cands))
+        for img in images:
+            x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
+            x = torch.nn.functional.pad(x, (0, (-x.shape[3]) % 64, 0, (-x.shape[2]) % 64), mode="replicate")
+            enc_g, _ = net.gains(torch.tensor([float(q)]))
+            y = net.g_a(x) * enc_g
+            mean, log2_scale = net.h_s(torch.round(net.h_a(y))).chunk(2, dim=1)
+            hard = net.lattice.quantize(net.to_blocks(y - mean), "hard")
+            scale = net.to_blocks(torch.exp2(log2_scale.clamp(LOG2_SCALE_MIN, LOG2_SCALE_MAX)))
+            for i, level in enumerate(cands):
+                lik = box_likelihood(hard, net.lattice.diagonal, scale.clamp_min(2.0 ** (level / 8)))
+                bits[i] += float(-torch.log2(lik).sum())
+        ratio += bits / bits[0]
+    return cands[int(np.argmin(ratio))]
+
+
 def calibration_images(folder: Path) -> list[np.ndarray]:
     """Every tenth training image: their hyper-latents set the integer h_s's activation ranges."""
     return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))[::10]]
@@ -80,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kodak", type=Path, default=REPO.parent / "shared" / "data" / "eval" / "images" / "kodak")
     p.add_argument("--calibration", type=Path, default=REPO.parent / "shared" / "data" / "train" / "images")
     p.add_argument("--raw", action="store_true", help="export the training weights, not their moving average")
+    p.add_argument("--scale-floor-level", type=int,
+                   help="σ' floor level ℓ (σ' ≥ 2^(ℓ/8)); default: fitted on the calibration images")
     p.add_argument("--log", type=Path, help="the run's log.jsonl, for the card's training progress "
                    "(default: the one beside --ckpt)")
     args = p.parse_args(argv)
@@ -87,9 +117,15 @@ def main(argv: list[str] | None = None) -> None:
     net, state = load_trained(args.ckpt, ema=not args.raw)
     state["exported_weights"] = "raw" if args.raw or "ema" not in state else "ema"
     config = net.config
+    calibration = calibration_images(args.calibration)
+    if args.scale_floor_level is None:
+        config.scale_floor_level = fit_scale_floor(net, calibration)
+    else:
+        config.scale_floor_level = args.scale_floor_level
+    print(f"scale floor level {config.scale_floor_level} (σ' ≥ {2 ** (config.scale_floor_level / 8):.3f})")
     path = args.out / f"{args.name}.safetensors"
     meta = {"train_step": state["step"], "train_cpu_hours": round(state.get("cpu_seconds", 0) / 3600, 2)}
-    sha = export_image_model(net, calibration_images(args.calibration), path, args.name, extra_meta=meta)
+    sha = export_image_model(net, calibration, path, args.name, extra_meta=meta)
     print(f"wrote {path} sha256 {sha}")
     model = ImageCodecModel.from_file(path, args.name)
     t0 = time.perf_counter()
