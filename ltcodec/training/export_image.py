@@ -197,7 +197,10 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         "predicted mean; coded with the box code.",
         "* Mean–scale hyperprior: h_a (3 convs) → z (N channels at 1/64) with a factorized prior frozen into "
         "per-channel integer tables; h_s is an **exact integer network** (12-bit weights and activations) "
-        "predicting the mean on a 1/16 grid and the scale as one of 96 log-spaced levels.",
+        "predicting the mean on a 1/16 grid and the scale as one of 96 log-spaced levels"
+        + (f", floored at σ' = {2 ** (config.scale_floor_level / 8):.3f} (level {config.scale_floor_level}, "
+           "fitted at export on training images: fewer bits at the lowest qualities, same pixels)."
+           if config.scale_floor_level > int(LOG2_SCALE_MIN * 8) else "."),
         f"* One model for qualities 1–{len(config.lambdas)}: per-quality log2 gain vectors on the latent "
         f"(encoder and decoder), λ = {', '.join(str(l) for l in config.lambdas)} (loss λ·255²·MSE + bpp).",
         f"* {params / 1e6:.2f} M trainable parameters (float weights stored in fp16 where they are conv kernels).", "",
