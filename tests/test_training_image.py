@@ -185,3 +185,32 @@ def test_periodic_eval_measures_training_images_beside_the_eval_images(tmp_path)
         assert [r["quality"] for r in rec[key]] == list(range(1, 9))
     # The flat grey eval image costs far fewer bits than the random training images.
     assert rec["eval_ema"][7]["bpp"] < rec["eval_train_ema"][7]["bpp"]
+
+
+def test_training_can_floor_the_scales_as_the_codec_does(tmp_path):
+    from ltcodec.training.card import history_line
+    from ltcodec.training.image import main
+
+    out = tmp_path / "run"
+    common = _tiny_run(tmp_path, out)
+    main(common + ["--steps", "1"])
+    main(common + ["--steps", "2", "--resume", "--scale-floor-level", "-20"])
+    state = torch.load(out / "last.ckpt", weights_only=False)
+    assert state["config"]["scale_floor_level"] == -20
+    change = {"step": 1, "scale_floor_level_from": -32, "scale_floor_level": -20}
+    assert state["history"] == [change] and "level -32 to -20" in history_line(change)
+    main(common + ["--steps", "3", "--resume"])  # kept without the option
+    assert torch.load(out / "last.ckpt", weights_only=False)["config"]["scale_floor_level"] == -20
+
+
+def test_the_float_entropy_model_honours_the_scale_floor():
+    from ltcodec.image_model import ImageModelConfig, LatticeHyperprior
+
+    torch.manual_seed(0)
+    net = LatticeHyperprior(ImageModelConfig(N=8, M=8))
+    z = torch.randn(1, 8, 2, 2) * 50
+    free = net.hyper_parameters(z)[1]
+    assert free.min() < 0 < free.max()
+    net.config.scale_floor_level = 0  # σ' ≥ 1: log2 σ' ≥ 0
+    floored = net.hyper_parameters(z)[1]
+    torch.testing.assert_close(floored, free.clamp_min(0.0))

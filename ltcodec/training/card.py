@@ -34,6 +34,9 @@ def history_line(change: dict) -> str:
                 f"{', '.join(map(str, change['lambdas_from']))} (gains refitted per channel in log2 λ, `--lambdas`).")
     if "lr_from" in change:
         return f"* Learning rate changed at step {change['step']:,} from {change['lr_from']:g} to {change['lr']:g} (`--lr`)."
+    if "scale_floor_level_from" in change:
+        return (f"* Entropy-model scale floor changed at step {change['step']:,} from level "
+                f"{change['scale_floor_level_from']} to {change['scale_floor_level']} (`--scale-floor-level`).")
     raise ValueError(f"unknown training change {change}")
 
 

@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lambdas", type=float, nargs="+",
                    help="the quality ladder (λ of qualities 1…n, increasing); when it differs from the one "
                         "being resumed or initialized from, the gain vectors are refitted to it")
+    p.add_argument("--scale-floor-level", type=int,
+                   help="train with the entropy model's σ' floored at 2^(ℓ/8), as the codec applies it "
+                        "(the model's scale_floor_level); resumes keep it")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -274,6 +277,13 @@ def main(argv: list[str] | None = None) -> None:
     if lr_change is not None:
         history.append(lr_change)
         print(f"learning rate changed: {json.dumps(lr_change)}", flush=True)
+    floor_change = None
+    if args.scale_floor_level is not None and args.scale_floor_level != config.scale_floor_level:
+        floor_change = {"step": step, "scale_floor_level_from": config.scale_floor_level,
+                        "scale_floor_level": args.scale_floor_level}
+        config.scale_floor_level = args.scale_floor_level
+        history.append(floor_change)
+        print(f"scale floor changed: {json.dumps(floor_change)}", flush=True)
 
     images = load_images(args.data, args.out / "train-images.npz")
     eval_files = sorted(args.eval.glob("*.png"))[: args.eval_images] if args.eval.exists() else []
@@ -308,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     t0, acc = time.time(), {"loss": 0.0, "mse": 0.0, "bpp": 0.0}
     n_acc = 0
     with open(log_path, "a") as log:
-        for change in (ladder_change, lr_change):
+        for change in (ladder_change, lr_change, floor_change):
             if change is not None:
                 log.write(json.dumps(change) + "\n")
         while step < args.steps:
