@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ltcodec.training.card import eval_records, history_line, progress_section
+from ltcodec.training.card import CHANGE_KEYS, eval_records, history_line, is_change, progress_section
 
 
 def _log(path, records):
@@ -39,3 +39,12 @@ def test_history_lines_name_each_change():
     assert "from λ = 0.1, 0.2" in history_line({"step": 1, "lambdas_from": [0.1, 0.2], "lambdas": [0.2, 0.3]})
     with pytest.raises(ValueError):
         history_line({"step": 1})
+
+
+def test_every_kind_of_change_has_a_card_line():
+    examples = {"lambdas_from": [0.1, 0.2], "lr_from": 2e-4, "scale_floor_level_from": -32}
+    assert set(examples) == set(CHANGE_KEYS)
+    for key, before in examples.items():
+        change = {"step": 1, key: before, key.removesuffix("_from"): before}
+        assert is_change(change) and history_line(change).startswith("* ")
+    assert not is_change({"step": 1, "loss": 2.0, "lr": 1e-4})

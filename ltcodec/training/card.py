@@ -27,6 +27,15 @@ def weights_line(state: dict) -> str:
     return "* Weights: the training weights at that step."
 
 
+#: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
+CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from")
+
+
+def is_change(record: dict) -> bool:
+    """Whether a log record is a change of the recipe, i.e. an entry of the checkpoint's ``history``."""
+    return any(k in record for k in CHANGE_KEYS)
+
+
 def history_line(change: dict) -> str:
     """The card's line on one change of the recipe during training (a checkpoint's ``history``)."""
     if "lambdas_from" in change:

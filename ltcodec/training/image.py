@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from ..image_model import LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
+from .card import is_change
 from .optim import WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     # checkpoints kept this list have it in their log.
     history = list(state.get("history", [])) if state is not None else []
     if state is not None and "history" not in state and log_path.exists():
-        history = [r for r in map(json.loads, log_path.read_text().splitlines()) if "lambdas_from" in r or "lr_from" in r]
+        history = [r for r in map(json.loads, log_path.read_text().splitlines()) if is_change(r)]
     ladder_change = None
     if args.lambdas and tuple(args.lambdas) != tuple(config.lambdas):
         if len(args.lambdas) != len(config.lambdas):
