@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from ltcodec.training.card import CHANGE_KEYS, eval_records, history_line, is_change, progress_section
+from ltcodec.training.card import (CHANGE_KEYS, RecipeChanges, eval_records, history_line, is_change,
+                                   progress_section)
 
 
 def _log(path, records):
@@ -48,3 +49,18 @@ def test_every_kind_of_change_has_a_card_line():
         change = {"step": 1, key: before, key.removesuffix("_from"): before}
         assert is_change(change) and history_line(change).startswith("* ")
     assert not is_change({"step": 1, "loss": 2.0, "lr": 1e-4})
+
+
+def test_recipe_changes_keep_the_old_history_and_log_only_the_new_changes(tmp_path, capsys):
+    old = {"step": 10, "lr_from": 2e-4, "lr": 1e-4}
+    changes = RecipeChanges([old])
+    changes.add(None, "learning rate")
+    new = {"step": 20, "scale_floor_level_from": -32, "scale_floor_level": -20}
+    changes.add(new, "scale floor")
+    assert changes.history == [old, new]
+    assert "scale floor changed" in capsys.readouterr().out
+    log = tmp_path / "log.jsonl"
+    with open(log, "w") as f:
+        changes.write_new(f)
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [new]
+    assert all(is_change(c) for c in changes.history)

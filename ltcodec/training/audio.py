@@ -34,6 +34,7 @@ import soxr
 import torch
 
 from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
+from .card import RecipeChanges
 from .image import save_checkpoint
 from .optim import WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state
 
@@ -222,11 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resumed at step {step}", flush=True)
     # Changes of the recipe so far (the model card reports them); 3·10⁻⁴ is the rate of every run before
     # checkpoints kept theirs.
-    history = list(state.get("history", [])) if state is not None else []
-    lr_change = learning_rate_change(state, args.lr, step, default=3e-4)
-    if lr_change is not None:
-        history.append(lr_change)
-        print(f"learning rate changed: {json.dumps(lr_change)}", flush=True)
+    changes = RecipeChanges(state.get("history", []) if state is not None else [])
+    changes.add(learning_rate_change(state, args.lr, step, default=3e-4), "learning rate")
 
     def corpus_now() -> dict[str, list[np.ndarray]]:
         c = load_corpus([args.data, *args.media], config.sample_rate)
@@ -257,15 +255,14 @@ def main(argv: list[str] | None = None) -> None:
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "log_weights": log_weights, "rate_ema": rate_ema, "cpu_seconds": cpu_total(),
-            "history": history, "lr": args.lr,
+            "history": changes.history, "lr": args.lr,
         })
 
     model.train()
     last_ckpt = time.time()
     t0, acc, n_acc = time.time(), {"loss": 0.0, "dist": 0.0}, 0
     with open(log_path, "a") as log:
-        if lr_change is not None:
-            log.write(json.dumps(lr_change) + "\n")
+        changes.write_new(log)
         while step < args.steps:
             x = sample_batch(corpus, rng, args.batch, length)
             quality = torch.from_numpy(rng.permutation(len(targets))[: args.batch] if args.batch <= len(targets)

@@ -36,6 +36,26 @@ def is_change(record: dict) -> bool:
     return any(k in record for k in CHANGE_KEYS)
 
 
+class RecipeChanges:
+    """The recipe changes of a run: its checkpoint's ``history`` (which the card reports) plus the
+    changes a resumed run makes now, which are also printed and written to the training log."""
+
+    def __init__(self, history: Sequence[dict] = ()):
+        self.history = list(history)
+        self.new: list[dict] = []
+
+    def add(self, change: dict | None, what: str) -> None:
+        if change is None:
+            return
+        self.history.append(change)
+        self.new.append(change)
+        print(f"{what} changed: {json.dumps(change)}", flush=True)
+
+    def write_new(self, log) -> None:
+        for change in self.new:
+            log.write(json.dumps(change) + "\n")
+
+
 def history_line(change: dict) -> str:
     """The card's line on one change of the recipe during training (a checkpoint's ``history``)."""
     if "lambdas_from" in change:

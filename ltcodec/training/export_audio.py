@@ -136,7 +136,8 @@ def write_card(path: Path, name: str, sha: str, config: AudioModelConfig, params
         "(faster on CPU, DESIGN-NOTES §4).", "",
         "## Training", "",
         "* Recipe: `python -m ltcodec.training.audio` (random 1.07 s crops at 24 kHz, batch 8 = 4 speech + 4 "
-        "music, random level −12…+6 dB, Adam 3·10⁻⁴ (the per-quality gains at 10× that rate since step 3,269); loss = multi-resolution STFT distance (log magnitude + "
+        "music, random level −12…+6 dB, Adam from 3·10⁻⁴ (changes below; the per-quality gains at 10× the "
+        "rate since step 3,269); loss = multi-resolution STFT distance (log magnitude + "
         "spectral convergence, windows 64…2048) + 10 · waveform L1 + w_q · kbps / 10).",
         f"* Data (mid and side signals of stereo files count separately): speech {hours.get('speech', 0):.2f} h, "
         f"music {hours.get('music', 0):.2f} h — `../shared/data/train/audio` plus the Debian media corpus of "

@@ -205,11 +205,12 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         f"(encoder and decoder), λ = {', '.join(str(l) for l in config.lambdas)} (loss λ·255²·MSE + bpp).",
         f"* {params / 1e6:.2f} M trainable parameters (float weights stored in fp16 where they are conv kernels).", "",
         "## Training", "",
-        "* Recipe: `python -m ltcodec.training.image` (random 128² crops, batch 8, Adam 2·10⁻⁴, each sample "
+        "* Recipe: `python -m ltcodec.training.image` (random 128² crops, batch 8, Adam from 2·10⁻⁴ (changes "
+        "below), each sample "
         "its own quality), on `../shared/data/train/images` (610 crops of 256² from 105 freely licensed "
         "photographs; see that folder's manifest).",
         f"* Steps: {state['step']:,}; CPU time: {state.get('cpu_seconds', 0) / 3600:.1f} CPU-hours "
-        f"({cpu}, 2 threads).",
+        f"({cpu}, 1–2 threads; the time of every thread counts).",
         weights_line(state),
         *[history_line(h) for h in state.get("history", [])], "",
         "## Kodak (24 images, real .ltc files, PSNR on RGB)", "",

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..image_model import LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
-from .card import is_change
+from .card import RecipeChanges, is_change
 from .optim import WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     history = list(state.get("history", [])) if state is not None else []
     if state is not None and "history" not in state and log_path.exists():
         history = [r for r in map(json.loads, log_path.read_text().splitlines()) if is_change(r)]
-    ladder_change = None
+    changes = RecipeChanges(history)
     if args.lambdas and tuple(args.lambdas) != tuple(config.lambdas):
         if len(args.lambdas) != len(config.lambdas):
             raise SystemExit(f"--lambdas needs {len(config.lambdas)} values, one per quality of the model")
@@ -270,21 +270,15 @@ def main(argv: list[str] | None = None) -> None:
             for g in (model.enc_gain, model.dec_gain):
                 g.copy_(refit_gains(g, config.lambdas, args.lambdas))
                 opt.state.pop(g, None)  # Adam moments of the old operating points
-        ladder_change = {"step": step, "lambdas_from": list(config.lambdas), "lambdas": list(args.lambdas)}
+        changes.add({"step": step, "lambdas_from": list(config.lambdas), "lambdas": list(args.lambdas)},
+                    "quality ladder")
         config.lambdas = tuple(args.lambdas)
-        history.append(ladder_change)
-        print(f"quality ladder changed: {json.dumps(ladder_change)}", flush=True)
-    lr_change = None if args.lr_drop_at else learning_rate_change(state, args.lr, step, log_path)
-    if lr_change is not None:
-        history.append(lr_change)
-        print(f"learning rate changed: {json.dumps(lr_change)}", flush=True)
-    floor_change = None
+    if not args.lr_drop_at:
+        changes.add(learning_rate_change(state, args.lr, step, log_path), "learning rate")
     if args.scale_floor_level is not None and args.scale_floor_level != config.scale_floor_level:
-        floor_change = {"step": step, "scale_floor_level_from": config.scale_floor_level,
-                        "scale_floor_level": args.scale_floor_level}
+        changes.add({"step": step, "scale_floor_level_from": config.scale_floor_level,
+                     "scale_floor_level": args.scale_floor_level}, "scale floor")
         config.scale_floor_level = args.scale_floor_level
-        history.append(floor_change)
-        print(f"scale floor changed: {json.dumps(floor_change)}", flush=True)
 
     images = load_images(args.data, args.out / "train-images.npz")
     eval_files = sorted(args.eval.glob("*.png"))[: args.eval_images] if args.eval.exists() else []
@@ -302,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "cpu_seconds": cpu_total(), "history": history, "ema": average.state,
+            "cpu_seconds": cpu_total(), "history": changes.history, "ema": average.state,
             "ema_decay": args.ema_decay, "lr": args.lr if not args.lr_drop_at else lr_at(step),
         })
 
@@ -319,9 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     t0, acc = time.time(), {"loss": 0.0, "mse": 0.0, "bpp": 0.0}
     n_acc = 0
     with open(log_path, "a") as log:
-        for change in (ladder_change, lr_change, floor_change):
-            if change is not None:
-                log.write(json.dumps(change) + "\n")
+        changes.write_new(log)
         while step < args.steps:
             set_learning_rate(opt, lr_at(step), args.gain_lr_factor)
             x = sample_batch(images, rng, args.batch, args.crop)
