@@ -82,7 +82,6 @@ class LatticeHyperprior(nn.Module):
             deconv(N, N), nn.LeakyReLU(0.125), deconv(N, H), nn.LeakyReLU(0.125), conv(H, 2 * M, 3, 1),
         )
         self.z_density = FactorizedDensity(N)
-        q = len(config.lambdas)
         # A quantizer step ∝ λ^-1/2 at high rate: log2-gains start 0.5·log2 λ apart.
         lam = torch.tensor(config.lambdas, dtype=torch.float64)
         init = (0.5 * torch.log2(lam / lam[0]) - 1.0).float()[:, None]
@@ -114,10 +113,12 @@ class LatticeHyperprior(nn.Module):
         b, h, w, k, n = t.shape
         return t.reshape(b, h, w, k * n).permute(0, 3, 1, 2)
 
-    def hyper_parameters(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean μ' and log2 σ' of y' in lattice units, from the decoded hyper-latent."""
+    def hyper_parameters(self, z_hat: Tensor, floor: bool = True) -> tuple[Tensor, Tensor]:
+        """Mean μ' and log2 σ' of y' in lattice units, from the decoded hyper-latent (σ' floored at the
+        config's scale floor unless ``floor`` is false: then only at the coder's smallest scale)."""
         mean, log2_scale = self.h_s(z_hat).chunk(2, dim=1)
-        log2_scale = lower_bound(log2_scale, max(LOG2_SCALE_MIN, self.config.scale_floor_level / 8))
+        least = max(LOG2_SCALE_MIN, self.config.scale_floor_level / 8) if floor else LOG2_SCALE_MIN
+        log2_scale = lower_bound(log2_scale, least)
         log2_scale = -lower_bound(-log2_scale, -LOG2_SCALE_MAX)
         return mean, log2_scale
 
@@ -147,17 +148,24 @@ class LatticeHyperprior(nn.Module):
         return {"x_hat": x_hat, "bits_y": bits_y, "bits_z": bits_z}
 
     @torch.no_grad()
-    def estimate(self, x: Tensor, quality: Tensor) -> dict[str, Tensor]:
-        """Evaluation pass with hard quantization everywhere: bits are the box-code ideal."""
+    def hard_latent(self, x: Tensor, quality: Tensor, floor: bool = True) -> dict[str, Tensor]:
+        """The coder's view of an image: hard-quantized lattice points of y' − μ' ("hard", in blocks),
+        their scales σ' ("scale", in blocks; see :meth:`hyper_parameters` for ``floor``), the mean,
+        the rounded hyper-latent and the decoder gain."""
         enc_g, dec_g = self.gains(quality)
         y = self.g_a(x) * enc_g
         z_hat = torch.round(self.h_a(y))
-        mean, log2_scale = self.hyper_parameters(z_hat)
-        residual = self.to_blocks(y - mean)
-        hard = self.lattice.quantize(residual, "hard")
-        lik_y = box_likelihood(hard, self.lattice.diagonal, self.to_blocks(torch.exp2(log2_scale)))
-        lik_z = self.z_density.likelihood(z_hat)
-        x_hat = self.g_s((self.from_blocks(hard) + mean) * dec_g)
+        mean, log2_scale = self.hyper_parameters(z_hat, floor)
+        hard = self.lattice.quantize(self.to_blocks(y - mean), "hard")
+        return {"hard": hard, "scale": self.to_blocks(torch.exp2(log2_scale)), "mean": mean, "z_hat": z_hat,
+                "dec_g": dec_g}
+
+    def estimate(self, x: Tensor, quality: Tensor) -> dict[str, Tensor]:
+        """Evaluation pass with hard quantization everywhere: bits are the box-code ideal."""
+        t = self.hard_latent(x, quality)
+        lik_y = box_likelihood(t["hard"], self.lattice.diagonal, t["scale"])
+        lik_z = self.z_density.likelihood(t["z_hat"])
+        x_hat = self.g_s((self.from_blocks(t["hard"]) + t["mean"]) * t["dec_g"])
         return {
             "x_hat": x_hat,
             "bits_y": -torch.log2(lik_y).flatten(1).sum(1),

@@ -26,7 +26,7 @@ from PIL import Image
 from ..image import decode_image, encode_image
 from ..image_codec import ImageCodecModel, export_image_model
 from ..entropy import box_likelihood
-from ..image_model import LOG2_SCALE_MAX, LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
+from ..image_model import LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
 from .card import cpu_name, eval_records, history_line, progress_section, weights_line
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,13 +83,9 @@ def fit_scale_floor(net: LatticeHyperprior, images: list[np.ndarray], candidates
         for img in images:
             x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
             x = torch.nn.functional.pad(x, (0, (-x.shape[3]) % 64, 0, (-x.shape[2]) % 64), mode="replicate")
-            enc_g, _ = net.gains(torch.tensor([float(q)]))
-            y = net.g_a(x) * enc_g
-            mean, log2_scale = net.h_s(torch.round(net.h_a(y))).chunk(2, dim=1)
-            hard = net.lattice.quantize(net.to_blocks(y - mean), "hard")
-            scale = net.to_blocks(torch.exp2(log2_scale.clamp(LOG2_SCALE_MIN, LOG2_SCALE_MAX)))
+            t = net.hard_latent(x, torch.tensor([float(q)]), floor=False)
             for i, level in enumerate(cands):
-                lik = box_likelihood(hard, net.lattice.diagonal, scale.clamp_min(2.0 ** (level / 8)))
+                lik = box_likelihood(t["hard"], net.lattice.diagonal, t["scale"].clamp_min(2.0 ** (level / 8)))
                 bits[i] += float(-torch.log2(lik).sum())
         ratio += bits / bits[0]
     return cands[int(np.argmin(ratio))]
