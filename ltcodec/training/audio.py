@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,15 @@ from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
 from .card import RecipeChanges
 from .image import save_checkpoint
 from .optim import WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state
+from .widen import widen_state
 
 CACHE = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec"))
 DEFAULT_OUT = CACHE / "audio-e8"
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
 STFT_SIZES = (2048, 1024, 512, 256, 128, 64)
+#: Noise on the copies of widened channels, relative to each tensor's spread: enough for the copies to
+#: diverge in training, small enough to leave the loss where it was.
+WIDEN_NOISE = 0.01
 
 
 def _cached_signals(path: Path, rate: int, cache_dir: Path) -> list[np.ndarray]:
@@ -179,7 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=80, help="latent frames per crop (80 = 1.07 s at 24 kHz)")
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--channels", type=int,
+                   help="channels of the first layer (default 16); on --resume, a whole multiple of the run's "
+                   "widens its transforms without changing what they compute (the optimizer starts afresh)")
     p.add_argument("--M", type=int, default=96)
     p.add_argument("--lattice", default="e8")
     p.add_argument("--threads", type=int, default=1)
@@ -201,7 +208,15 @@ def main(argv: list[str] | None = None) -> None:
 
     state = torch.load(ckpt_path, weights_only=False) if args.resume and ckpt_path.exists() else None
     config = (AudioModelConfig.from_dict(state["config"]) if state else
-              AudioModelConfig(channels=args.channels, M=args.M, lattice=args.lattice))
+              AudioModelConfig(channels=args.channels or 16, M=args.M, lattice=args.lattice))
+    widen_from = None
+    if state is not None and args.channels and args.channels != config.channels:
+        if args.channels % config.channels:
+            raise SystemExit(f"--channels {args.channels} is not a whole multiple of the run's {config.channels}")
+        widen_from, config = config.channels, replace(config, channels=args.channels)
+        gen = torch.Generator().manual_seed(args.seed)
+        state["model"] = widen_state(state["model"], AudioLatticeCodec(config), WIDEN_NOISE, gen)
+        state["ema"] = widen_state(state["ema"], AudioLatticeCodec(config))
     model = AudioLatticeCodec(config)
     gains = [model.enc_gain, model.dec_gain]
     opt = gain_optimizer(model, gains, args.lr, args.gain_lr_factor)
@@ -214,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(split_state(state["optimizer"], model, gains))
+        if widen_from is None:  # Adam's moments of narrower tensors do not carry over
+            opt.load_state_dict(split_state(state["optimizer"], model, gains))
         set_learning_rate(opt, args.lr, args.gain_lr_factor)
         step = state["step"]
         log_weights, rate_ema = state["log_weights"], state["rate_ema"]
@@ -225,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     # checkpoints kept theirs.
     changes = RecipeChanges(state.get("history", []) if state is not None else [])
     changes.add(learning_rate_change(state, args.lr, step, default=3e-4), "learning rate")
+    if widen_from is not None:
+        changes.add({"step": step, "channels_from": widen_from, "channels": config.channels}, "channels")
 
     def corpus_now() -> dict[str, list[np.ndarray]]:
         c = load_corpus([args.data, *args.media], config.sample_rate)

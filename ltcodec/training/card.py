@@ -28,7 +28,7 @@ def weights_line(state: dict) -> str:
 
 
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
-CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from")
+CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from")
 
 
 def is_change(record: dict) -> bool:
@@ -66,6 +66,9 @@ def history_line(change: dict) -> str:
     if "scale_floor_level_from" in change:
         return (f"* Entropy-model scale floor changed at step {change['step']:,} from level "
                 f"{change['scale_floor_level_from']} to {change['scale_floor_level']} (`--scale-floor-level`).")
+    if "channels_from" in change:
+        return (f"* Transforms widened at step {change['step']:,} from {change['channels_from']} to "
+                f"{change['channels']} first-layer channels, computing the same function (`--channels`).")
     raise ValueError(f"unknown training change {change}")
 
 

@@ -1,0 +1,53 @@
+"""Widening a trained network without changing what it computes (Net2WiderNet, Chen et al., 2016).
+
+A run that has hit the capacity of its transforms can continue in a wider network from where it
+stands instead of starting over: every widened channel becomes k copies, each layer's weights on
+widened *input* channels are divided by k, so every sum it forms is the old one.  Small noise on the
+copies lets them diverge in training (identical copies would get identical gradients forever).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["widen_state"]
+
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d)
+
+
+def widen_state(old: dict[str, Tensor], wider: nn.Module, noise: float = 0.0,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """A state dict for ``wider`` from the state ``old`` of the same architecture with fewer channels.
+
+    Tensors whose shapes agree are copied.  Where an axis grew k-fold, the old tensor is tiled k times
+    along it (channel j's copies are j, j + C, …); on a weight's input-channel axis (axis 1 of a
+    convolution, axis 0 of a transposed one) the tiles are divided by k.  ``noise`` adds Gaussian noise
+    of that size relative to each widened tensor's standard deviation.
+    """
+    modules = dict(wider.named_modules())
+    out = {}
+    for name, target in wider.state_dict().items():
+        src = old[name]
+        if src.shape == target.shape:
+            out[name] = src.clone()
+            continue
+        if src.dim() != target.dim():
+            raise ValueError(f"{name}: {tuple(src.shape)} cannot widen to {tuple(target.shape)}")
+        owner = modules.get(name.rsplit(".", 1)[0])
+        in_axis = 0 if isinstance(owner, _TRANSPOSED) else 1
+        weight = name.endswith("weight") and src.dim() >= 2
+        t = src
+        for axis, (a, b) in enumerate(zip(src.shape, target.shape)):
+            if a == b:
+                continue
+            if b % a:
+                raise ValueError(f"{name}: axis {axis} grows from {a} to {b}, not a whole multiple")
+            k = b // a
+            t = torch.cat([t] * k, dim=axis)
+            if weight and axis == in_axis:
+                t = t / k
+        if noise:
+            t = t + torch.randn(t.shape, generator=generator, dtype=t.dtype) * (noise * float(src.std()))
+        out[name] = t
+    return out
