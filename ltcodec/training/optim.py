@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["gain_optimizer", "split_state", "set_learning_rate", "WeightAverage", "learning_rate_change", "descend"]
+__all__ = ["gain_optimizer", "split_state", "set_learning_rate", "WeightAverage", "learning_rate_change", "descend",
+           "drop_mismatched_state"]
 
 
 def _split(model: nn.Module, gains: list[nn.Parameter]) -> list[nn.Parameter]:
@@ -35,6 +36,16 @@ def split_state(saved: dict, model: nn.Module, gains: list[nn.Parameter]) -> dic
     group = saved["param_groups"][0]
     rest = [i for i in group["params"] if i not in gain_ids]
     return {"state": saved["state"], "param_groups": [dict(group, params=rest), dict(group, params=gain_ids)]}
+
+
+def drop_mismatched_state(opt: torch.optim.Optimizer) -> int:
+    """Forget the optimizer state of parameters whose shape changed since it was saved (a widened layer's
+    moments belong to the narrower tensor); returns how many were dropped."""
+    stale = [p for p, st in opt.state.items() if any(torch.is_tensor(v) and v.dim() and v.shape != p.shape
+                                                     for v in st.values())]
+    for p in stale:
+        del opt.state[p]
+    return len(stale)
 
 
 def set_learning_rate(opt: torch.optim.Optimizer, lr: float, factor: float) -> None:
