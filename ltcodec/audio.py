@@ -179,8 +179,9 @@ def _segment_seconds(m: AudioCodecModel, ys: list) -> float:
     return ys[0].shape[-1] * m.hop / m.config.sample_rate
 
 
-def _choose_quality(m: AudioCodecModel, latents: list[list], kbps: float) -> float:
-    """The quality whose bitrate on a spread of segments is closest to ``kbps``.
+def _choose_quality(m: AudioCodecModel, latents: list[list], kbps: float) -> tuple[float, dict[int, bytes]]:
+    """The quality whose bitrate on a spread of segments is closest to ``kbps``, and the payloads of the
+    segments already coded at that quality (a short file's search codes every segment).
 
     Secant search on log(rate) against quality, started from the bitrates the model's qualities were
     trained for; log-rate is close to linear in quality, so 2–4 trial codings land within 3%.
@@ -189,11 +190,13 @@ def _choose_quality(m: AudioCodecModel, latents: list[list], kbps: float) -> flo
     picks = sorted({round(i * (n - 1) / max(RATE_SEARCH_SEGMENTS - 1, 1)) for i in range(min(n, RATE_SEARCH_SEGMENTS))})
     seconds = sum(_segment_seconds(m, latents[i]) for i in picks)
     tried: dict[float, float] = {}
+    payloads: dict[float, dict[int, bytes]] = {}
 
     def err(q: float) -> float:
         q = round(min(max(q, 1.0), float(m.qualities)) * 256) / 256
         if q not in tried:
-            bits = sum(8 * (len(_segment_payload(m, i, latents[i], q)) + 12) for i in picks)
+            payloads[q] = {i: _segment_payload(m, i, latents[i], q) for i in picks}
+            bits = sum(8 * (len(p) + 12) for p in payloads[q].values())
             tried[q] = math.log(bits / seconds / 1000.0) - math.log(kbps)
         return tried[q]
 
@@ -210,7 +213,8 @@ def _choose_quality(m: AudioCodecModel, latents: list[list], kbps: float) -> flo
         q1 = min(max(q1, 1.0), float(m.qualities))
         if q1 in tried and q0 in tried and abs(q1 - q0) < 1 / 256:
             break
-    return min(tried, key=lambda q: abs(tried[q]))
+    best = min(tried, key=lambda q: abs(tried[q]))
+    return best, payloads[best]
 
 
 def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frames_hint: int | None,
@@ -226,11 +230,12 @@ def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frame
         raise LtcInputError(f"quality must be between 1 and {m.qualities}, got {quality}")
     with torch.no_grad(), _per_channel_threads() as pmap:
         latents, frames = _analyse(m, blocks, rate, channels, pmap)
+        done: dict[int, bytes] = {}
         if kbps is not None:
-            q = _choose_quality(m, latents, kbps)
+            q, done = _choose_quality(m, latents, kbps)
         else:
             q = round((4.0 if quality is None else float(quality)) * 256) / 256
-        chunks = [(b"SEGM", _segment_payload(m, k, ys, q)) for k, ys in enumerate(latents)]
+        chunks = [(b"SEGM", done[k] if k in done else _segment_payload(m, k, ys, q)) for k, ys in enumerate(latents)]
     head = AudioHeader(rate, frames, channels, q, m.config.sample_rate, SEGMENT_FRAMES,
                        STEREO_MID_SIDE if channels == 2 else STEREO_INDEPENDENT, m.config.lattice)
     return write_container(head.pack(), ModelId(m.name, bytes.fromhex(m.sha256)), chunks, AUDIO_VERSION)

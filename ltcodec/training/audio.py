@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frames", type=int, default=80, help="latent frames per crop (80 = 1.07 s at 24 kHz)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--channels", type=int,
-                   help="channels of the first layer (default 16); on --resume, a whole multiple of the run's "
-                   "widens its transforms without changing what they compute (the optimizer starts afresh)")
+                   help="channels of the first layer (default 16); on --resume, more than the run's widens its "
+                   "transforms without changing what they compute")
     p.add_argument("--M", type=int, default=96)
     p.add_argument("--lattice", default="e8")
     p.add_argument("--threads", type=int, default=1)
@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> None:
               AudioModelConfig(channels=args.channels or 16, M=args.M, lattice=args.lattice))
     widen_from = None
     if state is not None and args.channels and args.channels != config.channels:
-        if args.channels % config.channels:
-            raise SystemExit(f"--channels {args.channels} is not a whole multiple of the run's {config.channels}")
+        if args.channels < config.channels:
+            raise SystemExit(f"--channels {args.channels}: a run can only widen (it has {config.channels})")
         widen_from, config = config.channels, replace(config, channels=args.channels)
         gen = torch.Generator().manual_seed(args.seed)
         state["model"] = widen_state(state["model"], AudioLatticeCodec(config), WIDEN_NOISE, gen)

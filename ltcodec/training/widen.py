@@ -1,9 +1,10 @@
 """Widening a trained network without changing what it computes (Net2WiderNet, Chen et al., 2016).
 
 A run that has hit the capacity of its transforms can continue in a wider network from where it
-stands instead of starting over: every widened channel becomes k copies, each layer's weights on
-widened *input* channels are divided by k, so every sum it forms is the old one.  Small noise on the
-copies lets them diverge in training (identical copies would get identical gradients forever).
+stands instead of starting over: new channel j copies old channel j mod C, and each layer's weights on
+widened *input* channels are divided by the number of copies of their channel, so every sum it forms
+is the old one.  Small noise on the copies lets them diverge in training (identical copies would get
+identical gradients forever).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ def widen_state(old: dict[str, Tensor], wider: nn.Module, noise: float = 0.0,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """A state dict for ``wider`` from the state ``old`` of the same architecture with fewer channels.
 
-    Tensors whose shapes agree are copied.  Where an axis grew k-fold, the old tensor is tiled k times
-    along it (channel j's copies are j, j + C, …); on a weight's input-channel axis (axis 1 of a
-    convolution, axis 0 of a transposed one) the tiles are divided by k.  ``noise`` adds Gaussian noise
-    of that size relative to each widened tensor's standard deviation.
+    Tensors whose shapes agree are copied.  Where an axis grew from C to C', entry j along it is old
+    entry j mod C (any C' > C: the first C' mod C channels get one copy more); on a weight's
+    input-channel axis (axis 1 of a convolution, axis 0 of a transposed one) each entry is divided by
+    its channel's number of copies.  ``noise`` adds Gaussian noise of that size relative to each
+    widened tensor's standard deviation.
     """
     modules = dict(wider.named_modules())
     out = {}
@@ -41,12 +43,13 @@ def widen_state(old: dict[str, Tensor], wider: nn.Module, noise: float = 0.0,
         for axis, (a, b) in enumerate(zip(src.shape, target.shape)):
             if a == b:
                 continue
-            if b % a:
-                raise ValueError(f"{name}: axis {axis} grows from {a} to {b}, not a whole multiple")
-            k = b // a
-            t = torch.cat([t] * k, dim=axis)
+            if b < a:
+                raise ValueError(f"{name}: axis {axis} would shrink from {a} to {b}")
+            source = torch.arange(b) % a
+            t = t.index_select(axis, source)
             if weight and axis == in_axis:
-                t = t / k
+                copies = torch.bincount(source, minlength=a)[source].to(t.dtype)
+                t = t / copies.reshape([-1 if d == axis else 1 for d in range(t.dim())])
         if noise:
             t = t + torch.randn(t.shape, generator=generator, dtype=t.dtype) * (noise * float(src.std()))
         out[name] = t
