@@ -214,3 +214,20 @@ def test_the_float_entropy_model_honours_the_scale_floor():
     net.config.scale_floor_level = 0  # σ' ≥ 1: log2 σ' ≥ 0
     floored = net.hyper_parameters(z)[1]
     torch.testing.assert_close(floored, free.clamp_min(0.0))
+
+
+def test_new_crops_are_recorded_for_the_card(tmp_path):
+    from ltcodec.training.card import history_line
+    from ltcodec.training.image import main
+
+    out = tmp_path / "run"
+    common = _tiny_run(tmp_path, out)  # 64² crops in batches of 2
+    main(common + ["--steps", "2"])
+    main(common + ["--steps", "3", "--resume", "--batch", "1"])
+    state = torch.load(out / "last.ckpt", weights_only=False)
+    change = {"step": 2, "crop_from": 64, "batch_from": 2, "crop": 64, "batch": 1}
+    assert state["history"] == [change] and (state["crop"], state["batch"]) == (64, 1)
+    assert history_line(change) == ("* Training crops changed at step 2 from 64² in batches of 2 to 64² in "
+                                    "batches of 1 (`--crop`, `--batch`).")
+    main(common + ["--steps", "4", "--resume", "--batch", "1"])  # unchanged: nothing new
+    assert torch.load(out / "last.ckpt", weights_only=False)["history"] == [change]

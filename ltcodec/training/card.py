@@ -28,7 +28,7 @@ def weights_line(state: dict) -> str:
 
 
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
-CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from")
+CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "crop_from")
 
 
 def is_change(record: dict) -> bool:
@@ -69,6 +69,10 @@ def history_line(change: dict) -> str:
     if "channels_from" in change:
         return (f"* Transforms widened at step {change['step']:,} from {change['channels_from']} to "
                 f"{change['channels']} first-layer channels, computing the same function (`--channels`).")
+    if "crop_from" in change:
+        return (f"* Training crops changed at step {change['step']:,} from {change['crop_from']}² in batches of "
+                f"{change.get('batch_from', 8)} to {change['crop']}² in batches of {change.get('batch', 8)} "
+                "(`--crop`, `--batch`).")
     raise ValueError(f"unknown training change {change}")
 
 

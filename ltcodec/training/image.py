@@ -279,6 +279,11 @@ def main(argv: list[str] | None = None) -> None:
         changes.add({"step": step, "scale_floor_level_from": config.scale_floor_level,
                      "scale_floor_level": args.scale_floor_level}, "scale floor")
         config.scale_floor_level = args.scale_floor_level
+    # 128² crops in batches of 8 until checkpoints kept theirs.
+    before = (state.get("crop", 128), state.get("batch", 8)) if state is not None else (args.crop, args.batch)
+    if (args.crop, args.batch) != before:
+        changes.add({"step": step, "crop_from": before[0], "batch_from": before[1], "crop": args.crop,
+                     "batch": args.batch}, "crops")
 
     images = load_images(args.data, args.out / "train-images.npz")
     eval_files = sorted(args.eval.glob("*.png"))[: args.eval_images] if args.eval.exists() else []
@@ -298,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "cpu_seconds": cpu_total(), "history": changes.history, "ema": average.state,
             "ema_decay": args.ema_decay, "lr": args.lr if not args.lr_drop_at else lr_at(step),
+            "crop": args.crop, "batch": args.batch,
         })
 
     average = WeightAverage(model, args.ema_decay, state.get("ema") if state is not None else None)
