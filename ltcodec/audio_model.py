@@ -26,9 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from .entropy import FactorizedDensity, box_likelihood
-from .image_model import LOG2_SCALE_MAX, LOG2_SCALE_MIN
+from .image_model import LOG2_SCALE_MIN, bounded_log2_scale
 from .lattice import Lattice, get_lattice
-from .layers import lower_bound
 
 __all__ = ["AudioModelConfig", "AudioLatticeCodec", "DEFAULT_TARGET_KBPS", "to_two_d_state"]
 
@@ -191,9 +190,7 @@ class AudioLatticeCodec(nn.Module):
 
     def hyper_parameters(self, z_hat: Tensor) -> tuple[Tensor, Tensor]:
         mean, log2_scale = self.h_s(z_hat).chunk(2, dim=1)
-        log2_scale = lower_bound(log2_scale, max(LOG2_SCALE_MIN, self.config.scale_floor_level / 8))
-        log2_scale = -lower_bound(-log2_scale, -LOG2_SCALE_MAX)
-        return mean, log2_scale
+        return mean, bounded_log2_scale(log2_scale, self.config.scale_floor_level)
 
     def forward(self, x: Tensor, quality: Tensor) -> dict[str, Tensor]:
         """Training pass (1-D layout): reconstruction and bits per example (box likelihood + factorized z)."""

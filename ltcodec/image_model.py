@@ -38,6 +38,13 @@ LOG2_SCALE_MIN = -4.0
 LOG2_SCALE_MAX = 8.0
 
 
+def bounded_log2_scale(log2_scale: Tensor, floor_level: int | None = None) -> Tensor:
+    """log2 σ' within the coder's range, and at least a model's scale floor level ℓ (σ' ≥ 2^(ℓ/8)) if
+    given (``lower_bound`` at both ends: below a bound the gradient still flows where it pushes back in)."""
+    least = LOG2_SCALE_MIN if floor_level is None else max(LOG2_SCALE_MIN, floor_level / 8)
+    return -lower_bound(-lower_bound(log2_scale, least), -LOG2_SCALE_MAX)
+
+
 @dataclass
 class ImageModelConfig:
     N: int = 96
@@ -117,10 +124,7 @@ class LatticeHyperprior(nn.Module):
         """Mean μ' and log2 σ' of y' in lattice units, from the decoded hyper-latent (σ' floored at the
         config's scale floor unless ``floor`` is false: then only at the coder's smallest scale)."""
         mean, log2_scale = self.h_s(z_hat).chunk(2, dim=1)
-        least = max(LOG2_SCALE_MIN, self.config.scale_floor_level / 8) if floor else LOG2_SCALE_MIN
-        log2_scale = lower_bound(log2_scale, least)
-        log2_scale = -lower_bound(-log2_scale, -LOG2_SCALE_MAX)
-        return mean, log2_scale
+        return mean, bounded_log2_scale(log2_scale, self.config.scale_floor_level if floor else None)
 
     # -- training forward ----------------------------------------------------------------------------
     def forward(self, x: Tensor, quality: Tensor) -> dict[str, Tensor]:

@@ -218,10 +218,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.channels < config.channels:
             raise SystemExit(f"--channels {args.channels}: a run can only widen (it has {config.channels})")
         widen_from, config = config.channels, replace(config, channels=args.channels)
-        gen = torch.Generator().manual_seed(args.seed)
-        state["model"] = widen_state(state["model"], AudioLatticeCodec(config), WIDEN_NOISE, gen)
-        state["ema"] = widen_state(state["ema"], AudioLatticeCodec(config))
     model = AudioLatticeCodec(config)
+    if widen_from is not None:
+        gen = torch.Generator().manual_seed(args.seed)
+        state["model"] = widen_state(state["model"], model, WIDEN_NOISE, gen)
+        state["ema"] = widen_state(state["ema"], model)
     gains = [model.enc_gain, model.dec_gain]
     opt = gain_optimizer(model, gains, args.lr, args.gain_lr_factor)
     targets = torch.tensor(config.target_kbps)
