@@ -42,6 +42,8 @@ DATA = Path("../shared/data/eval/audio")
 TARGETS = (6, 12, 24, 32, 48, 64)
 OPUS_EXTRA = (8, 16, 96)  # more Opus points, for the equal-ViSQOL interpolation
 CODECS = ("ltcodec", "opus", "mp3")
+#: ``--kbps`` promises its bitrate within ±10% over a file at least this long: per-clip accuracy counts those.
+LONG_CLIP_SECONDS = 10.0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -212,6 +214,7 @@ def measure_set(kind: str, clips, codecs: dict, targets: dict, metrics: Metrics,
         for k in targets[name]:
             per = []
             bits = 0
+            long_errors = []  # relative bitrate error of each clip of at least LONG_CLIP_SECONDS
             for clip, x, rate in clips:
                 try:
                     y, size = codec(x, rate, k)
@@ -220,10 +223,16 @@ def measure_set(kind: str, clips, codecs: dict, targets: dict, metrics: Metrics,
                     per = []
                     break
                 bits += 8 * size
+                seconds = len(x) / rate
+                if seconds >= LONG_CLIP_SECONDS:
+                    long_errors.append(8 * size / seconds / 1000.0 / k - 1.0)
                 per.append(metrics(kind, x, y, rate))
             if not per:
                 continue
-            row = {"target_kbps": k, "kbps": bits / duration / 1000.0, "clips": len(per)}
+            row = {"target_kbps": k, "kbps": bits / duration / 1000.0, "clips": len(per),
+                   "long_clips": len(long_errors),
+                   "long_within_10pct": sum(abs(e) <= 0.10 for e in long_errors),
+                   "long_worst_error": max(long_errors, key=abs) if long_errors else None}
             for key in per[0]:
                 vals = [p[key] for p in per if not math.isnan(p[key])]
                 row[key] = float(np.mean(vals)) if vals else float("nan")
@@ -256,6 +265,13 @@ def _equivalent_text(eq: float | None, row: dict, opus: list[dict]) -> str:
     return "above Opus's highest point"
 
 
+def _accuracy_text(row: dict) -> str:
+    """How many clips long enough for the rate-control target landed within ±10% of the target."""
+    if not row.get("long_clips"):
+        return "–"
+    return f"{row['long_within_10pct']}/{row['long_clips']} ({row['long_worst_error']:+.0%})"
+
+
 def write_report(results: dict, meta: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "audio.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
@@ -269,13 +285,14 @@ def write_report(results: dict, meta: dict) -> None:
         lines += [f"## {kind} ({info.get('clips', '?')} clips, {info.get('seconds', 0):.0f} s)", ""]
         keys = [k for k in metric_names if any(k in r for rs in rows.values() for r in rs)]
         lines.append("| codec | target kbps | actual kbps | " + " | ".join(metric_names[k] for k in keys)
-                     + " | Opus kbps at same ViSQOL |")
-        lines.append("|---|---|---|" + "---|" * len(keys) + "---|")
+                     + f" | clips ≥ {LONG_CLIP_SECONDS:.0f} s within ±10% (worst) | Opus kbps at same ViSQOL |")
+        lines.append("|---|---|---|" + "---|" * len(keys) + "---|---|")
         for name in CODECS:
             for r in sorted(rows.get(name, []), key=lambda r: r["kbps"]):
                 eq = r.get("opus_kbps_same_visqol")
                 lines.append(f"| {name} | {r['target_kbps']} | {r['kbps']:.2f} | "
                              + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in keys)
+                             + f" | {_accuracy_text(r)}"
                              + f" | {'' if name != 'ltcodec' else _equivalent_text(eq, r, rows.get('opus', []))} |")
         lines.append("")
         timing = info.get("ltcodec_rtf")

@@ -29,7 +29,7 @@ import torch
 from .lattice import Lattice
 
 __all__ = ["LEVELS_PER_OCTAVE", "PRECISION", "LatticeCodingSpec", "ScaleTables", "BoxCoder",
-           "ChannelTables", "density_tables", "level_of_scale", "quantize_pmf", "CodingError"]
+           "ChannelTables", "density_tables", "escape_bits", "level_of_scale", "quantize_pmf", "CodingError"]
 
 #: Scale levels per octave of σ/g: the log2 grid of step 1/8 of DESIGN-NOTES §3.
 LEVELS_PER_OCTAVE = 8
@@ -157,6 +157,13 @@ class ScaleTables:
     def table(self, level: int, findex: int) -> np.ndarray:
         li = level - self.lmin
         return self.freqs[self.starts[findex, li]: self.starts[findex, li] + 2 * self.radii[li] + 2]
+
+    @property
+    def code_lengths(self) -> np.ndarray:
+        """−log2 of every symbol's probability, flat like ``freqs`` (frequencies + 1 sum to 2^16)."""
+        if getattr(self, "_lengths", None) is None:
+            self._lengths = PRECISION - np.log2(self.freqs.astype(np.float64) + 1.0)
+        return self._lengths
 
     def model(self, level: int, findex: int):
         key = (level, findex)
@@ -363,6 +370,30 @@ class BoxCoder:
                 encode_escape(enc, int(v[j]), r)
         return enc.get_compressed()
 
+    def ideal_bits(self, coords: np.ndarray, levels: np.ndarray) -> float:
+        """The information content of what :meth:`encode` would write for u and ``levels``, in bits: the
+        stream's size up to the range coder's final word, without running the coder (a rate search's
+        trial costs a table lookup per coordinate)."""
+        if self.per_dimension:
+            raise ValueError("ideal_bits takes σ levels (not per-dimension tables)")
+        coords = np.ascontiguousarray(coords, dtype=np.int64)
+        levels = np.asarray(levels, dtype=np.int64)
+        if coords.ndim != 2 or coords.shape[1] != self.spec.dim or levels.shape != coords.shape:
+            raise ValueError("coords and levels must both have shape (blocks, n)")
+        t = self.tables
+        bits = 0.0
+        for i in range(self.spec.dim):
+            k, fidx, tl = self._select(coords, i, levels, None)
+            v = coords[:, i] + k
+            li = tl - t.lmin
+            r = t.radii[li]
+            sym = v + r
+            out = (sym < 0) | (sym > 2 * r)
+            bits += float(t.code_lengths[t.starts[fidx, li] + np.where(out, 2 * r + 1, sym)].sum())
+            if out.any():
+                bits += escape_bits(v[out], r[out])
+        return bits
+
     def decode(self, words: np.ndarray, levels: np.ndarray | None, conditional=None,
                blocks: int | None = None) -> np.ndarray:
         if self.per_dimension:
@@ -445,6 +476,15 @@ def decode_escape(dec, radius: int) -> int:
     return mag if sign == 0 else -mag
 
 
+def escape_bits(values: np.ndarray, radius: np.ndarray | int) -> float:
+    """Bits of the escape payloads of ``values`` beyond ``radius`` (what :func:`encode_escape` writes)."""
+    values = np.asarray(values, dtype=np.int64)
+    radius = np.asarray(radius, dtype=np.int64)
+    w1 = np.where(values > radius, values - radius, -values - radius)  # w + 1 ≥ 1
+    nbits = np.floor(np.log2(w1.astype(np.float64))).astype(np.int64) + 1
+    return float((1 + math.log2(ESCAPE_LENGTH_ALPHABET) + nbits - 1).sum())
+
+
 class ChannelTables:
     """One integer frequency table per channel, for scalar-quantized symbols such as the hyper-latent.
 
@@ -498,6 +538,20 @@ class ChannelTables:
             for j in np.nonzero(out)[0]:
                 encode_escape(enc, int(s[j]) - (size - 1) // 2, (size - 1) // 2)
         return enc.get_compressed()
+
+    def ideal_bits(self, symbols: np.ndarray) -> float:
+        """The information content of what :meth:`encode` would write for ``symbols`` (C, K), in bits:
+        the size of the stream up to the range coder's final word, at a fraction of the cost."""
+        symbols = np.asarray(symbols, dtype=np.int64)
+        size = (np.diff(self.starts) - 1)[:, None]
+        s = symbols - self.offsets[:, None]
+        out = (s < 0) | (s >= size)
+        lengths = PRECISION - np.log2(self.freqs.astype(np.float64) + 1.0)
+        bits = float(lengths[self.starts[:-1, None] + np.where(out, size, s)].sum())
+        if out.any():
+            half = np.broadcast_to((size - 1) // 2, s.shape)
+            bits += escape_bits(s[out] - half[out], half[out])
+        return bits
 
     def decode(self, words: np.ndarray, count: int) -> np.ndarray:
         dec = constriction.stream.queue.RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))

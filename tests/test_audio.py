@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from ltcodec.audio import (HALO_FRAMES, SEGMENT_FRAMES, audio_info, decode_audio, decode_audio_file, encode_audio,
+from ltcodec.audio import (HALO_FRAMES, RATE_SEARCH_SEGMENTS, SEGMENT_FRAMES, _rate_sample, audio_info, decode_audio, decode_audio_file, encode_audio,
                            encode_audio_file)
 from ltcodec.audio_codec import AudioCodecModel, export_audio_model
 from ltcodec.audio_model import AudioLatticeCodec, AudioModelConfig
@@ -110,8 +110,52 @@ def test_kbps_rate_control_lands_within_ten_percent(model):
     blob = encode_audio(x, 24000, kbps=target, model=model)
     got = audio_info(blob).kbps
     assert abs(got - target) / target <= 0.10, (lo, hi, target, got)
-    # The segments the rate search already coded are reused: the same bytes as coding at that quality.
+    # Rate control only picks the quality: the same bytes as coding at that quality.
     assert blob == encode_audio(x, 24000, quality=audio_info(blob).quality, model=model)
+
+
+@pytest.fixture(scope="module")
+def spread_model(tmp_path_factory):
+    """The tiny model made to code like a trained one: no biases in g_a (silence codes to almost
+    nothing) and quality gains 2^6 … 2^13, so its rate follows the signal and spans ~3–19 kbps on noise."""
+    torch.manual_seed(0)
+    net = AudioLatticeCodec(AudioModelConfig(channels=4, M=16, N=8))
+    with torch.no_grad():
+        g = torch.linspace(6.0, 13.0, net.qualities)[:, None].repeat(1, net.config.M)
+        net.enc_gain.copy_(g)
+        net.dec_gain.copy_(-g)
+        for name, p in net.g_a.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-spread.safetensors"
+    export_audio_model(net, [rng.standard_normal(24000).astype(np.float32) * 0.1], path, "tiny-spread")
+    return AudioCodecModel.from_file(path)
+
+
+def test_kbps_holds_over_a_file_whose_parts_differ(spread_model):
+    """Near-silence for 10 s, then loud noise: the rate is the whole file's, not its first segments'."""
+    rng = np.random.default_rng(4)
+    x = np.concatenate([0.003 * rng.standard_normal((240000, 1)),
+                        0.3 * rng.standard_normal((240000, 1))]).astype(np.float32)
+    rates = [audio_info(encode_audio(x, 24000, quality=q, model=spread_model)).kbps for q in (1, 8)]
+    assert rates[1] > 5 * rates[0]
+    for target in (5.0, 8.0, 12.0):
+        got = audio_info(encode_audio(x, 24000, kbps=target, model=spread_model)).kbps
+        assert abs(got - target) / target <= 0.05, (rates, target, got)
+
+
+def test_kbps_holds_when_a_long_files_sampled_segments_are_not_typical(spread_model):
+    """A file too long to search whole: the sampled segments are near-silent, the others loud; the
+    whole-file check catches it."""
+    n = RATE_SEARCH_SEGMENTS + 8
+    sample = set(_rate_sample(n))
+    assert len(sample) < n
+    seg = SEGMENT_FRAMES * 320  # model-rate samples per segment (hop 320 at 24 kHz)
+    rng = np.random.default_rng(6)
+    x = np.concatenate([(0.003 if k in sample else 0.3) * rng.standard_normal((seg, 1)) for k in range(n)])
+    got = audio_info(encode_audio(x.astype(np.float32), 24000, kbps=8.0, model=spread_model)).kbps
+    assert abs(got - 8.0) / 8.0 <= 0.05, got
 
 
 def test_a_damaged_segment_is_an_error_or_silence(model):

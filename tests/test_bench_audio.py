@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.audio import _mp3_mode, log_mel_distance, opus_equivalent, si_sdr
+from bench.audio import _accuracy_text, _mp3_mode, log_mel_distance, measure_set, opus_equivalent, si_sdr
 
 
 def test_si_sdr_is_scale_invariant_and_matches_the_noise_level():
@@ -39,3 +39,20 @@ def test_opus_equivalent_interpolates_in_log_bitrate():
     assert rows["ltcodec"][0]["opus_kbps_same_visqol"] == pytest.approx(16.0)
     assert rows["ltcodec"][1]["opus_kbps_same_visqol"] is None
     assert not math.isnan(rows["ltcodec"][0]["visqol"])
+
+
+def test_rate_accuracy_counts_only_clips_of_ten_seconds_or_more():
+    rate = 1000
+    clips = [("short", np.zeros((5 * rate, 1)), rate), ("a", np.zeros((10 * rate, 1)), rate),
+             ("b", np.zeros((20 * rate, 1)), rate)]
+    sizes = {5 * rate: 10 ** 6, 10 * rate: 10 * 1000 * 12 // 8, 20 * rate: 20 * 1000 * 15 // 8}
+
+    def codec(x, r, k):  # 12 kbps on "a" (on target), 15 kbps on "b" (+25%), anything on the short clip
+        return x, sizes[len(x)]
+
+    rows = measure_set("music", clips, {"ltcodec": codec}, {"ltcodec": [12]}, lambda *a: {"visqol": 1.0},
+                       lambda msg: None)
+    row = rows["ltcodec"][0]
+    assert (row["long_clips"], row["long_within_10pct"]) == (2, 1)
+    assert row["long_worst_error"] == pytest.approx(0.25)
+    assert _accuracy_text(row) == "1/2 (+25%)"

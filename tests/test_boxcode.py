@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltcodec.boxcode import BoxCoder, CodingError, LatticeCodingSpec, ScaleTables, level_of_scale
+from ltcodec.boxcode import BoxCoder, ChannelTables, CodingError, LatticeCodingSpec, ScaleTables, level_of_scale
 from ltcodec.entropy import box_likelihood
 from ltcodec.lattice import LearnedLattice, get_lattice
 
@@ -32,6 +32,33 @@ def test_round_trip_is_exact_and_rate_matches_box_likelihood(name):
     bits = 32 * len(words)
     assert ideal <= bits + 64  # real bits cannot beat the model by more than the final word
     assert bits < ideal * (1.003 if spec.exact else 1.01) + 64
+
+
+@pytest.mark.parametrize("name", ["z", "e8", "leech"])
+def test_ideal_bits_predict_the_stream_size_without_coding(name):
+    lat = get_lattice(name)
+    coder, _ = _coder(lat, -16, 16)  # narrow tables: the largest values escape
+    rng = np.random.default_rng(2)
+    sig = 2 ** rng.uniform(-3, 3.5, size=(4000 // lat.dim, lat.dim))
+    u = lat.coordinates(lat.closest(torch.from_numpy(rng.normal(size=sig.shape) * sig * 3))).numpy()
+    levels = np.clip(level_of_scale(sig), -16, 16)
+    u[0, 0] = 10**6  # an escape of its own
+    bits = 32 * len(coder.encode(u, levels))
+    ideal = coder.ideal_bits(u, levels)
+    assert ideal <= bits <= ideal * 1.001 + 64
+
+
+def test_ideal_bits_of_channel_tables_include_escapes():
+    rng = np.random.default_rng(3)
+    pmf = np.exp(-0.5 * (np.arange(-20, 21)[None] / np.array([[1.0], [3.0], [0.5]])) ** 2)
+    tables = ChannelTables.from_pmfs(pmf / pmf.sum(1, keepdims=True), -20)
+    z = np.round(rng.normal(size=(3, 3000)) * np.array([[1.0], [3.0], [0.5]])).astype(np.int64)
+    z[1, 5] = 5000
+    z[2, 7] = -77
+    bits = 32 * len(tables.encode(z))
+    ideal = tables.ideal_bits(z)
+    assert np.array_equal(tables.decode(tables.encode(z), 3000), z)
+    assert ideal <= bits <= ideal * 1.001 + 64
 
 
 def test_exact_specs_for_the_fixed_lattices():
