@@ -37,6 +37,7 @@ from .container import (AUDIO_VERSION, MAX_AUDIO_CHANNELS, MEDIA_AUDIO, MEDIA_IM
                         AudioHeader, ModelId, read_container, write_container)
 from .errors import LtcFormatError, LtcInputError
 from .latent_coding import Streams
+from .ratecontrol import search_quality
 from .zoo import load_audio_model, model_for_file
 
 __all__ = ["encode_audio", "decode_audio", "audio_info", "encode_audio_file", "decode_audio_file",
@@ -203,35 +204,17 @@ def _rate_sample(n: int) -> list[int]:
 
 
 def _search_quality(m: AudioCodecModel, latents: list[list], kbps: float, segments: list[int], q0: float,
-                    tolerance: float, trials: int) -> tuple[float, float]:
-    """Secant search on log(rate) against quality over ``segments``: the best quality found and its
-    log-rate error."""
+                    tolerance: float, trials: int) -> float:
+    """The quality whose bitrate over ``segments`` is nearest ``kbps``, by :func:`search_quality`."""
     seconds = sum(_segment_seconds(m, latents[i]) for i in segments)
-    tried: dict[float, float] = {}
 
-    def err(q: float) -> float:
-        q = round(min(max(q, 1.0), float(m.qualities)) * 256) / 256
-        if q not in tried:
-            bits = sum(_segment_bits(m, latents[i], q) for i in segments)
-            tried[q] = math.log(bits / seconds / 1000.0) - math.log(kbps)
-        return tried[q]
+    def log_error(q: float) -> float:
+        bits = sum(_segment_bits(m, latents[i], q) for i in segments)
+        return math.log(bits / seconds / 1000.0) - math.log(kbps)
 
-    ladder = np.log(np.asarray(m.config.target_kbps, np.float64))
-    slope = float(np.mean(np.diff(ladder))) or 0.3
-    q0 = round(min(max(q0, 1.0), float(m.qualities)) * 256) / 256
-    if abs(err(q0)) >= tolerance:
-        q1 = min(max(q0 - err(q0) / slope, 1.0), float(m.qualities))
-        for _ in range(trials):
-            e0, e1 = err(q0), err(q1)
-            if abs(e1) < tolerance or q1 == q0:
-                break
-            s = (e1 - e0) / (q1 - q0) if abs(q1 - q0) > 1e-9 else slope
-            q0, q1 = q1, q1 - e1 / (s if s > 0.02 else slope)
-            q1 = min(max(q1, 1.0), float(m.qualities))
-            if q1 in tried and q0 in tried and abs(q1 - q0) < 1 / 256:
-                break
-    best = min(tried, key=lambda q: abs(tried[q]))
-    return best, tried[best]
+    slope = float(np.mean(np.diff(np.log(np.asarray(m.config.target_kbps, np.float64))))) or 0.3
+    tried = search_quality(log_error, q0, float(m.qualities), slope, lambda e: abs(e) < tolerance, trials)
+    return min(tried, key=lambda q: abs(tried[q]))
 
 
 def _choose_quality(m: AudioCodecModel, latents: list[list], kbps: float) -> float:
@@ -248,9 +231,9 @@ def _choose_quality(m: AudioCodecModel, latents: list[list], kbps: float) -> flo
     sample = _rate_sample(n)
     start = float(np.interp(math.log(kbps), np.log(np.asarray(m.config.target_kbps, np.float64) * len(latents[0])),
                             np.arange(1, m.qualities + 1)))
-    q, _ = _search_quality(m, latents, kbps, sample, start, math.log(1.02), 5)
+    q = _search_quality(m, latents, kbps, sample, start, math.log(1.02), 5)
     if len(sample) < n:
-        q, _ = _search_quality(m, latents, kbps, list(range(n)), q, math.log(1.03), 3)
+        q = _search_quality(m, latents, kbps, list(range(n)), q, math.log(1.03), 3)
     return q
 
 

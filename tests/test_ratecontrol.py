@@ -1,0 +1,41 @@
+"""The quality search behind --bpp and --kbps, on rate curves of known shape."""
+
+import math
+
+import pytest
+
+from ltcodec.ratecontrol import QUALITY_STEP, search_quality
+
+
+def curve(slope: float, at_one: float, cap: float = math.inf):
+    """log-rate linear in quality (kbps at quality 1 = ``at_one``), saturating at ``cap``."""
+    return lambda q: min(math.log(at_one) + slope * (q - 1), math.log(cap))
+
+
+@pytest.mark.parametrize("slope", [0.2, 0.35, 0.6])
+@pytest.mark.parametrize("target", [5.0, 11.0, 40.0])
+def test_lands_within_tolerance_in_few_trials_whatever_the_slope(slope, target):
+    rate = curve(slope, 4.0)
+    calls = []
+
+    def log_error(q):
+        calls.append(q)
+        return rate(q) - math.log(target)
+
+    tried = search_quality(log_error, 4.0, 8.0, 0.35, lambda e: abs(e) < math.log(1.02), 5)
+    best = min(tried, key=lambda q: abs(tried[q]))
+    reachable = math.log(4.0) <= math.log(target) <= rate(8.0)
+    if reachable:
+        assert abs(tried[best]) < math.log(1.02)
+        assert len(calls) <= 4
+    else:
+        assert best == (1.0 if target < 4.0 else 8.0)
+    assert len(calls) == len(set(calls))  # no quality is measured twice
+    assert all(abs(q / QUALITY_STEP - round(q / QUALITY_STEP)) < 1e-9 and 1.0 <= q <= 8.0 for q in tried)
+
+
+def test_a_saturating_rate_stops_at_the_top_quality():
+    rate = curve(0.35, 4.0, cap=10.0)
+    tried = search_quality(lambda q: rate(q) - math.log(30.0), 2.0, 8.0, 0.35, lambda e: abs(e) < 0.02, 6)
+    assert 8.0 in tried
+    assert len(tried) <= 5
