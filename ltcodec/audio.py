@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -41,7 +41,7 @@ from .ratecontrol import search_quality
 from .zoo import load_audio_model, model_for_file
 
 __all__ = ["encode_audio", "decode_audio", "audio_info", "encode_audio_file", "decode_audio_file",
-           "decoded_integers", "AudioInfo", "MIN_INPUT_RATE", "MAX_INPUT_RATE"]
+           "decoded_integers", "AudioInfo", "Progress", "MIN_INPUT_RATE", "MAX_INPUT_RATE"]
 
 SEGMENT_FRAMES = 300
 HALO_FRAMES = 8
@@ -104,6 +104,15 @@ def _per_channel_threads():
         torch.set_num_threads(before)
 
 
+#: ``progress(stage, done, total)``: seconds of audio done of ``total`` (None when not known) in a stage
+#: ("analysing" and "coding" when encoding, "decoding"), for a progress bar on long files.
+Progress = Callable[[str, float, "float | None"], None]
+
+
+def _no_progress(stage: str, done: float, total: float | None) -> None:
+    pass
+
+
 # ----------------------------------------------------------------------------------------------------
 # Encoding
 # ----------------------------------------------------------------------------------------------------
@@ -115,7 +124,8 @@ def _check_signal_shape(channels: int, rate: int) -> None:
         raise LtcInputError(f"sample rate {rate} Hz is outside {MIN_INPUT_RATE}…{MAX_INPUT_RATE}")
 
 
-def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channels: int, pmap=map) -> tuple[list[list], int]:
+def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channels: int, pmap=map,
+             progress: Progress = _no_progress, seconds: float | None = None) -> tuple[list[list], int]:
     """Latents y (before gains) of every segment and coded channel, from blocks of input samples.
 
     Segment k covers model-rate samples [k·S, k·S + S) (the last one is shorter) and is analysed on
@@ -141,6 +151,7 @@ def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channe
             return m.analysis(win[:, c])[..., (a - w0) // hop: (b - w0) // hop].contiguous()
 
         latents.append(list(pmap(one, range(coded))))
+        progress("analysing", min(b / m.config.sample_rate, seconds or math.inf), seconds)
 
     n_in = 0
     for block in blocks:
@@ -238,7 +249,7 @@ def _choose_quality(m: AudioCodecModel, latents: list[list], kbps: float) -> flo
 
 
 def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frames_hint: int | None,
-                   quality: float | None, kbps: float | None, model) -> bytes:
+                   quality: float | None, kbps: float | None, model, progress: Progress | None = None) -> bytes:
     if quality is not None and kbps is not None:
         raise LtcInputError("give either quality or kbps, not both")
     _check_signal_shape(channels, rate)
@@ -249,12 +260,18 @@ def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frame
     elif quality is not None and not 1.0 <= quality <= m.qualities:
         raise LtcInputError(f"quality must be between 1 and {m.qualities}, got {quality}")
     with torch.no_grad(), _per_channel_threads() as pmap:
-        latents, frames = _analyse(m, blocks, rate, channels, pmap)
+        progress = progress or _no_progress
+        seconds = frames_hint / rate if frames_hint else None
+        latents, frames = _analyse(m, blocks, rate, channels, pmap, progress, seconds)
+        seconds = frames / rate
         if kbps is not None:
             q = _choose_quality(m, latents, kbps)
         else:
             q = round((4.0 if quality is None else float(quality)) * 256) / 256
-        chunks = [(b"SEGM", _segment_payload(m, k, ys, q)) for k, ys in enumerate(latents)]
+        chunks = []
+        for k, ys in enumerate(latents):
+            chunks.append((b"SEGM", _segment_payload(m, k, ys, q)))
+            progress("coding", min((k + 1) * SEGMENT_FRAMES * m.hop / m.config.sample_rate, seconds), seconds)
     head = AudioHeader(rate, frames, channels, q, m.config.sample_rate, SEGMENT_FRAMES,
                        STEREO_MID_SIDE if channels == 2 else STEREO_INDEPENDENT, m.config.lattice)
     return write_container(head.pack(), ModelId(m.name, bytes.fromhex(m.sha256)), chunks, AUDIO_VERSION)
@@ -300,8 +317,11 @@ def _open_sound(source) -> sf.SoundFile:
 
 
 def encode_audio_file(source, quality: float | None = None, kbps: float | None = None,
-                      model: str | AudioCodecModel | None = None) -> bytes:
-    """Encode an audio file (path or binary file object) read in blocks, so its length does not matter."""
+                      model: str | AudioCodecModel | None = None, progress: Progress | None = None) -> bytes:
+    """Encode an audio file (path or binary file object) read in blocks, so its length does not matter.
+
+    ``progress(stage, done, total)`` is told the seconds analysed, then coded (see :data:`Progress`).
+    """
     with _open_sound(source) as f:
         rate, channels = f.samplerate, f.channels
         _check_signal_shape(channels, rate)
@@ -315,7 +335,8 @@ def encode_audio_file(source, quality: float | None = None, kbps: float | None =
             except (sf.LibsndfileError, RuntimeError) as e:
                 raise LtcInputError(f"cannot read the audio: {e}") from None
 
-        return _encode_blocks(blocks(), rate, channels, None, quality, kbps, model)
+        frames = f.frames if f.seekable() and 0 < f.frames < 2 ** 62 else None
+        return _encode_blocks(blocks(), rate, channels, frames, quality, kbps, model, progress)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -436,7 +457,8 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool, 
         prev, cur, nxt = cur, nxt, latents(k + 2)
 
 
-def _output_blocks(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool) -> Iterator[np.ndarray]:
+def _output_blocks(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
+                   progress: Progress = _no_progress) -> Iterator[np.ndarray]:
     """Decoded (n, channels) float32 blocks at the input's rate, exactly ``hd.frames`` in all."""
     mid_side = hd.stereo == STEREO_MID_SIDE
     resample = _Resampler(m.config.sample_rate, hd.sample_rate, hd.channels)
@@ -445,6 +467,7 @@ def _output_blocks(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool) -> Ite
         for block in _model_rate_segments(m, c, hd, conceal, pmap):
             out = resample(_from_coded(block, mid_side))[:left]
             left -= len(out)
+            progress("decoding", (hd.frames - left) / hd.sample_rate, hd.duration)
             if len(out):
                 yield out
         tail = resample(np.zeros((0, hd.channels), np.float32), last=True)[:left]
@@ -477,12 +500,13 @@ def decode_audio(data: bytes, dtype: str = "float32", model: str | AudioCodecMod
 
 
 def decode_audio_file(data: bytes, out, float_output: bool = False, model: str | AudioCodecModel | None = None,
-                      conceal: bool = False) -> None:
-    """Decode to a WAV file (path or binary file object), writing segment by segment."""
+                      conceal: bool = False, progress: Progress | None = None) -> None:
+    """Decode to a WAV file (path or binary file object), writing segment by segment; ``progress`` is
+    told the seconds decoded (see :data:`Progress`)."""
     c, hd = _parse(data, conceal)
     m = model_for_file(c.model, model, "audio")
     subtype = "FLOAT" if float_output else "PCM_16"
-    blocks = _output_blocks(m, c, hd, conceal)
+    blocks = _output_blocks(m, c, hd, conceal, progress or _no_progress)
     first = next(blocks)  # parse errors surface before the output is created
     with sf.SoundFile(out, "w", hd.sample_rate, hd.channels, subtype, format="WAV") as f:
         for block in _chain(first, blocks):

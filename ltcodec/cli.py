@@ -80,6 +80,48 @@ def _note_missed_target(got: float, asked: float, unit: str, quality: float) -> 
     click.echo(f"ltcodec: note: {got:.3g} {unit}, not {asked:g}: {why}", err=True)
 
 
+#: Audio shorter than this is done before a progress bar would be worth drawing.
+PROGRESS_MIN_SECONDS = 30.0
+
+
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+class _ProgressBar:
+    """A ``progress(stage, done, total)`` callback drawing one tqdm bar per stage on standard error,
+    only when that is a terminal and the audio is long enough to wait for."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and _stderr_is_terminal()
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, stage: str, done: float, total: float | None) -> None:
+        if not self.enabled or (total is not None and total < PROGRESS_MIN_SECONDS):
+            return
+        if stage != self.stage:
+            from tqdm import tqdm
+
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=round(total, 1) if total else None, desc=stage, unit="s", file=sys.stderr,
+                            leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s "
+                            "[{elapsed}<{remaining}]" if total else None)
+        self.bar.update(round(done, 1) - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _run(fn):
     """Run a command body, turning every expected failure into a one-line error."""
     try:
@@ -106,8 +148,9 @@ def main() -> None:
 @click.option("--kbps", type=float, help="target bitrate in kbit/s, all channels together (audio)")
 @click.option("--model", "model", type=str, help="model name or path (default: the shipped model)")
 @click.option("-f", "--force", is_flag=True, help="overwrite OUTPUT if it exists")
+@click.option("--no-progress", is_flag=True, help="no progress bar (shown for long audio on a terminal)")
 def encode(input: str, output: str, quality: float | None, bpp: float | None, kbps: float | None,
-           model: str | None, force: bool) -> None:
+           model: str | None, force: bool, no_progress: bool) -> None:
     """Encode an image (PNG, JPEG, WebP, …) or audio (WAV, FLAC, Ogg, …) to an .ltc file."""
 
     def body():
@@ -128,7 +171,8 @@ def encode(input: str, output: str, quality: float | None, bpp: float | None, kb
 
             if bpp is not None:
                 raise LtcError("--bpp is for images; use --kbps or --quality for audio")
-            blob = encode_audio_file(source, quality=quality, kbps=kbps, model=model)
+            with _ProgressBar(not no_progress) as bar:
+                blob = encode_audio_file(source, quality=quality, kbps=kbps, model=model, progress=bar)
             _write_output(output, blob, force)
             if kbps is not None:
                 from .audio import audio_info
@@ -167,7 +211,9 @@ def encode(input: str, output: str, quality: float | None, bpp: float | None, kb
 @click.option("-f", "--force", is_flag=True, help="overwrite OUTPUT if it exists")
 @click.option("--float", "float_output", is_flag=True, help="audio: write 32-bit float WAV (default 16-bit PCM)")
 @click.option("--conceal", is_flag=True, help="audio: decode a damaged file, with silence where segments are lost")
-def decode(input: str, output: str, model: str | None, force: bool, float_output: bool, conceal: bool) -> None:
+@click.option("--no-progress", is_flag=True, help="no progress bar (shown for long audio on a terminal)")
+def decode(input: str, output: str, model: str | None, force: bool, float_output: bool, conceal: bool,
+           no_progress: bool) -> None:
     """Decode an .ltc file: images to PNG, audio to WAV."""
 
     def body():
@@ -178,12 +224,14 @@ def decode(input: str, output: str, model: str | None, force: bool, float_output
             from .audio import decode_audio_file, _parse
 
             _parse(data, conceal)  # every format error before OUTPUT is touched
-            if output == "-":  # a WAV header needs a seekable file: build it in memory first
-                buf = io.BytesIO()
-                decode_audio_file(data, buf, float_output, model, conceal)
-                _write_output(output, buf.getvalue(), force)
-            else:
-                _write_output(output, lambda f: decode_audio_file(data, f, float_output, model, conceal), force)
+            with _ProgressBar(not no_progress) as bar:
+                if output == "-":  # a WAV header needs a seekable file: build it in memory first
+                    buf = io.BytesIO()
+                    decode_audio_file(data, buf, float_output, model, conceal, bar)
+                    _write_output(output, buf.getvalue(), force)
+                else:
+                    _write_output(output, lambda f: decode_audio_file(data, f, float_output, model, conceal, bar),
+                                  force)
             return
         from .image import decode_image
 

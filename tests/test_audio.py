@@ -299,3 +299,40 @@ def test_cli_audio_through_pipes(model_path, tmp_path):
     assert dec.returncode == 0, dec.stderr
     y, rate = sf.read(io.BytesIO(dec.stdout))
     assert (rate, len(y)) == (16000, 24000)
+
+
+def test_progress_reports_each_stage_up_to_the_whole_duration(model, tmp_path):
+    rate = 16000
+    src = tmp_path / "long.wav"
+    sf.write(src, tone(9.5, rate, channels=2), rate)
+    seen = []
+    blob = encode_audio_file(src, quality=3, model=model, progress=lambda *a: seen.append(a))
+    stages = [s for s, _, _ in seen]
+    assert stages == sorted(stages, key=["analysing", "coding"].index)  # analysis, then coding
+    for stage in ("analysing", "coding"):
+        done = [d for s, d, _ in seen if s == stage]
+        assert done == sorted(done) and done[-1] == pytest.approx(9.5)
+        assert all(t == pytest.approx(9.5) for s, _, t in seen if s == stage)
+    seen.clear()
+    decode_audio_file(blob, tmp_path / "out.wav", model=model, progress=lambda *a: seen.append(a))
+    assert [s for s, _, _ in seen] == ["decoding"] * len(seen) and len(seen) == 3  # one per 4 s segment
+    assert seen[-1][1] == pytest.approx(9.5)
+
+
+def test_the_command_draws_a_progress_bar_only_on_a_terminal(model_path, tmp_path, monkeypatch):
+    import ltcodec.cli as cli
+
+    rate = 8000
+    src = tmp_path / "long.wav"
+    sf.write(src, tone(31.0, rate), rate)
+    env = ["--model", str(model_path)]
+    quiet = CliRunner().invoke(main, ["encode", str(src), str(tmp_path / "a.ltc"), *env])
+    assert quiet.exit_code == 0 and "analysing" not in quiet.output
+    monkeypatch.setattr(cli, "_stderr_is_terminal", lambda: True)
+    shown = CliRunner().invoke(main, ["encode", str(src), str(tmp_path / "b.ltc"), *env])
+    assert shown.exit_code == 0 and "analysing" in shown.stderr and "coding" in shown.stderr
+    shown = CliRunner().invoke(main, ["decode", str(tmp_path / "b.ltc"), str(tmp_path / "b.wav"), *env])
+    assert shown.exit_code == 0 and "decoding" in shown.stderr
+    off = CliRunner().invoke(main, ["encode", str(src), str(tmp_path / "c.ltc"), "--no-progress", *env])
+    assert off.exit_code == 0 and "analysing" not in off.stderr
+    assert (tmp_path / "b.ltc").read_bytes() == (tmp_path / "c.ltc").read_bytes()
