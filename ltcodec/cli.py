@@ -80,8 +80,9 @@ def _note_missed_target(got: float, asked: float, unit: str, quality: float) -> 
     click.echo(f"ltcodec: note: {got:.3g} {unit}, not {asked:g}: {why}", err=True)
 
 
-#: Audio shorter than this is done before a progress bar would be worth drawing.
-PROGRESS_MIN_SECONDS = 30.0
+#: Audio shorter than this (seconds), or an image of fewer 1024-pixel tiles, is done before a progress
+#: bar would be worth drawing.
+PROGRESS_MIN = {"s": 30.0, "tiles": 8}
 
 
 def _stderr_is_terminal() -> bool:
@@ -90,24 +91,26 @@ def _stderr_is_terminal() -> bool:
 
 class _ProgressBar:
     """A ``progress(stage, done, total)`` callback drawing one tqdm bar per stage on standard error,
-    only when that is a terminal and the audio is long enough to wait for."""
+    only when that is a terminal and the work (in ``unit``: seconds of audio or image tiles) is long
+    enough to wait for."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, unit: str = "s"):
         self.enabled = enabled and _stderr_is_terminal()
+        self.unit = unit
         self.bar = None
         self.stage = None
 
     def __call__(self, stage: str, done: float, total: float | None) -> None:
-        if not self.enabled or (total is not None and total < PROGRESS_MIN_SECONDS):
+        if not self.enabled or (total is not None and total < PROGRESS_MIN[self.unit]):
             return
         if stage != self.stage:
             from tqdm import tqdm
 
             self.close()
             self.stage = stage
-            self.bar = tqdm(total=round(total, 1) if total else None, desc=stage, unit="s", file=sys.stderr,
-                            leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s "
-                            "[{elapsed}<{remaining}]" if total else None)
+            self.bar = tqdm(total=round(total, 1) if total else None, desc=stage, unit=self.unit, file=sys.stderr,
+                            leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} "
+                            + self.unit + " [{elapsed}<{remaining}]" if total else None)
         self.bar.update(round(done, 1) - self.bar.n)
 
     def close(self) -> None:
@@ -148,7 +151,7 @@ def main() -> None:
 @click.option("--kbps", type=float, help="target bitrate in kbit/s, all channels together (audio)")
 @click.option("--model", "model", type=str, help="model name or path (default: the shipped model)")
 @click.option("-f", "--force", is_flag=True, help="overwrite OUTPUT if it exists")
-@click.option("--no-progress", is_flag=True, help="no progress bar (shown for long audio on a terminal)")
+@click.option("--no-progress", is_flag=True, help="no progress bar (shown on a terminal for long audio and large images)")
 def encode(input: str, output: str, quality: float | None, bpp: float | None, kbps: float | None,
            model: str | None, force: bool, no_progress: bool) -> None:
     """Encode an image (PNG, JPEG, WebP, …) or audio (WAV, FLAC, Ogg, …) to an .ltc file."""
@@ -192,7 +195,8 @@ def encode(input: str, output: str, quality: float | None, bpp: float | None, kb
             im.load()
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
             raise LtcError(f"{input} is not a readable image or audio file: {e}") from None
-        blob = encode_image(im, quality=quality, bpp=bpp, model=model)
+        with _ProgressBar(not no_progress, "tiles") as bar:
+            blob = encode_image(im, quality=quality, bpp=bpp, model=model, progress=bar)
         _write_output(output, blob, force)
         if bpp is not None:
             from .image import image_info
@@ -211,7 +215,7 @@ def encode(input: str, output: str, quality: float | None, bpp: float | None, kb
 @click.option("-f", "--force", is_flag=True, help="overwrite OUTPUT if it exists")
 @click.option("--float", "float_output", is_flag=True, help="audio: write 32-bit float WAV (default 16-bit PCM)")
 @click.option("--conceal", is_flag=True, help="audio: decode a damaged file, with silence where segments are lost")
-@click.option("--no-progress", is_flag=True, help="no progress bar (shown for long audio on a terminal)")
+@click.option("--no-progress", is_flag=True, help="no progress bar (shown on a terminal for long audio and large images)")
 def decode(input: str, output: str, model: str | None, force: bool, float_output: bool, conceal: bool,
            no_progress: bool) -> None:
     """Decode an .ltc file: images to PNG, audio to WAV."""
@@ -235,7 +239,8 @@ def decode(input: str, output: str, model: str | None, force: bool, float_output
             return
         from .image import decode_image
 
-        im = decode_image(data, model=model)
+        with _ProgressBar(not no_progress, "tiles") as bar:
+            im = decode_image(data, model=model, progress=bar)
         buf = io.BytesIO()
         params = {}
         if "icc_profile" in im.info:

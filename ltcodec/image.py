@@ -94,11 +94,12 @@ def _words(payload: bytes) -> np.ndarray:
 
 
 def encode_image(image, quality: float | None = None, bpp: float | None = None,
-                 model: str | ImageCodecModel | None = None) -> bytes:
+                 model: str | ImageCodecModel | None = None, progress=None) -> bytes:
     """Encode a PIL image or a uint8 array to .ltc bytes.
 
     ``quality`` is 1 … 8 (fractions allowed, default 4); ``bpp`` instead searches the highest quality
     whose file is at most ``bpp`` bits per pixel (the lowest quality if even that is larger).
+    ``progress("analysing", done, total)`` is told the 1024-pixel tiles of the transform done.
     """
     if quality is not None and bpp is not None:
         raise LtcInputError("give either quality or bpp, not both")
@@ -116,7 +117,7 @@ def encode_image(image, quality: float | None = None, bpp: float | None = None,
         extra.append((b"iCCP", meta["icc_profile"]))
     if "exif" in meta:
         extra.append((b"eXIf", meta["exif"]))
-    y = m.analysis(rgb)
+    y = m.analysis(rgb, (lambda done, total: progress("analysing", done, total)) if progress else None)
 
     def header(q: float) -> tuple[bytes, ModelId]:
         head = ImageHeader(w, h, channels, q, m.config.lattice if m.config.lattice in
@@ -216,8 +217,9 @@ def decoded_integers(data: bytes, model: str | ImageCodecModel | None = None) ->
     return z_hat.astype("<i8").tobytes() + u.astype("<i8").tobytes()
 
 
-def decode_image(data: bytes, model: str | ImageCodecModel | None = None) -> Image.Image:
-    """Decode .ltc bytes to a PIL image in the file's mode (L, LA, RGB or RGBA), with ICC and EXIF."""
+def decode_image(data: bytes, model: str | ImageCodecModel | None = None, progress=None) -> Image.Image:
+    """Decode .ltc bytes to a PIL image in the file's mode (L, LA, RGB or RGBA), with ICC and EXIF;
+    ``progress("decoding", done, total)`` is told the 1024-pixel tiles of the transform done."""
     c, hd = _parse(data)
     m = _model_for(c, model)
     streams = _streams(c, hd, m)
@@ -225,7 +227,8 @@ def decode_image(data: bytes, model: str | ImageCodecModel | None = None) -> Ima
         y_hat = m.decompress_latent(streams, hd.quality)
     except CodingError as e:
         raise LtcFormatError(str(e)) from None
-    rgb = m.synthesis(y_hat, hd.height, hd.width)
+    rgb = m.synthesis(y_hat, hd.height, hd.width,
+                      (lambda done, total: progress("decoding", done, total)) if progress else None)
     im = Image.fromarray(rgb, "RGB")
     if hd.channels in (1, 2):
         im = im.convert("L")

@@ -31,18 +31,23 @@ TILE_LATENTS = 64
 HALO_LATENTS = 2
 
 
-def _tiled(fn, x: Tensor, factor: float, tile: int, halo: int) -> Tensor:
+def _tiled(fn, x: Tensor, factor: float, tile: int, halo: int, progress=None) -> Tensor:
     """Apply a translation-equivariant ``fn`` tile by tile with a halo; ``factor`` = output/input size.
 
     ``tile`` and ``halo`` are in units of the coarser grid (latents).  Tiles are cropped after the
-    transform, so the halo absorbs the border effects of each cut.
+    transform, so the halo absorbs the border effects of each cut.  ``progress(done, total)`` is told
+    the tiles done.
     """
     _, _, h, w = x.shape
     unit = int(round(1 / factor)) if factor < 1 else 1  # input pixels per latent (for g_a)
     up = int(round(factor)) if factor >= 1 else 1  # output pixels per latent (for g_s)
     lh, lw = h // unit, w // unit
     if lh <= tile + 2 * halo and lw <= tile + 2 * halo:
-        return fn(x)
+        out = fn(x)
+        if progress:
+            progress(1, 1)
+        return out
+    total = -(-lh // tile) * -(-lw // tile)
     rows = []
     for i0 in range(0, lh, tile):
         cols = []
@@ -52,6 +57,8 @@ def _tiled(fn, x: Tensor, factor: float, tile: int, halo: int) -> Tensor:
             a1, b1 = min(i1 + halo, lh), min(j1 + halo, lw)
             out = fn(x[:, :, a0 * unit: a1 * unit, b0 * unit: b1 * unit].contiguous(memory_format=torch.channels_last))
             cols.append(out[:, :, (i0 - a0) * up: (i1 - a0) * up, (j0 - b0) * up: (j1 - b0) * up])
+            if progress:
+                progress(len(rows) * len(range(0, lw, tile)) + len(cols), total)
         rows.append(torch.cat(cols, dim=3))
     return torch.cat(rows, dim=2)
 
@@ -91,18 +98,19 @@ class ImageCodecModel(HyperLatentCoding, nn.Module):
         return latent_shape[0] // 4, latent_shape[1] // 4
 
     @torch.no_grad()
-    def analysis(self, rgb: np.ndarray) -> Tensor:
-        """Latent y (before gains) of an (H, W, 3) uint8 image, padded internally to a multiple of 64."""
+    def analysis(self, rgb: np.ndarray, progress=None) -> Tensor:
+        """Latent y (before gains) of an (H, W, 3) uint8 image, padded internally to a multiple of 64;
+        ``progress(done, total)`` is told the tiles done."""
         h, w, _ = rgb.shape
         x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float().div_(255.0)
         x = nn.functional.pad(x, (0, (-w) % 64, 0, (-h) % 64), mode="replicate")
         x = x.contiguous(memory_format=torch.channels_last)
-        return _tiled(self.g_a, x, 1 / 16, TILE_LATENTS, HALO_LATENTS)
+        return _tiled(self.g_a, x, 1 / 16, TILE_LATENTS, HALO_LATENTS, progress)
 
     @torch.no_grad()
-    def synthesis(self, y_hat: Tensor, height: int, width: int) -> np.ndarray:
+    def synthesis(self, y_hat: Tensor, height: int, width: int, progress=None) -> np.ndarray:
         y_hat = y_hat.contiguous(memory_format=torch.channels_last)
-        x = _tiled(self.g_s, y_hat, 16, TILE_LATENTS, HALO_LATENTS)
+        x = _tiled(self.g_s, y_hat, 16, TILE_LATENTS, HALO_LATENTS, progress)
         x = x[0, :, :height, :width].clamp_(0, 1).mul_(255).round_()
         return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 

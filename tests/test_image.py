@@ -184,3 +184,14 @@ def test_corrupted_streams_with_valid_crcs_raise_only_typed_errors():
         except LtcFormatError:
             continue
         assert out.size == (40, 24)
+
+
+def test_progress_counts_the_transform_tiles():
+    img = smooth_image(1200, 200)  # wider than one 1024-pixel tile and its halo: two tiles
+    seen = []
+    data = encode_image(img, quality=2, progress=lambda *a: seen.append(a))
+    assert seen == [("analysing", 1, 2), ("analysing", 2, 2)]
+    seen.clear()
+    out = decode_image(data, progress=lambda *a: seen.append(a))
+    assert seen == [("decoding", 1, 2), ("decoding", 2, 2)] and out.size == (1200, 200)
+    assert data == encode_image(img, quality=2)
