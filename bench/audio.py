@@ -241,6 +241,25 @@ def measure_set(kind: str, clips, codecs: dict, targets: dict, metrics: Metrics,
     return rows
 
 
+def rate_control(clips, targets, model) -> list[dict]:
+    """``--kbps`` on one long file: the set's clips end to end (resampled to the first clip's rate and
+    channel count). The promise is the target within ±10% over a file longer than 10 s."""
+    from ltcodec.audio import encode_audio
+
+    rate, channels = clips[0][2], clips[0][1].shape[1]
+    parts = []
+    for _, x, r in clips:
+        x = soxr.resample(x, r, rate) if r != rate else x
+        parts.append(x[:, :channels] if x.shape[1] >= channels else np.repeat(x[:, :1], channels, axis=1))
+    signal = np.concatenate(parts).astype(np.float32)
+    seconds = len(signal) / rate
+    out = []
+    for k in targets:
+        kbps = 8 * len(encode_audio(signal, rate, kbps=k, model=model)) / seconds / 1000.0
+        out.append({"target_kbps": k, "kbps": kbps, "seconds": seconds})
+    return out
+
+
 def opus_equivalent(rows: dict) -> None:
     """Add to each ltcodec row the Opus bitrate with the same ViSQOL (linear in log-bitrate)."""
     opus = sorted(rows.get("opus", []), key=lambda r: r["kbps"])
@@ -295,6 +314,11 @@ def write_report(results: dict, meta: dict) -> None:
                              + f" | {_accuracy_text(r)}"
                              + f" | {'' if name != 'ltcodec' else _equivalent_text(eq, r, rows.get('opus', []))} |")
         lines.append("")
+        control = info.get("rate_control")
+        if control:
+            lines += [f"ltcodec `--kbps` on one {control[0]['seconds']:.0f} s file (the set's clips end to end): "
+                      + ", ".join(f"{r['target_kbps']} → {r['kbps']:.2f} ({r['kbps'] / r['target_kbps'] - 1:+.1%})"
+                                  for r in control) + ".", ""]
         timing = info.get("ltcodec_rtf")
         if timing:
             lines += [f"ltcodec speed on this set: encode {timing['encode']:.3f}× real time, decode "
@@ -380,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         if ltc:
             runs = len(targets["ltcodec"])
             info["ltcodec_rtf"] = {"encode": ltc.enc_seconds / (seconds * runs), "decode": ltc.dec_seconds / (seconds * runs)}
+            info["rate_control"] = rate_control(clips, targets["ltcodec"], ltc.model)
         meta["sets"][kind] = info
     meta.update({"date": stamp, "machine": machine(), "command": command,
                  "opus": "opusenc (opus-tools)" if shutil.which("opusenc") else "ffmpeg libopus"})

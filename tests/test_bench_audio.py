@@ -56,3 +56,21 @@ def test_rate_accuracy_counts_only_clips_of_ten_seconds_or_more():
     assert (row["long_clips"], row["long_within_10pct"]) == (2, 1)
     assert row["long_worst_error"] == pytest.approx(0.25)
     assert _accuracy_text(row) == "1/2 (+25%)"
+
+
+def test_rate_control_codes_the_set_as_one_file(tmp_path):
+    import torch
+
+    from bench.audio import rate_control
+    from ltcodec.audio_codec import AudioCodecModel, export_audio_model
+    from ltcodec.audio_model import AudioLatticeCodec, AudioModelConfig
+
+    torch.manual_seed(0)
+    net = AudioLatticeCodec(AudioModelConfig(channels=4, M=16, N=8))
+    export_audio_model(net, [np.zeros(24000, np.float32)], tmp_path / "m.safetensors", "m")
+    model = AudioCodecModel.from_file(tmp_path / "m.safetensors")
+    rng = np.random.default_rng(0)
+    clips = [("a", 0.1 * rng.standard_normal((16000, 1)), 16000), ("b", 0.1 * rng.standard_normal((24000, 2)), 24000)]
+    rows = rate_control(clips, [6, 12], model)
+    assert [r["target_kbps"] for r in rows] == [6, 12]
+    assert all(r["seconds"] == pytest.approx(2.0) and r["kbps"] > 0 for r in rows)
