@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import struct
 from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,22 +85,60 @@ class _Resampler:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Threads: each transform runs on one thread, channels side by side
+# Threads: each transform runs on one thread; segments and channels side by side
 # ----------------------------------------------------------------------------------------------------
 
-@contextmanager
-def _per_channel_threads():
-    """A map over channels whose every call runs single-threaded.
+class _Jobs:
+    """Transforms of (segment, channel) pairs on a pool of single-threaded workers, results in order.
 
-    A convolution's float result depends on how its sums are split between threads, so the
-    transforms always run on one thread each, and the machine's threads work on channels in parallel:
-    the output does not depend on the thread count.
+    A convolution's float result depends on how its sums are split between threads, so every
+    transform runs on one thread, and the machine's threads work on several channels and segments at
+    once: the output does not depend on the thread count.  At most ``2 × workers`` segments are in
+    flight, which bounds memory on files of any length.
     """
+
+    def __init__(self, pool: ThreadPoolExecutor | None, workers: int):
+        self.pool, self.workers = pool, workers
+        self.pending: deque[list] = deque()
+
+    def submit(self, fn, channels: int) -> list:
+        """Queue ``fn(c)`` for every channel of the next segment; returns the segments now finished."""
+        self.pending.append([self.pool.submit(fn, c) for c in range(channels)] if self.pool else
+                            [fn(c) for c in range(channels)])
+        done = []
+        while len(self.pending) > 2 * self.workers:
+            done.append(self._take())
+        return done
+
+    def skip(self, value) -> list:
+        """The next segment needs no transform: ``value`` stands for its result."""
+        self.pending.append(value)
+        done = []
+        while len(self.pending) > 2 * self.workers:
+            done.append(self._take())
+        return done
+
+    def drain(self) -> list:
+        return [self._take() for _ in range(len(self.pending))]
+
+    def _take(self):
+        item = self.pending.popleft()
+        if isinstance(item, list):
+            return [f.result() if hasattr(f, "result") else f for f in item]
+        return item
+
+
+@contextmanager
+def _transform_jobs():
+    """Jobs on as many single-threaded workers as torch had threads (restored afterwards)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, before)) as pool:
-            yield pool.map
+        if before > 1:
+            with ThreadPoolExecutor(max_workers=before) as pool:
+                yield _Jobs(pool, before)
+        else:
+            yield _Jobs(None, 1)
     finally:
         torch.set_num_threads(before)
 
@@ -124,7 +163,7 @@ def _check_signal_shape(channels: int, rate: int) -> None:
         raise LtcInputError(f"sample rate {rate} Hz is outside {MIN_INPUT_RATE}…{MAX_INPUT_RATE}")
 
 
-def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channels: int, pmap=map,
+def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channels: int, jobs: "_Jobs",
              progress: Progress = _no_progress, seconds: float | None = None) -> tuple[list[list], int]:
     """Latents y (before gains) of every segment and coded channel, from blocks of input samples.
 
@@ -150,15 +189,19 @@ def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channe
         def one(c: int):
             return m.analysis(win[:, c])[..., (a - w0) // hop: (b - w0) // hop].contiguous()
 
-        latents.append(list(pmap(one, range(coded))))
-        progress("analysing", min(b / m.config.sample_rate, seconds or math.inf), seconds)
+        collect(jobs.submit(one, coded))
+
+    def collect(done: list) -> None:
+        for ys in done:
+            latents.append(ys)
+            progress("analysing", min(len(latents) * seg / m.config.sample_rate, seconds or math.inf), seconds)
 
     n_in = 0
     for block in blocks:
         n_in += len(block)
         out = resample(_to_coded(block, mid_side))
         buf = np.concatenate([buf, out])
-        k = len(latents)
+        k = len(latents) + len(jobs.pending)
         while start + len(buf) >= (k + 1) * seg + halo:
             run(k, (k + 1) * seg, start + len(buf))
             k += 1
@@ -171,10 +214,13 @@ def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channe
     length = start + len(buf)
     frames = max(4, -(-math.ceil(length / hop) // 4) * 4)
     total = frames * hop
-    k = len(latents)
+    k = len(latents) + len(jobs.pending)
     while k * seg < total:
         run(k, total, total)
         k += 1
+    collect(jobs.drain())
+    if seconds:
+        progress("analysing", seconds, seconds)
     return latents, n_in
 
 
@@ -259,10 +305,10 @@ def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frame
             raise LtcInputError(f"target bitrate must be positive, got {kbps}")
     elif quality is not None and not 1.0 <= quality <= m.qualities:
         raise LtcInputError(f"quality must be between 1 and {m.qualities}, got {quality}")
-    with torch.no_grad(), _per_channel_threads() as pmap:
+    with torch.no_grad(), _transform_jobs() as jobs:
         progress = progress or _no_progress
         seconds = frames_hint / rate if frames_hint else None
-        latents, frames = _analyse(m, blocks, rate, channels, pmap, progress, seconds)
+        latents, frames = _analyse(m, blocks, rate, channels, jobs, progress, seconds)
         seconds = frames / rate
         if kbps is not None:
             q = _choose_quality(m, latents, kbps)
@@ -419,7 +465,7 @@ def _decode_segment(m: AudioCodecModel, hd: AudioHeader, payload: bytes, frames:
     return out
 
 
-def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool, pmap=map) -> Iterator[np.ndarray]:
+def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool, jobs: "_Jobs") -> Iterator[np.ndarray]:
     """Decoded (n, channels) model-rate samples, segment by segment, with halos from the neighbours."""
     if hd.model_rate != m.config.sample_rate:
         raise LtcFormatError(f"header model rate {hd.model_rate} does not match the model's {m.config.sample_rate}")
@@ -441,10 +487,14 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool, 
                 return None
             raise
 
+    def finished(done: list) -> Iterator[np.ndarray]:
+        for item in done:
+            yield item if isinstance(item, np.ndarray) else np.stack(item, axis=1)
+
     prev, cur, nxt = None, latents(0), latents(1)
     for k, frames in enumerate(layout):
         if cur is None:
-            yield np.zeros((frames * hop, hd.channels), np.float32)
+            yield from finished(jobs.skip(np.zeros((frames * hop, hd.channels), np.float32)))
         else:
             def one(c_i: int, prev=prev, cur=cur, nxt=nxt, frames=frames):
                 parts = ([prev[c_i][..., -HALO_FRAMES:]] if prev is not None else []) + [cur[c_i]] + \
@@ -453,8 +503,9 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool, 
                 x = m.synthesis(torch.cat(parts, dim=-1))
                 return x[left * hop: (left + frames) * hop]
 
-            yield np.stack(list(pmap(one, range(hd.channels))), axis=1)
+            yield from finished(jobs.submit(one, hd.channels))
         prev, cur, nxt = cur, nxt, latents(k + 2)
+    yield from finished(jobs.drain())
 
 
 def _output_blocks(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
@@ -463,8 +514,8 @@ def _output_blocks(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
     mid_side = hd.stereo == STEREO_MID_SIDE
     resample = _Resampler(m.config.sample_rate, hd.sample_rate, hd.channels)
     left = hd.frames
-    with torch.no_grad(), _per_channel_threads() as pmap:
-        for block in _model_rate_segments(m, c, hd, conceal, pmap):
+    with torch.no_grad(), _transform_jobs() as jobs:
+        for block in _model_rate_segments(m, c, hd, conceal, jobs):
             out = resample(_from_coded(block, mid_side))[:left]
             left -= len(out)
             progress("decoding", (hd.frames - left) / hd.sample_rate, hd.duration)

@@ -80,19 +80,23 @@ def test_file_and_array_encodes_are_identical(model):
     assert from_file == encode_audio(data, 22050, quality=3, model=model)
 
 
-def test_decoding_is_deterministic_across_threads(model):
-    data = encode_audio(tone(5.0, 48000, 2), 48000, quality=6, model=model)
+@pytest.mark.parametrize("channels,seconds", [(2, 5.0), (1, 13.0)])
+def test_coding_is_deterministic_across_threads(model, channels, seconds):
+    """Workers run segments and channels side by side, each transform on one thread: the same bytes."""
+    x = tone(seconds, 48000, channels)
     before = torch.get_num_threads()
     try:
-        outs = []
-        for n in (1, 2):
+        files, outs = [], []
+        for n in (1, 2, 3):
             torch.set_num_threads(n)
+            files.append(encode_audio(x, 48000, quality=6, model=model))
             buf = io.BytesIO()
-            decode_audio_file(data, buf, model=model)
+            decode_audio_file(files[0], buf, model=model)
             outs.append(buf.getvalue())
     finally:
         torch.set_num_threads(before)
-    assert outs[0] == outs[1]
+    assert files[0] == files[1] == files[2]
+    assert outs[0] == outs[1] == outs[2]
 
 
 def test_quality_orders_the_size(model):
