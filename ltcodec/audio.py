@@ -103,20 +103,16 @@ class _Jobs:
 
     def submit(self, fn, channels: int) -> list:
         """Queue ``fn(c)`` for every channel of the next segment; returns the segments now finished."""
-        self.pending.append([self.pool.submit(fn, c) for c in range(channels)] if self.pool else
-                            [fn(c) for c in range(channels)])
-        done = []
-        while len(self.pending) > 2 * self.workers:
-            done.append(self._take())
-        return done
+        return self._push([self.pool.submit(fn, c) for c in range(channels)] if self.pool else
+                          [fn(c) for c in range(channels)])
 
     def skip(self, value) -> list:
         """The next segment needs no transform: ``value`` stands for its result."""
-        self.pending.append(value)
-        done = []
-        while len(self.pending) > 2 * self.workers:
-            done.append(self._take())
-        return done
+        return self._push(value)
+
+    def _push(self, item) -> list:
+        self.pending.append(item)
+        return [self._take() for _ in range(len(self.pending) - 2 * self.workers)]
 
     def drain(self) -> list:
         return [self._take() for _ in range(len(self.pending))]
