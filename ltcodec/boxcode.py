@@ -160,9 +160,9 @@ class ScaleTables:
 
     @property
     def code_lengths(self) -> np.ndarray:
-        """−log2 of every symbol's probability, flat like ``freqs`` (frequencies + 1 sum to 2^16)."""
+        """−log2 of every symbol's probability, flat like ``freqs``."""
         if getattr(self, "_lengths", None) is None:
-            self._lengths = PRECISION - np.log2(self.freqs.astype(np.float64) + 1.0)
+            self._lengths = _code_lengths(self.freqs)
         return self._lengths
 
     def model(self, level: int, findex: int):
@@ -476,6 +476,11 @@ def decode_escape(dec, radius: int) -> int:
     return mag if sign == 0 else -mag
 
 
+def _code_lengths(freqs: np.ndarray) -> np.ndarray:
+    """−log2 of each symbol's probability in flat integer tables (frequencies + 1 sum to 2^16 per table)."""
+    return PRECISION - np.log2(freqs.astype(np.float64) + 1.0)
+
+
 def escape_bits(values: np.ndarray, radius: np.ndarray | int) -> float:
     """Bits of the escape payloads of ``values`` beyond ``radius`` (what :func:`encode_escape` writes)."""
     values = np.asarray(values, dtype=np.int64)
@@ -546,8 +551,9 @@ class ChannelTables:
         size = (np.diff(self.starts) - 1)[:, None]
         s = symbols - self.offsets[:, None]
         out = (s < 0) | (s >= size)
-        lengths = PRECISION - np.log2(self.freqs.astype(np.float64) + 1.0)
-        bits = float(lengths[self.starts[:-1, None] + np.where(out, size, s)].sum())
+        if getattr(self, "_lengths", None) is None:
+            self._lengths = _code_lengths(self.freqs)
+        bits = float(self._lengths[self.starts[:-1, None] + np.where(out, size, s)].sum())
         if out.any():
             half = np.broadcast_to((size - 1) // 2, s.shape)
             bits += escape_bits(s[out] - half[out], half[out])
