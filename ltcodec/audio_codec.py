@@ -93,6 +93,5 @@ def export_audio_model(net: AudioLatticeCodec, calibration: list[np.ndarray], pa
             zs.append(torch.round(two.h_a(y * enc_g)).clamp(-Z_CLAMP, Z_CLAMP))
     z_cal = torch.cat([z.reshape(1, z.shape[1], 1, -1) for z in zs], dim=3)
     h_s_int, entropy_arrays, specs = freeze_entropy_model(two.h_s, two.z_density, two.lattice, net.config.M, z_cal)
-    # The audio recipe resumes from its checkpoints only: no float hyperprior in the file.
     return write_model_file(path, "audio", name, net.config.to_dict(), two.state_dict(), h_s_int, entropy_arrays,
-                            specs, half, extra_meta, training_state=False)
+                            specs, half, extra_meta)

@@ -53,3 +53,72 @@ def test_train_resume_export(tmp_path, monkeypatch):
     data = encode_audio(x, 16000, model=model)
     assert audio_info(data).frames == 8000
     assert decode_audio(data, model=model)[0].shape == (8000,)
+
+
+def _tiny_export(tmp_path, keep_training_state=True):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    net = AudioLatticeCodec(AudioModelConfig(channels=4, M=16, N=8))
+    signal = (np.random.default_rng(1).standard_normal(24000) * 0.1).astype(np.float32)
+    path = tmp_path / "m.safetensors"
+    export_audio_model(net, [signal], path, "m", extra_meta={"train_step": 7, "history": json.dumps(
+        [{"step": 5, "lr_from": 3e-4, "lr": 1.5e-4}])})
+    if not keep_training_state:  # what files from before train.* was kept look like
+        with safe_open(str(path), "pt") as f:
+            meta, arrays = f.metadata(), {k: f.get_tensor(k) for k in f.keys() if not k.startswith("train.")}
+        save_file(arrays, str(path), metadata=meta)
+    return net, path, signal
+
+
+def test_training_restarts_from_a_shipped_file_with_its_hyperprior(tmp_path):
+    net, path, _ = _tiny_export(tmp_path)
+    config, weights, record = train_audio.load_init(path)
+    assert record["step"] == 7 and record["history"] == [{"step": 5, "lr_from": 3e-4, "lr": 1.5e-4}]
+    again = AudioLatticeCodec(config)
+    missing, unexpected = again.load_state_dict(weights, strict=False)
+    assert not missing and not unexpected
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, rtol=2e-3, atol=2e-3)  # fp16 conv kernels
+
+
+def test_an_old_file_without_float_hyperprior_gets_an_equivalent_one(tmp_path):
+    from ltcodec.latent_coding import MEAN_GRID
+    from ltcodec.training.restore import table_pmfs
+
+    net, path, signal = _tiny_export(tmp_path, keep_training_state=False)
+    config, weights, _ = train_audio.load_init(path)
+    rebuilt = AudioLatticeCodec(config)
+    rebuilt.load_state_dict(weights)
+    shipped = AudioCodecModel.from_file(path)
+    # Its float h_s computes what the integer one does (up to the integer network's rounding) ...
+    with torch.no_grad():
+        y = net.g_a(torch.from_numpy(signal[:4800])[None, None])
+        z = torch.round(net.h_a(y * net.gains(torch.tensor([4.0]))[0]))
+        out = rebuilt.h_s(z)[0]
+        want = shipped.h_s_int(z[:, :, None].long())[0, :, 0].double()
+    scale = torch.cat([torch.full((16, 1), float(MEAN_GRID)), torch.full((16, 1), 8.0)])
+    assert (torch.round(out.double() * scale) - want).abs().max() <= 4
+    # ... its weights are not the integer ones' scale but a trained layer's, and ...
+    assert all(0.01 < float(m.weight.detach().abs().max()) < 10 for m in rebuilt.h_s if hasattr(m, "weight"))
+    # ... its z density is the frozen tables' (the same pmf to about 1%).
+    t = shipped.z_tables
+    radius = int(np.abs(np.concatenate([t.offsets, t.offsets + np.diff(t.starts)])).max()) + 2
+    frozen = table_pmfs(t.freqs, t.starts, t.offsets, radius)
+    assert frozen.sum(axis=1).min() > 0.999 and (frozen > 0.001).sum() > 10 * config.N
+    np.testing.assert_allclose(rebuilt.z_density.pmf(radius), frozen, atol=0.01 * frozen.max())
+
+
+def test_a_run_started_from_a_file_records_it_and_warms_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_audio, "CACHE", tmp_path / "cache")
+    _corpus(tmp_path / "data")
+    _, path, _ = _tiny_export(tmp_path)
+    out = tmp_path / "run"
+    train_audio.main(["--data", str(tmp_path / "data"), "--media", str(tmp_path / "none"), "--eval",
+                      str(tmp_path / "none"), "--out", str(out), "--batch", "2", "--frames", "8", "--log-every", "1",
+                      "--threads", "1", "--init", str(path), "--warmup", "10", "--steps", "9"])
+    state = torch.load(out / "last.ckpt", weights_only=False)
+    assert state["step"] == 9 and state["warmup"] == (7, 10)
+    assert state["history"] == [{"step": 5, "lr_from": 3e-4, "lr": 1.5e-4},
+                                {"step": 7, "init_from": "m.safetensors", "warmup": 10}]

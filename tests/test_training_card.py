@@ -44,7 +44,7 @@ def test_history_lines_name_each_change():
 
 def test_every_kind_of_change_has_a_card_line():
     examples = {"lambdas_from": [0.1, 0.2], "lr_from": 2e-4, "scale_floor_level_from": -32, "channels_from": 16,
-                "crop_from": 128}
+                "crop_from": 128, "init_from": "ltc-image-e8.safetensors"}
     assert set(examples) == set(CHANGE_KEYS)
     for key, before in examples.items():
         change = {"step": 1, key: before, key.removesuffix("_from"): before}

@@ -43,10 +43,12 @@ def test_a_shipped_file_restarts_training_with_its_hyperprior(tmp_path):
     net = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8"))
     rgb = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
     path = tmp_path / "m.safetensors"
-    export_image_model(net, [rgb], path, "m")
+    history = [{"step": 3, "scale_floor_level_from": -32, "scale_floor_level": -20}]
+    export_image_model(net, [rgb], path, "m", extra_meta={"train_step": 9, "history": history})
     ImageCodecModel.from_file(path)  # the codec ignores the training-only arrays
     init = load_init(path)
-    assert init.lambdas == net.config.lambdas
+    assert init.lambdas == net.config.lambdas and init.step == 9 and init.history == tuple(history)
+    assert init.scale_floor_level == ImageCodecModel.from_file(path).config.scale_floor_level
     weights = init.weights
     again = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8"))
     missing, unexpected = again.load_state_dict(weights, strict=False)

@@ -39,6 +39,7 @@ from .card import RecipeChanges
 from .image import save_checkpoint
 from .optim import (WeightAverage, descend, drop_mismatched_state, gain_optimizer, learning_rate_change,
                     set_learning_rate, split_state)
+from .restore import fit_density, float_layers, load_float_layers, table_pmfs
 from .widen import widen_state
 
 CACHE = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec"))
@@ -51,6 +52,41 @@ STFT_SIZES = (2048, 1024, 512, 256, 128, 64)
 WIDEN_NOISE = 0.001
 #: Steps over which the learning rate ramps up after widening (the widened tensors' Adam state is new).
 WIDEN_WARMUP = 200
+
+
+def load_init(path: Path) -> tuple[AudioModelConfig, dict[str, torch.Tensor], dict]:
+    """Config, float weights and training record (step, CPU seconds, history) of a shipped model file.
+
+    Training goes on from it when the checkpoint is gone (the optimizer state and rate weights start
+    afresh).  Files that kept the float hyperprior (``train.*``) give it back; older files kept only its
+    frozen forms, from which the float h_s is rebuilt (the same function up to rounding) and the z density
+    refitted to the frozen tables.
+    """
+    from safetensors import safe_open
+
+    from ..audio_codec import AudioCodecModel
+    from ..latent_coding import MEAN_GRID
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        weights = {k.split(".", 1)[1]: f.get_tensor(k).float() for k in f.keys() if k.startswith(("float.", "train."))}
+    config = AudioModelConfig.from_dict(json.loads(meta["config"]))
+    net = AudioLatticeCodec(config)
+    shapes = net.state_dict()
+    # Shipped kernels have the (1, k) layout: drop the unit height.
+    weights = {k: (v[:, :, 0] if k in shapes and v.ndim == shapes[k].ndim + 1 else v) for k, v in weights.items()}
+    if not any(k.startswith("h_s.") for k in weights):
+        shipped = AudioCodecModel.from_file(path)
+        out_scale = np.concatenate([np.full(config.M, MEAN_GRID, np.float64), np.full(config.M, 8.0)])
+        load_float_layers(net.h_s, float_layers(shipped.h_s_int.layers, out_scale))
+        t = shipped.z_tables
+        radius = int(np.abs(np.concatenate([t.offsets, t.offsets + np.diff(t.starts)])).max()) + 2
+        kl = fit_density(net.z_density, table_pmfs(t.freqs, t.starts, t.offsets, radius), radius)
+        print(f"rebuilt the float h_s from the integer one; z density refitted (KL {kl:.5f} bits)", flush=True)
+        weights.update({k: v for k, v in net.state_dict().items() if k.startswith(("h_s.", "z_density."))})
+    record = {"step": int(meta.get("train_step", 0)), "cpu_seconds": float(meta.get("train_cpu_hours", 0)) * 3600,
+              "history": json.loads(meta.get("history", "[]"))}
+    return config, weights, record
 
 
 def _cached_signals(path: Path, rate: int, cache_dir: Path) -> list[np.ndarray]:
@@ -184,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval", type=Path, default=Path("../shared/data/eval/audio"))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, help="start from a shipped model file's weights (fresh optimizer)")
+    p.add_argument("--warmup", type=int, default=500,
+                   help="with --init, ramp the learning rate up over this many steps (the optimizer starts afresh)")
     p.add_argument("--steps", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=80, help="latent frames per crop (80 = 1.07 s at 24 kHz)")
@@ -211,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     log_path = args.out / "log.jsonl"
 
     state = torch.load(ckpt_path, weights_only=False) if args.resume and ckpt_path.exists() else None
-    config = (AudioModelConfig.from_dict(state["config"]) if state else
+    init = load_init(args.init) if state is None and args.init is not None else None
+    config = (AudioModelConfig.from_dict(state["config"]) if state else init[0] if init else
               AudioModelConfig(channels=args.channels or 16, M=args.M, lattice=args.lattice))
     widen_from = None
     if state is not None and args.channels and args.channels != config.channels:
@@ -242,10 +282,18 @@ def main(argv: list[str] | None = None) -> None:
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed at step {step}", flush=True)
+    elif init is not None:
+        missing, unexpected = model.load_state_dict(init[1], strict=False)
+        step = init[2]["step"]
+        print(f"initialized from {args.init} at step {step} (missing {missing}, unexpected {unexpected})", flush=True)
     # Changes of the recipe so far (the model card reports them); 3·10⁻⁴ is the rate of every run before
     # checkpoints kept theirs.
-    changes = RecipeChanges(state.get("history", []) if state is not None else [])
+    changes = RecipeChanges(state.get("history", []) if state is not None else init[2]["history"] if init else [])
     changes.add(learning_rate_change(state, args.lr, step, default=3e-4), "learning rate")
+    # Fresh Adam moments take sign-sized steps at first: the rate ramps up after a start from weights.
+    warmup = state.get("warmup", (0, 0)) if state is not None else ((step, args.warmup) if init else (0, 0))
+    if init is not None and step:
+        changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
     widened_at = step
     if widen_from is not None:
         changes.add({"step": step, "channels_from": widen_from, "channels": config.channels}, "channels")
@@ -265,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.frames % HYPER_STRIDE:
         raise SystemExit(f"--frames must be a multiple of {HYPER_STRIDE}")
 
-    cpu_base = state.get("cpu_seconds", 0.0) if state else 0.0
+    cpu_base = state.get("cpu_seconds", 0.0) if state else init[2]["cpu_seconds"] if init else 0.0
     cpu_start = time.process_time()
 
     def cpu_total() -> float:
@@ -279,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "log_weights": log_weights, "rate_ema": rate_ema, "cpu_seconds": cpu_total(),
-            "history": changes.history, "lr": args.lr,
+            "history": changes.history, "lr": args.lr, "warmup": warmup,
         })
 
     model.train()
@@ -291,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
             if widen_from is not None and step - widened_at < WIDEN_WARMUP:
                 # Fresh Adam moments take sign-sized steps at first: ramp the rate up after widening.
                 set_learning_rate(opt, args.lr * (step - widened_at + 1) / WIDEN_WARMUP, args.gain_lr_factor)
+            elif warmup[1] and step - warmup[0] <= warmup[1]:
+                set_learning_rate(opt, args.lr * min(1.0, (step - warmup[0] + 1) / warmup[1]), args.gain_lr_factor)
             x = sample_batch(corpus, rng, args.batch, length)
             quality = torch.from_numpy(rng.permutation(len(targets))[: args.batch] if args.batch <= len(targets)
                                        else rng.integers(0, len(targets), args.batch)).float()

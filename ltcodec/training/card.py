@@ -28,7 +28,7 @@ def weights_line(state: dict) -> str:
 
 
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
-CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "crop_from")
+CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "crop_from", "init_from")
 
 
 def is_change(record: dict) -> bool:
@@ -73,6 +73,10 @@ def history_line(change: dict) -> str:
         return (f"* Training crops changed at step {change['step']:,} from {change['crop_from']}² in batches of "
                 f"{change.get('batch_from', 8)} to {change['crop']}² in batches of {change.get('batch', 8)} "
                 "(`--crop`, `--batch`).")
+    if "init_from" in change:
+        return (f"* Training went on at step {change['step']:,} from the weights of `{change['init_from']}` "
+                f"(its moving average) with a fresh optimizer, the learning rate ramped up over "
+                f"{change.get('warmup', 0):,} steps (`--init`, `--warmup`).")
     raise ValueError(f"unknown training change {change}")
 
 

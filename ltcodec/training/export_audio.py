@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         x, rate = sf.read(f, dtype="float32", always_2d=True)
         cal.append(soxr.resample(x.mean(axis=1), rate, config.sample_rate)[: 10 * config.sample_rate])
     path = args.out / f"{args.name}.safetensors"
-    meta = {"train_step": state["step"], "train_cpu_hours": round(state.get("cpu_seconds", 0) / 3600, 2)}
+    meta = {"train_step": state["step"], "train_cpu_hours": round(state.get("cpu_seconds", 0) / 3600, 2),
+            "history": json.dumps(state.get("history", []))}
     sha = export_audio_model(net, cal, path, args.name, extra_meta=meta)
     print(f"wrote {path} sha256 {sha}")
     t0 = time.perf_counter()

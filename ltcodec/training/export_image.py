@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         config.scale_floor_level = args.scale_floor_level
     print(f"scale floor level {config.scale_floor_level} (σ' ≥ {2 ** (config.scale_floor_level / 8):.3f})")
     path = args.out / f"{args.name}.safetensors"
-    meta = {"train_step": state["step"], "train_cpu_hours": round(state.get("cpu_seconds", 0) / 3600, 2)}
+    meta = {"train_step": state["step"], "train_cpu_hours": round(state.get("cpu_seconds", 0) / 3600, 2),
+            "history": json.dumps(state.get("history", []))}
     sha = export_image_model(net, calibration, path, args.name, extra_meta=meta)
     print(f"wrote {path} sha256 {sha}")
     model = ImageCodecModel.from_file(path, args.name)

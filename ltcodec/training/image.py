@@ -103,6 +103,8 @@ class Init(NamedTuple):
     step: int
     cpu_seconds: float
     lambdas: tuple[float, ...]  # the quality ladder its gain vectors were trained for
+    scale_floor_level: int | None = None  # the entropy model's floor it was trained with (None: the default)
+    history: tuple[dict, ...] = ()  # its recipe changes, which the card goes on reporting
 
 
 def load_init(path: Path) -> Init:
@@ -122,7 +124,7 @@ def load_init(path: Path) -> Init:
                        if k.startswith(("float.", "train."))}
         config = ImageModelConfig.from_dict(json.loads(meta.get("config", "{}")))
         return Init(weights, int(meta.get("train_step", 0)), float(meta.get("train_cpu_hours", 0.0)) * 3600.0,
-                    config.lambdas)
+                    config.lambdas, config.scale_floor_level, tuple(json.loads(meta.get("history", "[]"))))
     init = torch.load(path, weights_only=False)
     return Init(init["model"], 0, 0.0, ImageModelConfig.from_dict(init.get("config", {})).lambdas)
 
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--lr-drop-at", type=int, default=0, help="divide the learning rate by 10 from this step")
+    p.add_argument("--warmup", type=int, default=1000,
+                   help="with --init, ramp the learning rate up over this many steps (the optimizer starts afresh)")
     p.add_argument("--gain-lr-factor", type=float, default=10.0,
                    help="the per-quality gain vectors learn this many times faster (ltcodec.training.optim)")
     p.add_argument("--N", type=int, default=96)
@@ -239,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.init is not None:
             init = load_init(args.init)
             config.lambdas = init.lambdas
+            if init.scale_floor_level is not None:
+                config.scale_floor_level = init.scale_floor_level
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
     # A learned lattice's basis is a handful of numbers too: it learns at the gains' rate.
     gains = [model.enc_gain, model.dec_gain, *model.lattice.parameters()]
@@ -259,10 +265,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"initialized from {args.init} at step {step} (missing {missing}, unexpected {unexpected})", flush=True)
     # Changes of the quality ladder so far (the model card reports them); runs that changed it before
     # checkpoints kept this list have it in their log.
-    history = list(state.get("history", [])) if state is not None else []
+    history = list(state.get("history", [])) if state is not None else list(init.history) if init else []
     if state is not None and "history" not in state and log_path.exists():
         history = [r for r in map(json.loads, log_path.read_text().splitlines()) if is_change(r)]
     changes = RecipeChanges(history)
+    if init is not None and init.step:
+        changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
     if args.lambdas and tuple(args.lambdas) != tuple(config.lambdas):
         if len(args.lambdas) != len(config.lambdas):
             raise SystemExit(f"--lambdas needs {len(config.lambdas)} values, one per quality of the model")
@@ -294,8 +302,13 @@ def main(argv: list[str] | None = None) -> None:
     params = sum(p.numel() for p in model.parameters())
     print(f"{len(images)} training images, {params / 1e6:.2f} M parameters, config {config.to_dict()}", flush=True)
 
+    # Adam's first steps after a fresh start move every weight by about the full learning rate, whatever
+    # its gradient's noise: a trained model started from its weights ramps up instead.
+    warmup = state.get("warmup", (0, 0)) if state is not None else ((step, args.warmup) if init else (0, 0))
+
     def lr_at(s: int) -> float:
-        return args.lr * (0.1 if args.lr_drop_at and s >= args.lr_drop_at else 1.0)
+        ramp = min(1.0, (s - warmup[0] + 1) / warmup[1]) if warmup[1] else 1.0
+        return args.lr * ramp * (0.1 if args.lr_drop_at and s >= args.lr_drop_at else 1.0)
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, {
@@ -303,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "cpu_seconds": cpu_total(), "history": changes.history, "ema": average.state,
             "ema_decay": args.ema_decay, "lr": args.lr if not args.lr_drop_at else lr_at(step),
-            "crop": args.crop, "batch": args.batch,
+            "crop": args.crop, "batch": args.batch, "warmup": warmup,
         })
 
     average = WeightAverage(model, args.ema_decay, state.get("ema") if state is not None else None)
