@@ -32,6 +32,7 @@ class Result:
 
 
 class Codec:
+    default = True  # run when no codecs are named
     name = "codec"
     label = "codec"
     settings: list = []
@@ -147,6 +148,7 @@ class Hevc444(Codec):
 class Ltcodec(Codec):
     name, label = "ltcodec", "ltcodec (this project)"
     settings = [1, 2, 3, 4, 5, 6, 7, 8]
+    refine = 0
 
     def __init__(self, model: str | None = None):
         self.model_name = model
@@ -159,7 +161,7 @@ class Ltcodec(Codec):
             self._model = load_image_model(self.model_name)
         except Exception as e:  # a missing model is reported, not fatal
             return str(e)
-        self.label = f"ltcodec ({self._model.name})"
+        self.label = f"ltcodec ({self._model.name})" + (f", --refine {self.refine}" if self.refine else "")
         return None
 
     def run(self, rgb, setting):
@@ -169,12 +171,20 @@ class Ltcodec(Codec):
 
         torch.set_num_threads(THREADS)
         t0 = time.perf_counter()
-        data = encode_image(rgb, quality=setting, model=self._model)
+        data = encode_image(rgb, quality=setting, model=self._model, refine=self.refine)
         t1 = time.perf_counter()
         out = np.asarray(decode_image(data, model=self._model))
         t2 = time.perf_counter()
         return Result(len(data), out, t1 - t0, t2 - t1)
 
 
+class LtcodecRefined(Ltcodec):
+    """ltcodec's slowest encode (``--refine``): run only when named, it takes ~25 s per Kodak image."""
+
+    name = "ltcodec-refine"
+    refine = 30
+    default = False
+
+
 def all_codecs(model: str | None = None) -> list[Codec]:
-    return [Ltcodec(model), Jpeg420(), Jpeg444(), WebP(), Avif(), JpegXL(), Hevc444()]
+    return [Ltcodec(model), LtcodecRefined(model), Jpeg420(), Jpeg444(), WebP(), Avif(), JpegXL(), Hevc444()]

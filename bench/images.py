@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", type=Path, required=True, help="folder of images")
     p.add_argument("--name", help="name of the results (default: the folder's name)")
-    p.add_argument("--codecs", nargs="*", help="only these codecs (ltcodec jpeg420 jpeg444 webp avif jxl x265)")
+    p.add_argument("--codecs", nargs="*", help="only these codecs (ltcodec jpeg420 jpeg444 webp avif jxl x265; "
+                   "ltcodec-refine, the slow encode, only when named)")
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--model", help="ltcodec model name or path")
     p.add_argument("--crop-image", default="kodim23.png", help="image used for the crop figure")
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     images = load_set(args.set, args.limit)
     t0 = time.time()
     results, skipped = {}, {}
-    codecs = [c for c in all_codecs(args.model) if not args.codecs or c.name in args.codecs]
+    codecs = [c for c in all_codecs(args.model) if (c.name in args.codecs if args.codecs else c.default)]
     previous = RESULTS / f"images-{name}.json"
     if args.codecs and previous.exists():
         # Keep the other codecs' measurements (same set, same settings) so one codec can be rerun alone.

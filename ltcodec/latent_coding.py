@@ -78,6 +78,9 @@ class HyperLatentCoding:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise LtcModelError(f"model file does not match its architecture (missing {missing[:3]})")
+        # The float hyperprior kept for training (and for encoder-side refinement); decoding never reads it.
+        model.training_state = {k[len("train."):]: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()
+                                if k.startswith("train.")}
         model.h_s_int = IntegerNetwork.from_arrays(arrays, "h_s.", json.loads(meta["h_s"]), Z_CLAMP)
         if model.h_s_int.fingerprint(config.N) != meta["h_s_fingerprint"]:
             raise LtcModelError("integer hyper-synthesis failed its self-test")

@@ -105,3 +105,19 @@ def test_existing_output_needs_force(tmp_path):
 def test_models_command_lists_the_shipped_model():
     r = CliRunner().invoke(main, ["models"])
     assert r.exit_code == 0 and "ltc-image-e8" in r.output
+
+
+def test_refine_option(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    src = _png(tmp_path, size=(64, 48))
+    r = CliRunner().invoke(main, ["encode", str(src), str(tmp_path / "r.ltc"), "-q", "2", "--refine", "3"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["decode", str(tmp_path / "r.ltc"), str(tmp_path / "r.png")])
+    assert r.exit_code == 0 and Image.open(tmp_path / "r.png").size == (64, 48)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(1600), 16000)
+    assert "--refine is for images" in _fails(["encode", str(wav), str(tmp_path / "a.ltc"), "--refine", "3"], tmp_path)
+    r = CliRunner().invoke(main, ["encode", str(src), str(tmp_path / "n.ltc"), "--refine", "-1"])
+    assert r.exit_code != 0 and not (tmp_path / "n.ltc").exists()

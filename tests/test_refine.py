@@ -1,0 +1,85 @@
+"""Encoder-side latent refinement: smaller files for the same decoder, tiles, rate targets, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from ltcodec import refine as refine_module
+from ltcodec.errors import LtcInputError
+from ltcodec.image import decode_image, encode_image, image_info
+from ltcodec.refine import quality_lambda
+from ltcodec.zoo import load_image_model
+
+from conftest import psnr, smooth_image
+
+
+def _coded_objective(m, rgb, data):
+    """λ·MSE(255²) + bits per pixel of a real file: what refinement lowers."""
+    out = np.asarray(decode_image(data, model=m))
+    mse = ((out.astype(np.float64) - rgb) ** 2).mean()
+    q = image_info(data).quality
+    return quality_lambda(m.config.lambdas, q) * mse + 8 * len(data) / rgb[..., 0].size
+
+
+def test_quality_lambda_follows_the_ladder_between_qualities():
+    ladder = (0.001, 0.004, 0.016)
+    assert quality_lambda(ladder, 1.0) == pytest.approx(0.001)
+    assert quality_lambda(ladder, 3.0) == pytest.approx(0.016)
+    assert quality_lambda(ladder, 1.5) == pytest.approx(0.002)  # log-linear, as the gains are
+    assert quality_lambda(ladder, 9.0) == pytest.approx(0.016)
+
+
+@pytest.mark.parametrize("quality", [1.0, 3.0])
+def test_refined_file_decodes_and_codes_the_trade_off_better(quality):
+    m = load_image_model(None)
+    rgb = smooth_image(128, 96, seed=5)
+    plain = encode_image(rgb, quality=quality, model=m)
+    refined = encode_image(rgb, quality=quality, model=m, refine=8)
+    assert image_info(refined).quality == quality
+    assert refined != plain
+    # The same decoder reads it; the objective the model trades on improves on the real file.
+    assert psnr(rgb, np.asarray(decode_image(refined, model=m))) > 20
+    assert _coded_objective(m, rgb, refined) < _coded_objective(m, rgb, plain)
+
+
+def test_refinement_never_ends_worse_than_it_starts_under_the_hard_objective(monkeypatch):
+    m = load_image_model(None)
+    rgb = smooth_image(64, 64, seed=2)
+    monkeypatch.setattr(refine_module, "STEP_SIZE", 5.0)  # absurd steps: only the start is any good
+    y = m.analysis(rgb)
+    out = refine_module.refine_latent(m, rgb, y, 2.0, 3)
+    torch.testing.assert_close(out, y, rtol=1e-6, atol=1e-6)
+
+
+def test_large_images_are_refined_tile_by_tile(monkeypatch):
+    monkeypatch.setattr(refine_module, "REFINE_TILE", 4)  # 4² latents = 64² pixels per tile
+    monkeypatch.setattr(refine_module, "REFINE_HALO", 4)
+    m = load_image_model(None)
+    rgb = smooth_image(150, 70, seed=1)  # 10 × 5 latents after padding: 3 × 2 tiles, the last ones partial
+    seen = []
+    data = encode_image(rgb, quality=2, model=m, refine=2, progress=lambda *a: seen.append(a))
+    assert [s for s in seen if s[0] == "refining"][-1] == ("refining", 12, 12)
+    assert decode_image(data, model=m).size == (150, 70)
+
+
+def test_bpp_target_holds_with_refinement():
+    m = load_image_model(None)
+    rgb = smooth_image(128, 96, seed=4)
+    data = encode_image(rgb, bpp=0.5, model=m, refine=4)
+    assert 8 * len(data) / (128 * 96) <= 0.5
+    assert 8 * len(data) / (128 * 96) >= 8 * len(encode_image(rgb, bpp=0.5, model=m)) / (128 * 96) * 0.8
+
+
+def test_refine_errors_are_typed():
+    m = load_image_model(None)
+    rgb = smooth_image(16, 16)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(LtcInputError):
+            encode_image(rgb, quality=2, model=m, refine=bad)
+    state = m.training_state
+    try:
+        m.training_state = {}
+        with pytest.raises(LtcInputError, match="float hyperprior"):
+            encode_image(rgb, quality=2, model=m, refine=2)
+    finally:
+        m.training_state = state
