@@ -30,10 +30,18 @@ __all__ = ["refine_latent", "quality_lambda", "REFINE_TILE"]
 #: with a frozen border of neighbours around it so that the tile sees its surroundings.
 REFINE_TILE = 64
 REFINE_HALO = 4  # a whole hyper-latent position (z is at 1/4 of the latent's resolution)
-#: Adam's step in lattice units (the quantizer's scale at every quality): large enough to cross
-#: quantization cells within tens of steps, small enough that the relaxed objective still tracks the
-#: coded one.
+#: Adam's first step in lattice units (the quantizer's scale at every quality) at the lowest quality,
+#: growing tenfold to the highest: at low rates most latents sit at zero and small moves already change
+#: the coded objective, at high rates it takes larger ones (measured on Kodak: 0.01 beats 0.05 at
+#: quality 1, 0.1 beats 0.03 at quality 8).
 STEP_SIZE = 0.01
+STEP_GROWTH = 10.0
+
+
+def step_size(quality: float, qualities: int) -> float:
+    """Adam's initial step for a quality (log-linear from STEP_SIZE at 1 to STEP_SIZE·STEP_GROWTH at the top)."""
+    t = min(max((quality - 1.0) / max(qualities - 1, 1), 0.0), 1.0)
+    return STEP_SIZE * STEP_GROWTH ** t
 
 
 def quality_lambda(lambdas: tuple[float, ...], quality: float) -> float:
@@ -84,9 +92,9 @@ def _objective(net, x: Tensor, y: Tensor, dec_g: Tensor, lam: float, px_mask: Te
 
 
 def _refine_tile(net, x: Tensor, y: Tensor, dec_g: Tensor, lam: float, px_mask: Tensor, lat_mask: Tensor,
-                 steps: int, tick: Callable[[], None]) -> Tensor:
+                 steps: int, lr: float, tick: Callable[[], None]) -> Tensor:
     param = y.clone().requires_grad_(True)
-    opt = torch.optim.Adam([param], lr=STEP_SIZE)
+    opt = torch.optim.Adam([param], lr=lr)
     best_value, best = math.inf, y
     for k in range(steps + 1):
         loss, value = _objective(net, x, param, dec_g, lam, px_mask, lat_mask, relaxed=True)
@@ -95,7 +103,7 @@ def _refine_tile(net, x: Tensor, y: Tensor, dec_g: Tensor, lam: float, px_mask: 
         if k == steps:
             break
         for g in opt.param_groups:  # cosine decay: large moves first, then settle
-            g["lr"] = STEP_SIZE * 0.5 * (1 + math.cos(math.pi * k / steps))
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * k / steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         param.grad.mul_(lat_mask)  # the border is context only
@@ -157,6 +165,7 @@ def _refine(net, x: Tensor, valid: Tensor, y: Tensor, quality: float, steps: int
                 continue
             crop = ys[:, :, a0:a1, b0:b1].contiguous(memory_format=torch.channels_last)
             xc = x[:, :, a0 * 16: a1 * 16, b0 * 16: b1 * 16].contiguous(memory_format=torch.channels_last)
-            best = _refine_tile(net, xc, crop, dec_g, lam, px_mask, lat_mask, steps, tick)
+            best = _refine_tile(net, xc, crop, dec_g, lam, px_mask, lat_mask, steps,
+                                step_size(quality, net.qualities), tick)
             ys[:, :, i0:i1, j0:j1] = best[:, :, i0 - a0: i1 - a0, j0 - b0: j1 - b0]
     return ys / enc_g
