@@ -51,7 +51,8 @@ def _save(im: Image.Image, fp, filename) -> None:
     from .image import encode_image
 
     opts = im.encoderinfo
-    fp.write(encode_image(im, quality=opts.get("quality"), bpp=opts.get("bpp"), model=opts.get("model")))
+    fp.write(encode_image(im, quality=opts.get("quality"), bpp=opts.get("bpp"), model=opts.get("model"),
+                          refine=opts.get("refine", 0)))
 
 
 Image.register_open(LtcImageFile.format, LtcImageFile, _accept)

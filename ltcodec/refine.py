@@ -140,7 +140,10 @@ def refine_latent(m, rgb: np.ndarray, y: Tensor, quality: float, steps: int,
     for p in frozen:  # gradients for the latent only
         p.requires_grad_(False)
     try:
-        return _refine(net, x, valid, y, quality, steps, tiles, tick)
+        # The dither is seeded, and the caller's random state left alone: the same call, the same file.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return _refine(net, x, valid, y, quality, steps, tiles, tick)
     finally:
         for p in frozen:
             p.requires_grad_(True)

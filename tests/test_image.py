@@ -165,6 +165,8 @@ def test_library_exports_and_pillow_plugin(picture, tmp_path):
     assert im.format == "LTC" and im.size == (96, 80) and im.mode == "RGB"
     assert np.array_equal(np.asarray(im), np.asarray(decode_image(path.read_bytes())))
     assert im.info["ltc_quality"] == 7.0
+    Image.fromarray(picture).save(tmp_path / "r.ltc", quality=2, refine=2)
+    assert (tmp_path / "r.ltc").read_bytes() == encode_image(picture, quality=2, refine=2)
 
 
 def test_corrupted_streams_with_valid_crcs_raise_only_typed_errors():

@@ -90,3 +90,13 @@ def test_refine_errors_are_typed():
             encode_image(rgb, quality=2, model=m, refine=2)
     finally:
         m.training_state = state
+
+
+def test_refinement_is_repeatable_and_leaves_the_random_state_alone():
+    m = load_image_model(None)
+    rgb = smooth_image(48, 32, seed=7)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = encode_image(rgb, quality=2, model=m, refine=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert encode_image(rgb, quality=2, model=m, refine=3) == a
