@@ -180,8 +180,11 @@ def test_a_damaged_segment_is_an_error_or_silence(model):
     seg = SEGMENT_FRAMES * hop
     assert np.all(y[seg:2 * seg] == 0)  # the lost segment is silent
     margin = HALO_FRAMES * hop * 2
-    np.testing.assert_array_equal(y[:seg - margin], clean[:seg - margin])
-    np.testing.assert_array_equal(y[2 * seg + margin:], clean[2 * seg + margin:])
+    # Beyond the halos the neighbours decode as before.  Their synthesis input is shorter by the lost
+    # halo, and a float convolution library may pick another kernel for another length (seen on AVX-512
+    # machines): equal to float rounding, far below a 16-bit step (3·10⁻⁵).
+    np.testing.assert_allclose(y[:seg - margin], clean[:seg - margin], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(y[2 * seg + margin:], clean[2 * seg + margin:], rtol=0, atol=1e-6)
     assert audio_info(data).damaged == 0
 
 
