@@ -30,18 +30,11 @@ __all__ = ["refine_latent", "quality_lambda", "REFINE_TILE"]
 #: with a frozen border of neighbours around it so that the tile sees its surroundings.
 REFINE_TILE = 64
 REFINE_HALO = 4  # a whole hyper-latent position (z is at 1/4 of the latent's resolution)
-#: Adam's first step in lattice units (the quantizer's scale at every quality) at the lowest quality,
-#: growing tenfold to the highest: at low rates most latents sit at zero and small moves already change
-#: the coded objective, at high rates it takes larger ones (measured on Kodak: 0.01 beats 0.05 at
-#: quality 1, 0.1 beats 0.03 at quality 8).
+#: Adam's first step in lattice units (the quantizer's scale at every quality), decayed to zero over the
+#: steps: large enough to cross quantization cells within tens of steps, small enough that the relaxed
+#: objective still tracks the coded one.  (A step growing tenfold from quality 1 to 8 did better at the
+#: ends and worse in the middle: BD-rate −20.3% against −21.4% on the first 6 Kodak images.)
 STEP_SIZE = 0.01
-STEP_GROWTH = 10.0
-
-
-def step_size(quality: float, qualities: int) -> float:
-    """Adam's initial step for a quality (log-linear from STEP_SIZE at 1 to STEP_SIZE·STEP_GROWTH at the top)."""
-    t = min(max((quality - 1.0) / max(qualities - 1, 1), 0.0), 1.0)
-    return STEP_SIZE * STEP_GROWTH ** t
 
 
 def quality_lambda(lambdas: tuple[float, ...], quality: float) -> float:
@@ -168,7 +161,6 @@ def _refine(net, x: Tensor, valid: Tensor, y: Tensor, quality: float, steps: int
                 continue
             crop = ys[:, :, a0:a1, b0:b1].contiguous(memory_format=torch.channels_last)
             xc = x[:, :, a0 * 16: a1 * 16, b0 * 16: b1 * 16].contiguous(memory_format=torch.channels_last)
-            best = _refine_tile(net, xc, crop, dec_g, lam, px_mask, lat_mask, steps,
-                                step_size(quality, net.qualities), tick)
+            best = _refine_tile(net, xc, crop, dec_g, lam, px_mask, lat_mask, steps, STEP_SIZE, tick)
             ys[:, :, i0:i1, j0:j1] = best[:, :, i0 - a0: i1 - a0, j0 - b0: j1 - b0]
     return ys / enc_g

@@ -21,13 +21,6 @@ def _coded_objective(m, rgb, data):
     return quality_lambda(m.config.lambdas, q) * mse + 8 * len(data) / rgb[..., 0].size
 
 
-def test_step_size_grows_tenfold_from_the_lowest_to_the_highest_quality():
-    from ltcodec.refine import step_size
-
-    assert step_size(1.0, 8) == pytest.approx(0.01) and step_size(8.0, 8) == pytest.approx(0.1)
-    assert step_size(4.5, 8) == pytest.approx(0.01 * 10 ** 0.5)
-
-
 def test_quality_lambda_follows_the_ladder_between_qualities():
     ladder = (0.001, 0.004, 0.016)
     assert quality_lambda(ladder, 1.0) == pytest.approx(0.001)
