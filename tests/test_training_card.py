@@ -65,3 +65,31 @@ def test_recipe_changes_keep_the_old_history_and_log_only_the_new_changes(tmp_pa
         changes.write_new(f)
     assert [json.loads(line) for line in log.read_text().splitlines()] == [new]
     assert all(is_change(c) for c in changes.history)
+
+
+def test_a_cards_history_and_progress_tables_read_back():
+    from ltcodec.training.card import evals_from_card, history_from_card, progress_section
+
+    ladder = [0.0001, 0.001, 0.01]
+    history = [{"step": 100, "lambdas_from": [0.0002, 0.001, 0.01], "lambdas": [0.00015, 0.001, 0.01]},
+               {"step": 1_200, "lr_from": 2e-4, "lr": 1e-4},
+               {"step": 1_500, "scale_floor_level_from": -32, "scale_floor_level": -20},
+               {"step": 2_000, "channels_from": 16, "channels": 24},
+               {"step": 2_500, "crop_from": 128, "batch_from": 8, "crop": 192, "batch": 4},
+               {"step": 3_000, "lambdas_from": [0.00015, 0.001, 0.01], "lambdas": ladder},
+               {"step": 4_000, "init_from": "ltc-image-e8.safetensors", "warmup": 1000}]
+    card = "# m\n\n## Training\n\n" + "\n".join(history_line(h) for h in history) + "\n"
+    assert history_from_card(card, ladder) == history
+    records = [{"step": s, "eval_ema": [{"quality": q, "bpp": 0.1 * q + s / 1e5, "psnr": 20.0 + q} for q in (1, 3)],
+                "eval_train_ema": [{"quality": q, "bpp": 0.2 * q, "psnr": 21.0 + q} for q in (1, 3)]}
+               for s in (1000, 2000)]
+    cell = lambda r: f"{r['bpp']:.3f} bpp, {r['psnr']:.2f} dB"  # noqa: E731
+    card += "\n".join(["## Training progress", "", *progress_section(records, (1, 3), cell, "Kodak"),
+                       *progress_section(records, (1, 3), cell, "Train", key="eval_train_ema")])
+    back = evals_from_card(card)
+    assert [r["step"] for r in back] == [1000, 2000]
+    for got, want in zip(back, records):
+        for key in ("eval_ema", "eval_train_ema"):
+            assert [(r["quality"], round(r["bpp"], 3), r["psnr"]) for r in got[key]] == \
+                [(r["quality"], round(r["bpp"], 3), r["psnr"]) for r in want[key]]
+        assert got["eval"] == got["eval_ema"]

@@ -35,7 +35,7 @@ import soxr
 import torch
 
 from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
-from .card import RecipeChanges
+from .card import RecipeChanges, history_from_card, seed_from_card
 from .image import save_checkpoint
 from .optim import (WeightAverage, descend, drop_mismatched_state, gain_optimizer, learning_rate_change,
                     set_learning_rate, split_state)
@@ -84,8 +84,11 @@ def load_init(path: Path) -> tuple[AudioModelConfig, dict[str, torch.Tensor], di
         kl = fit_density(net.z_density, table_pmfs(t.freqs, t.starts, t.offsets, radius), radius)
         print(f"rebuilt the float h_s from the integer one; z density refitted (KL {kl:.5f} bits)", flush=True)
         weights.update({k: v for k, v in net.state_dict().items() if k.startswith(("h_s.", "z_density."))})
+    card = Path(path).with_suffix(".md")
+    history = (json.loads(meta["history"]) if "history" in meta else
+               history_from_card(card.read_text(), config.target_kbps) if card.exists() else [])
     record = {"step": int(meta.get("train_step", 0)), "cpu_seconds": float(meta.get("train_cpu_hours", 0)) * 3600,
-              "history": json.loads(meta.get("history", "[]"))}
+              "history": history}
     return config, weights, record
 
 
@@ -251,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
 
     state = torch.load(ckpt_path, weights_only=False) if args.resume and ckpt_path.exists() else None
     init = load_init(args.init) if state is None and args.init is not None else None
+    if init is not None:
+        seed_from_card(args.init.with_suffix(".md"), log_path)
     config = (AudioModelConfig.from_dict(state["config"]) if state else init[0] if init else
               AudioModelConfig(channels=args.channels or 16, M=args.M, lattice=args.lattice))
     widen_from = None

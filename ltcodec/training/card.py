@@ -112,3 +112,79 @@ def progress_section(records: list[dict], qualities: Sequence[int], cell: Callab
         lines.append(f"| {rec['step']:,} | {'average' if name.endswith('_ema') else 'training'} | "
                      + " | ".join(cell(by_q[q]) if q in by_q else "–" for q in qualities) + " |")
     return lines + [""]
+
+
+# Model files written before they kept their recipe history in their metadata: the card beside them
+# still lists it, and its progress tables hold the periodic evals.  Read back, they let training go on
+# from such a file with the card intact (the inverses of history_line and progress_section).
+
+_NUMBER = r"(-?[\d.]+(?:e-?\d+)?)"
+_CARD_CHANGES = (
+    (rf"\* Quality ladder changed at step ([\d,]+) from λ = ([^(]+?) \(", lambda m: {
+        "lambdas_from": [float(v) for v in m[2].split(",")]}),
+    (rf"\* Learning rate changed at step ([\d,]+) from {_NUMBER} to {_NUMBER} ", lambda m: {
+        "lr_from": float(m[2]), "lr": float(m[3])}),
+    (r"\* Entropy-model scale floor changed at step ([\d,]+) from level (-?\d+) to (-?\d+) ", lambda m: {
+        "scale_floor_level_from": int(m[2]), "scale_floor_level": int(m[3])}),
+    (r"\* Transforms widened at step ([\d,]+) from (\d+) to (\d+) ", lambda m: {
+        "channels_from": int(m[2]), "channels": int(m[3])}),
+    (r"\* Training crops changed at step ([\d,]+) from (\d+)² in batches of (\d+) to (\d+)² in batches of (\d+) ",
+     lambda m: {"crop_from": int(m[2]), "batch_from": int(m[3]), "crop": int(m[4]), "batch": int(m[5])}),
+    (r"\* Training went on at step ([\d,]+) from the weights of `([^`]+)` .* over ([\d,]+) steps", lambda m: {
+        "init_from": m[2], "warmup": int(m[3].replace(",", ""))}),
+)
+
+
+def history_from_card(text: str, lambdas: Sequence[float]) -> list[dict]:
+    """The recipe changes a card lists; ``lambdas`` is the model's ladder, the last ladder change's new one."""
+    import re
+
+    history = []
+    for line in text.splitlines():
+        for pattern, fields in _CARD_CHANGES:
+            m = re.match(pattern, line)
+            if m:
+                history.append({"step": int(m[1].replace(",", "")), **fields(m)})
+                break
+    ladders = [h for h in history if "lambdas_from" in h]
+    for change, following in zip(ladders, ladders[1:] + [None]):
+        change["lambdas"] = list(following["lambdas_from"] if following else lambdas)
+    return history
+
+
+def evals_from_card(text: str) -> list[dict]:
+    """The periodic evals of a card's progress tables, as training-log records (image or audio cells)."""
+    import re
+
+    if "## Training progress" not in text:
+        return []
+    records: dict[int, dict] = {}
+    tables, qualities = 0, []
+    for line in text.split("## Training progress", 1)[1].splitlines():
+        if line.startswith("| step |"):
+            tables += 1
+            qualities = [int(c.strip()[1:]) for c in line.split("|")[3:-1]]
+            continue
+        m = re.match(r"\| ([\d,]+) \| (average|training) \| (.+) \|$", line)
+        if not m:
+            continue
+        rows = []
+        for q, cell in zip(qualities, m[3].split("|")):
+            c = re.match(rf"\s*{_NUMBER} (bpp|kbps), {_NUMBER} dB", cell)
+            if c:
+                rate, score = ("bpp", "psnr") if c[2] == "bpp" else ("kbps", "si_sdr")
+                rows.append({"quality": q, rate: float(c[1]), score: float(c[3])})
+        step = int(m[1].replace(",", ""))
+        key = ("eval" if tables == 1 else "eval_train") + ("_ema" if m[2] == "average" else "")
+        records.setdefault(step, {"step": step})[key] = rows
+    for rec in records.values():
+        rec.setdefault("eval", rec.get("eval_ema", []))
+    return [records[s] for s in sorted(records)]
+
+
+def seed_from_card(card: Path, log: Path) -> None:
+    """Start a training log with the evals of the card of the model file a run starts from."""
+    if card.exists() and not (log.exists() and log.stat().st_size):
+        with open(log, "w") as f:
+            for rec in evals_from_card(card.read_text()):
+                f.write(json.dumps(rec) + "\n")

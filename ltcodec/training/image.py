@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..image_model import LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
-from .card import RecipeChanges, is_change
+from .card import RecipeChanges, history_from_card, is_change, seed_from_card
 from .optim import WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
@@ -123,8 +123,11 @@ def load_init(path: Path) -> Init:
             weights = {k.split(".", 1)[1]: f.get_tensor(k).float() for k in f.keys()
                        if k.startswith(("float.", "train."))}
         config = ImageModelConfig.from_dict(json.loads(meta.get("config", "{}")))
+        card = path.with_suffix(".md")
+        history = (json.loads(meta["history"]) if "history" in meta else
+                   history_from_card(card.read_text(), config.lambdas) if card.exists() else [])
         return Init(weights, int(meta.get("train_step", 0)), float(meta.get("train_cpu_hours", 0.0)) * 3600.0,
-                    config.lambdas, config.scale_floor_level, tuple(json.loads(meta.get("history", "[]"))))
+                    config.lambdas, config.scale_floor_level, tuple(history))
     init = torch.load(path, weights_only=False)
     return Init(init["model"], 0, 0.0, ImageModelConfig.from_dict(init.get("config", {})).lambdas)
 
@@ -243,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.init is not None:
             init = load_init(args.init)
             config.lambdas = init.lambdas
+            seed_from_card(args.init.with_suffix(".md"), log_path)
             if init.scale_floor_level is not None:
                 config.scale_floor_level = init.scale_floor_level
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
