@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", type=Path, required=True, help="folder of images")
     p.add_argument("--name", help="name of the results (default: the folder's name)")
     p.add_argument("--codecs", nargs="*", help="only these codecs (ltcodec jpeg420 jpeg444 webp avif jxl x265; "
-                   "ltcodec-refine, the slow encode, only when named)")
+                   "ltcodec-refine and ltcodec-refine10, the slow encodes, only when named)")
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--model", help="ltcodec model name or path")
     p.add_argument("--crop-image", default="kodim23.png", help="image used for the crop figure")
