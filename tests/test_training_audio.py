@@ -85,7 +85,7 @@ def test_training_restarts_from_a_shipped_file_with_its_hyperprior(tmp_path):
 
 def test_an_old_file_without_float_hyperprior_gets_an_equivalent_one(tmp_path):
     from ltcodec.latent_coding import MEAN_GRID
-    from ltcodec.training.restore import table_pmfs
+    from ltcodec.training.restore import table_pmfs, table_radius
 
     net, path, signal = _tiny_export(tmp_path, keep_training_state=False)
     config, weights, _ = train_audio.load_init(path)
@@ -104,7 +104,7 @@ def test_an_old_file_without_float_hyperprior_gets_an_equivalent_one(tmp_path):
     assert all(0.01 < float(m.weight.detach().abs().max()) < 10 for m in rebuilt.h_s if hasattr(m, "weight"))
     # ... its z density is the frozen tables' (the same pmf to about 1%).
     t = shipped.z_tables
-    radius = int(np.abs(np.concatenate([t.offsets, t.offsets + np.diff(t.starts)])).max()) + 2
+    radius = table_radius(t.starts, t.offsets)
     frozen = table_pmfs(t.freqs, t.starts, t.offsets, radius)
     assert frozen.sum(axis=1).min() > 0.999 and (frozen > 0.001).sum() > 10 * config.N
     np.testing.assert_allclose(rebuilt.z_density.pmf(radius), frozen, atol=0.01 * frozen.max())

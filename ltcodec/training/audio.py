@@ -35,11 +35,11 @@ import soxr
 import torch
 
 from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
-from .card import RecipeChanges, history_from_card, seed_from_card
+from .card import RecipeChanges, recorded_history, seed_from_card
 from .image import save_checkpoint
 from .optim import (WeightAverage, descend, drop_mismatched_state, gain_optimizer, learning_rate_change,
-                    set_learning_rate, split_state)
-from .restore import fit_density, float_layers, load_float_layers, table_pmfs
+                    set_learning_rate, split_state, warmup_factor)
+from .restore import fit_density, float_layers, load_float_layers, table_pmfs, table_radius
 from .widen import widen_state
 
 CACHE = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec"))
@@ -80,15 +80,12 @@ def load_init(path: Path) -> tuple[AudioModelConfig, dict[str, torch.Tensor], di
         out_scale = np.concatenate([np.full(config.M, MEAN_GRID, np.float64), np.full(config.M, 8.0)])
         load_float_layers(net.h_s, float_layers(shipped.h_s_int.layers, out_scale))
         t = shipped.z_tables
-        radius = int(np.abs(np.concatenate([t.offsets, t.offsets + np.diff(t.starts)])).max()) + 2
+        radius = table_radius(t.starts, t.offsets)
         kl = fit_density(net.z_density, table_pmfs(t.freqs, t.starts, t.offsets, radius), radius)
         print(f"rebuilt the float h_s from the integer one; z density refitted (KL {kl:.5f} bits)", flush=True)
         weights.update({k: v for k, v in net.state_dict().items() if k.startswith(("h_s.", "z_density."))})
-    card = Path(path).with_suffix(".md")
-    history = (json.loads(meta["history"]) if "history" in meta else
-               history_from_card(card.read_text(), config.target_kbps) if card.exists() else [])
     record = {"step": int(meta.get("train_step", 0)), "cpu_seconds": float(meta.get("train_cpu_hours", 0)) * 3600,
-              "history": history}
+              "history": recorded_history(meta, Path(path).with_suffix(".md"))}
     return config, weights, record
 
 
@@ -295,7 +292,6 @@ def main(argv: list[str] | None = None) -> None:
     # checkpoints kept theirs.
     changes = RecipeChanges(state.get("history", []) if state is not None else init[2]["history"] if init else [])
     changes.add(learning_rate_change(state, args.lr, step, default=3e-4), "learning rate")
-    # Fresh Adam moments take sign-sized steps at first: the rate ramps up after a start from weights.
     warmup = state.get("warmup", (0, 0)) if state is not None else ((step, args.warmup) if init else (0, 0))
     if init is not None and step:
         changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
@@ -345,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
                 # Fresh Adam moments take sign-sized steps at first: ramp the rate up after widening.
                 set_learning_rate(opt, args.lr * (step - widened_at + 1) / WIDEN_WARMUP, args.gain_lr_factor)
             elif warmup[1] and step - warmup[0] <= warmup[1]:
-                set_learning_rate(opt, args.lr * min(1.0, (step - warmup[0] + 1) / warmup[1]), args.gain_lr_factor)
+                set_learning_rate(opt, args.lr * warmup_factor(step, warmup), args.gain_lr_factor)
             x = sample_batch(corpus, rng, args.batch, length)
             quality = torch.from_numpy(rng.permutation(len(targets))[: args.batch] if args.batch <= len(targets)
                                        else rng.integers(0, len(targets), args.batch)).float()

@@ -135,6 +135,13 @@ _CARD_CHANGES = (
 )
 
 
+def recorded_history(meta: dict, card: Path, ladder: Sequence[float] = ()) -> list[dict]:
+    """A model file's recipe history: its metadata's, else its card's (``card``, beside it), else none."""
+    if "history" in meta:
+        return json.loads(meta["history"])
+    return history_from_card(card.read_text(), ladder) if card.exists() else []
+
+
 def history_from_card(text: str, lambdas: Sequence[float]) -> list[dict]:
     """The recipe changes a card lists; ``lambdas`` is the model's ladder, the last ladder change's new one."""
     import re

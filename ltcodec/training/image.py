@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 
 from ..image_model import LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
-from .card import RecipeChanges, history_from_card, is_change, seed_from_card
-from .optim import WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state
+from .card import RecipeChanges, is_change, recorded_history, seed_from_card
+from .optim import (WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state,
+                    warmup_factor)
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
 
@@ -123,9 +124,7 @@ def load_init(path: Path) -> Init:
             weights = {k.split(".", 1)[1]: f.get_tensor(k).float() for k in f.keys()
                        if k.startswith(("float.", "train."))}
         config = ImageModelConfig.from_dict(json.loads(meta.get("config", "{}")))
-        card = path.with_suffix(".md")
-        history = (json.loads(meta["history"]) if "history" in meta else
-                   history_from_card(card.read_text(), config.lambdas) if card.exists() else [])
+        history = recorded_history(meta, path.with_suffix(".md"), config.lambdas)
         return Init(weights, int(meta.get("train_step", 0)), float(meta.get("train_cpu_hours", 0.0)) * 3600.0,
                     config.lambdas, config.scale_floor_level, tuple(history))
     init = torch.load(path, weights_only=False)
@@ -306,13 +305,10 @@ def main(argv: list[str] | None = None) -> None:
     params = sum(p.numel() for p in model.parameters())
     print(f"{len(images)} training images, {params / 1e6:.2f} M parameters, config {config.to_dict()}", flush=True)
 
-    # Adam's first steps after a fresh start move every weight by about the full learning rate, whatever
-    # its gradient's noise: a trained model started from its weights ramps up instead.
     warmup = state.get("warmup", (0, 0)) if state is not None else ((step, args.warmup) if init else (0, 0))
 
     def lr_at(s: int) -> float:
-        ramp = min(1.0, (s - warmup[0] + 1) / warmup[1]) if warmup[1] else 1.0
-        return args.lr * ramp * (0.1 if args.lr_drop_at and s >= args.lr_drop_at else 1.0)
+        return args.lr * warmup_factor(s, warmup) * (0.1 if args.lr_drop_at and s >= args.lr_drop_at else 1.0)
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, {

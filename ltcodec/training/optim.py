@@ -48,6 +48,15 @@ def drop_mismatched_state(opt: torch.optim.Optimizer) -> int:
     return len(stale)
 
 
+def warmup_factor(step: int, warmup: tuple[int, int]) -> float:
+    """The learning-rate factor at ``step`` of a ramp over ``warmup`` = (first step, length); 1 without one.
+
+    Adam's first steps after a fresh start move every weight by about the full learning rate, whatever its
+    gradient's noise: a trained model started from its weights (``--init``) ramps up instead."""
+    start, length = warmup
+    return min(1.0, (step - start + 1) / length) if length else 1.0
+
+
 def set_learning_rate(opt: torch.optim.Optimizer, lr: float, factor: float) -> None:
     opt.param_groups[0]["lr"] = lr
     opt.param_groups[1]["lr"] = lr * factor

@@ -64,6 +64,11 @@ def load_float_layers(net: nn.Sequential, weights: list[tuple[np.ndarray, np.nda
             conv.bias.copy_(torch.from_numpy(b))
 
 
+def table_radius(starts: np.ndarray, offsets: np.ndarray) -> int:
+    """A radius whose [−radius, radius] holds every symbol of frozen channel tables (and a margin of 2)."""
+    return int(np.abs(np.concatenate([offsets, offsets + np.diff(starts)])).max()) + 2
+
+
 def table_pmfs(freqs: np.ndarray, starts: np.ndarray, offsets: np.ndarray, radius: int) -> np.ndarray:
     """Per-channel pmf over [−radius, radius] of frozen channel tables (their escape mass dropped)."""
     pmf = np.zeros((offsets.size, 2 * radius + 1))
