@@ -29,7 +29,7 @@ from .container import (MEDIA_AUDIO, MEDIA_IMAGE, ImageHeader, media_kind, MAX_I
 from .errors import LtcFormatError, LtcInputError
 from .image_codec import ImageCodecModel, Streams
 from .ratecontrol import search_quality
-from .refine import refine_latent
+from .refine import prepare_refinement, refine_latent
 from .zoo import load_image_model, model_for_file
 
 __all__ = ["encode_image", "decode_image", "image_info", "prepare_image", "ImageInfo", "decoded_integers"]
@@ -111,8 +111,8 @@ def encode_image(image, quality: float | None = None, bpp: float | None = None,
     if not isinstance(refine, int) or isinstance(refine, bool) or refine < 0:
         raise LtcInputError(f"refine must be a whole number of steps ≥ 0, got {refine!r}")
     m = model if isinstance(model, ImageCodecModel) else load_image_model(model)
-    if refine and not getattr(m, "training_state", None):
-        raise LtcInputError(f"model {m.name} keeps no float hyperprior, so it cannot refine latents")
+    if refine:
+        prepare_refinement(m)  # before the analysis: a model that cannot refine fails at once
     im, meta = prepare_image(_to_pil(image))
     channels = _CHANNELS[im.mode]
     w, h = im.size

@@ -24,7 +24,7 @@ from torch import Tensor
 from .entropy import box_likelihood
 from .errors import LtcModelError
 
-__all__ = ["refine_latent", "quality_lambda", "REFINE_TILE"]
+__all__ = ["refine_latent", "prepare_refinement", "quality_lambda", "REFINE_TILE"]
 
 #: Latents refined at a time (a tile's backward pass holds g_s's activations: ~1.5 GiB at 64² latents),
 #: with a frozen border of neighbours around it so that the tile sees its surroundings.
@@ -33,7 +33,7 @@ REFINE_HALO = 4  # a whole hyper-latent position (z is at 1/4 of the latent's re
 #: Adam's first step in lattice units (the quantizer's scale at every quality), decayed to zero over the
 #: steps: large enough to cross quantization cells within tens of steps, small enough that the relaxed
 #: objective still tracks the coded one.  (A step growing tenfold from quality 1 to 8 did better at the
-#: ends and worse in the middle: BD-rate −20.3% against −21.4% on the first 6 Kodak images.)
+#: ends and worse in the middle, and worse overall on the first 6 Kodak images.)
 STEP_SIZE = 0.01
 
 
@@ -47,8 +47,9 @@ def quality_lambda(lambdas: tuple[float, ...], quality: float) -> float:
     return float(np.exp((1 - t) * logs[i] + t * logs[i + 1]))
 
 
-def _float_hyperprior(m) -> None:
-    """Load the float h_s and z density kept for training into the model's network (once)."""
+def prepare_refinement(m) -> None:
+    """Load the float h_s and z density kept for training into the model's network (once); a model
+    file without them (written with ``training_state=False``) cannot refine: :class:`LtcModelError`."""
     net = m._net
     if getattr(net, "_float_hyper_loaded", False):
         return
@@ -113,7 +114,7 @@ def refine_latent(m, rgb: np.ndarray, y: Tensor, quality: float, steps: int,
     the steps done.  Single-threaded results may differ from multi-threaded ones in the last bits of the
     latent (float reductions), which can change the file; any such file decodes the same everywhere.
     """
-    _float_hyperprior(m)
+    prepare_refinement(m)
     net = m._net
     h, w, _ = rgb.shape
     x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float().div_(255.0)
