@@ -8,6 +8,7 @@ import torch
 
 from ltcodec.audio import audio_info, decode_audio, encode_audio
 from ltcodec.audio_codec import AudioCodecModel, export_audio_model
+from ltcodec.training.export_audio import training_metadata
 from ltcodec.audio_model import AudioLatticeCodec, AudioModelConfig
 from ltcodec.training import audio as train_audio
 
@@ -63,8 +64,9 @@ def _tiny_export(tmp_path, keep_training_state=True):
     net = AudioLatticeCodec(AudioModelConfig(channels=4, M=16, N=8))
     signal = (np.random.default_rng(1).standard_normal(24000) * 0.1).astype(np.float32)
     path = tmp_path / "m.safetensors"
-    export_audio_model(net, [signal], path, "m", extra_meta={"train_step": 7, "history": json.dumps(
-        [{"step": 5, "lr_from": 3e-4, "lr": 1.5e-4}])})
+    run = {"step": 7, "history": [{"step": 5, "lr_from": 3e-4, "lr": 1.5e-4}],
+           "log_weights": torch.linspace(0.5, -6.5, 8), "rate_ema": torch.linspace(5.0, 40.0, 8)}
+    export_audio_model(net, [signal], path, "m", extra_meta=training_metadata(run))
     if not keep_training_state:  # what files from before train.* was kept look like
         with safe_open(str(path), "pt") as f:
             meta, arrays = f.metadata(), {k: f.get_tensor(k) for k in f.keys() if not k.startswith("train.")}
@@ -120,5 +122,7 @@ def test_a_run_started_from_a_file_records_it_and_warms_up(tmp_path, monkeypatch
                       "--threads", "1", "--init", str(path), "--warmup", "10", "--steps", "9"])
     state = torch.load(out / "last.ckpt", weights_only=False)
     assert state["step"] == 9 and state["warmup"] == (7, 10)
+    # The rate weights go on from the file's (two dual steps of at most 0.003·|log(rate/target)| each).
+    torch.testing.assert_close(state["log_weights"], torch.linspace(0.5, -6.5, 8), atol=0.1, rtol=0)
     assert state["history"] == [{"step": 5, "lr_from": 3e-4, "lr": 1.5e-4},
                                 {"step": 7, "init_from": "m.safetensors", "warmup": 10}]

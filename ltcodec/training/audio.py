@@ -57,8 +57,8 @@ WIDEN_WARMUP = 200
 def load_init(path: Path) -> tuple[AudioModelConfig, dict[str, torch.Tensor], dict]:
     """Config, float weights and training record (step, CPU seconds, history) of a shipped model file.
 
-    Training goes on from it when the checkpoint is gone (the optimizer state and rate weights start
-    afresh).  Files that kept the float hyperprior (``train.*``) give it back; older files kept only its
+    Training goes on from it when the checkpoint is gone (the optimizer state starts afresh; the rate
+    weights too unless the file kept them, ``rate_weights``).  Files that kept the float hyperprior (``train.*``) give it back; older files kept only its
     frozen forms, from which the float h_s is rebuilt (the same function up to rounding) and the z density
     refitted to the frozen tables.
     """
@@ -86,6 +86,8 @@ def load_init(path: Path) -> tuple[AudioModelConfig, dict[str, torch.Tensor], di
         weights.update({k: v for k, v in net.state_dict().items() if k.startswith(("h_s.", "z_density."))})
     record = {"step": int(meta.get("train_step", 0)), "cpu_seconds": float(meta.get("train_cpu_hours", 0)) * 3600,
               "history": recorded_history(meta, Path(path).with_suffix(".md"))}
+    if "rate_weights" in meta:
+        record.update({k: torch.tensor(v) for k, v in json.loads(meta["rate_weights"]).items()})
     return config, weights, record
 
 
@@ -287,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     elif init is not None:
         missing, unexpected = model.load_state_dict(init[1], strict=False)
         step = init[2]["step"]
+        if "log_weights" in init[2]:
+            log_weights, rate_ema = init[2]["log_weights"], init[2]["rate_ema"]
         print(f"initialized from {args.init} at step {step} (missing {missing}, unexpected {unexpected})", flush=True)
     # Changes of the recipe so far (the model card reports them); 3·10⁻⁴ is the rate of every run before
     # checkpoints kept theirs.

@@ -72,6 +72,15 @@ def corpus_hours(rate: int, folders: list[Path]) -> dict[str, float]:
     return {k: round(sum(len(s) for s in v) / rate / 3600, 2) for k, v in corpus.items()}
 
 
+def training_metadata(state: dict) -> dict:
+    """What a model file keeps of its run so that training can go on from it: step, CPU hours, the
+    recipe's history and the dual variables of the per-quality rate targets (a run started without them
+    re-converges from the default ladder, and the gains drift meanwhile)."""
+    return {"train_step": state["step"], "train_cpu_hours": round(state.get("cpu_seconds", 0) / 3600, 2),
+            "history": json.dumps(state.get("history", [])),
+            "rate_weights": json.dumps({k: [round(float(v), 4) for v in state[k]] for k in ("log_weights", "rate_ema")})}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", type=Path, required=True)
@@ -95,9 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         x, rate = sf.read(f, dtype="float32", always_2d=True)
         cal.append(soxr.resample(x.mean(axis=1), rate, config.sample_rate)[: 10 * config.sample_rate])
     path = args.out / f"{args.name}.safetensors"
-    meta = {"train_step": state["step"], "train_cpu_hours": round(state.get("cpu_seconds", 0) / 3600, 2),
-            "history": json.dumps(state.get("history", []))}
-    sha = export_audio_model(net, cal, path, args.name, extra_meta=meta)
+    sha = export_audio_model(net, cal, path, args.name, extra_meta=training_metadata(state))
     print(f"wrote {path} sha256 {sha}")
     t0 = time.perf_counter()
     model = AudioCodecModel.from_file(path, args.name)
