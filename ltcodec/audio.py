@@ -38,6 +38,7 @@ from .container import (AUDIO_VERSION, MAX_AUDIO_CHANNELS, MEDIA_AUDIO, MEDIA_IM
                         AudioHeader, ModelId, read_container, write_container)
 from .errors import LtcFormatError, LtcInputError
 from .latent_coding import Streams
+from .workers import single_threaded_workers
 from .ratecontrol import search_quality
 from .zoo import load_audio_model, model_for_file
 
@@ -126,17 +127,9 @@ class _Jobs:
 
 @contextmanager
 def _transform_jobs():
-    """Jobs on as many single-threaded workers as torch had threads (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        if before > 1:
-            with ThreadPoolExecutor(max_workers=before) as pool:
-                yield _Jobs(pool, before)
-        else:
-            yield _Jobs(None, 1)
-    finally:
-        torch.set_num_threads(before)
+    """Jobs on as many single-threaded workers as torch had threads (:mod:`ltcodec.workers`)."""
+    with single_threaded_workers() as (pool, workers):
+        yield _Jobs(pool, workers)
 
 
 #: ``progress(stage, done, total)``: seconds of audio done of ``total`` (None when not known) in a stage

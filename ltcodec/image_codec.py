@@ -13,7 +13,9 @@ so a stream parses identically on every machine; only the float synthesis moves 
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -23,44 +25,79 @@ from .boxcode import BoxCoder, ChannelTables
 from .image_model import ImageModelConfig, LatticeHyperprior
 from .intnet import IntegerNetwork
 from .latent_coding import MEAN_GRID, Z_CLAMP, HyperLatentCoding, Streams, freeze_entropy_model, write_model_file
+from .workers import single_threaded_workers
 
 __all__ = ["ImageCodecModel", "export_image_model", "Streams", "MEAN_GRID", "Z_CLAMP"]
 
 #: Tiles for the float transforms, in latents, with a halo (DESIGN-NOTES §4): bounded memory.
 TILE_LATENTS = 64
 HALO_LATENTS = 2
+#: A latent with a side of twice this is cut in two even when it fits one tile (two workers).
+MIN_SPLIT_LATENTS = 8
 
 
-def _tiled(fn, x: Tensor, factor: float, tile: int, halo: int, progress=None) -> Tensor:
-    """Apply a translation-equivariant ``fn`` tile by tile with a halo; ``factor`` = output/input size.
+def _spans(n: int, parts: int) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into ``parts`` nearly equal spans."""
+    cuts = [round(i * n / parts) for i in range(parts + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
 
-    ``tile`` and ``halo`` are in units of the coarser grid (latents).  Tiles are cropped after the
-    transform, so the halo absorbs the border effects of each cut.  ``progress(done, total)`` is told
-    the tiles done.
+
+def tile_layout(lh: int, lw: int) -> list[tuple[int, int, int, int]]:
+    """Tiles ``(i0, i1, j0, j1)`` of an lh × lw latent, a function of its size alone (so the pixels
+    are too): at most :data:`TILE_LATENTS` a side, and at least two when the longer side has
+    2 · :data:`MIN_SPLIT_LATENTS`, so that two workers share even a photo of one tile's size."""
+    rows, cols = -(-lh // TILE_LATENTS), -(-lw // TILE_LATENTS)
+    if rows * cols == 1 and max(lh, lw) >= 2 * MIN_SPLIT_LATENTS:
+        rows, cols = (2, 1) if lh > lw else (1, 2)
+    return [(i0, i1, j0, j1) for i0, i1 in _spans(lh, rows) for j0, j1 in _spans(lw, cols)]
+
+
+def _tiled(fn, x: Tensor, factor: float, progress=None) -> Tensor:
+    """Apply a translation-equivariant ``fn`` tile by tile (:func:`tile_layout`) with a halo of
+    :data:`HALO_LATENTS`; ``factor`` = output/input size.
+
+    Tiles are cropped after the transform, so the halo absorbs the border effects of each cut.  Each
+    tile is computed on one thread, several at once (:mod:`ltcodec.workers`): the output is the same
+    with any number of threads.  ``progress(done, total)`` is told the tiles done.
     """
     _, _, h, w = x.shape
     unit = int(round(1 / factor)) if factor < 1 else 1  # input pixels per latent (for g_a)
     up = int(round(factor)) if factor >= 1 else 1  # output pixels per latent (for g_s)
     lh, lw = h // unit, w // unit
-    if lh <= tile + 2 * halo and lw <= tile + 2 * halo:
-        out = fn(x)
-        if progress:
-            progress(1, 1)
-        return out
-    total = -(-lh // tile) * -(-lw // tile)
-    rows = []
-    for i0 in range(0, lh, tile):
-        cols = []
-        for j0 in range(0, lw, tile):
-            i1, j1 = min(i0 + tile, lh), min(j0 + tile, lw)
-            a0, b0 = max(i0 - halo, 0), max(j0 - halo, 0)
-            a1, b1 = min(i1 + halo, lh), min(j1 + halo, lw)
+    tiles = tile_layout(lh, lw)
+
+    def run(tile: tuple[int, int, int, int]) -> Tensor:
+        i0, i1, j0, j1 = tile
+        a0, b0 = max(i0 - HALO_LATENTS, 0), max(j0 - HALO_LATENTS, 0)
+        a1, b1 = min(i1 + HALO_LATENTS, lh), min(j1 + HALO_LATENTS, lw)
+        with torch.no_grad():
             out = fn(x[:, :, a0 * unit: a1 * unit, b0 * unit: b1 * unit].contiguous(memory_format=torch.channels_last))
-            cols.append(out[:, :, (i0 - a0) * up: (i1 - a0) * up, (j0 - b0) * up: (j1 - b0) * up])
+        return out[:, :, (i0 - a0) * up: (i1 - a0) * up, (j0 - b0) * up: (j1 - b0) * up]
+
+    with single_threaded_workers() as (pool, workers):
+        if pool is None:
+            results = map(run, tiles)
+        else:
+            # At most two tiles in flight per worker: memory stays a few tiles' worth.
+            results = _bounded_map(pool, run, tiles, 2 * workers)
+        outs = []
+        for out in results:
+            outs.append(out)
             if progress:
-                progress(len(rows) * len(range(0, lw, tile)) + len(cols), total)
-        rows.append(torch.cat(cols, dim=3))
-    return torch.cat(rows, dim=2)
+                progress(len(outs), len(tiles))
+    cols = sum(1 for t in tiles if t[0] == 0)
+    return torch.cat([torch.cat(outs[r:r + cols], dim=3) for r in range(0, len(outs), cols)], dim=2)
+
+
+def _bounded_map(pool, fn, items: list, ahead: int) -> Iterator:
+    """``pool.map(fn, items)`` in order, with at most ``ahead`` calls submitted and not yet taken."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 class ImageCodecModel(HyperLatentCoding, nn.Module):
@@ -105,12 +142,12 @@ class ImageCodecModel(HyperLatentCoding, nn.Module):
         x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float().div_(255.0)
         x = nn.functional.pad(x, (0, (-w) % 64, 0, (-h) % 64), mode="replicate")
         x = x.contiguous(memory_format=torch.channels_last)
-        return _tiled(self.g_a, x, 1 / 16, TILE_LATENTS, HALO_LATENTS, progress)
+        return _tiled(self.g_a, x, 1 / 16, progress)
 
     @torch.no_grad()
     def synthesis(self, y_hat: Tensor, height: int, width: int, progress=None) -> np.ndarray:
         y_hat = y_hat.contiguous(memory_format=torch.channels_last)
-        x = _tiled(self.g_s, y_hat, 16, TILE_LATENTS, HALO_LATENTS, progress)
+        x = _tiled(self.g_s, y_hat, 16, progress)
         x = x[0, :, :height, :width].clamp_(0, 1).mul_(255).round_()
         return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 

@@ -12,6 +12,7 @@ from PIL import Image
 import ltcodec
 from ltcodec.errors import LtcFormatError, LtcInputError, LtcModelError
 from ltcodec.image import decode_image, encode_image, image_info
+from ltcodec.image_codec import MIN_SPLIT_LATENTS, TILE_LATENTS, tile_layout
 
 from conftest import psnr, smooth_image
 
@@ -110,6 +111,32 @@ def test_bpp_target_is_met_and_close():
         assert bpp > 0.8 * target or image_info(data).quality in (1.0, 8.0)
     tiny = encode_image(smooth_image(8, 8), bpp=0.1)  # unreachable: the lowest quality is used
     assert image_info(tiny).quality == 1.0
+
+
+def test_tiles_cover_the_latent_once_and_depend_on_its_size_alone():
+    for lh, lw in [(1, 1), (5, 6), (16, 15), (32, 48), (64, 64), (65, 64), (250, 375)]:
+        tiles = tile_layout(lh, lw)
+        cover = np.zeros((lh, lw), int)
+        for i0, i1, j0, j1 in tiles:
+            assert 0 < i1 - i0 <= TILE_LATENTS and 0 < j1 - j0 <= TILE_LATENTS
+            cover[i0:i1, j0:j1] += 1
+        assert (cover == 1).all()
+        assert len(tiles) >= (2 if max(lh, lw) >= 2 * MIN_SPLIT_LATENTS else 1)
+        assert tile_layout(lh, lw) == tiles
+
+
+def test_a_tiled_decode_is_identical_with_one_and_two_threads():
+    data = encode_image(smooth_image(256, 200, seed=4), quality=5)  # two tiles
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = np.asarray(decode_image(data))
+        torch.set_num_threads(2)
+        b = np.asarray(decode_image(data))
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(old)
+    assert np.array_equal(a, b)
 
 
 def test_decoded_pixels_are_identical_with_one_and_two_threads_and_in_a_fresh_process(picture, tmp_path):
