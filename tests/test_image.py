@@ -125,31 +125,26 @@ def test_tiles_cover_the_latent_once_and_depend_on_its_size_alone():
         assert tile_layout(lh, lw) == tiles
 
 
-def test_a_tiled_decode_is_identical_with_one_and_two_threads():
-    data = encode_image(smooth_image(256, 200, seed=4), quality=5)  # two tiles
+def _decoded_with_threads(data: bytes, threads: int) -> np.ndarray:
     old = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        a = np.asarray(decode_image(data))
-        torch.set_num_threads(2)
-        b = np.asarray(decode_image(data))
-        assert torch.get_num_threads() == 2  # restored
+        torch.set_num_threads(threads)
+        out = np.asarray(decode_image(data))
+        assert torch.get_num_threads() == threads  # the decoder restores the caller's count
+        return out
     finally:
         torch.set_num_threads(old)
-    assert np.array_equal(a, b)
+
+
+def test_a_tiled_decode_is_identical_with_one_and_two_threads():
+    data = encode_image(smooth_image(256, 200, seed=4), quality=5)  # two tiles
+    assert np.array_equal(_decoded_with_threads(data, 1), _decoded_with_threads(data, 2))
 
 
 def test_decoded_pixels_are_identical_with_one_and_two_threads_and_in_a_fresh_process(picture, tmp_path):
     data = encode_image(picture, quality=6)
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        a = np.asarray(decode_image(data))
-        torch.set_num_threads(2)
-        b = np.asarray(decode_image(data))
-    finally:
-        torch.set_num_threads(old)
-    assert np.array_equal(a, b)
+    a = _decoded_with_threads(data, 1)
+    assert np.array_equal(a, _decoded_with_threads(data, 2))
     path = tmp_path / "x.ltc"
     path.write_bytes(data)
     code = ("import sys, numpy as np, ltcodec; "
