@@ -8,6 +8,7 @@ once (image tiles, audio channels and segments): what is computed never depends 
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator
@@ -16,23 +17,35 @@ import torch
 
 __all__ = ["single_threaded_workers"]
 
+_lock = threading.Lock()
+_active = 0  # callers inside single_threaded_workers, in any thread
+_threads = 1  # torch's thread count when the first of them entered
+
 
 @contextmanager
 def single_threaded_workers() -> Iterator[tuple[ThreadPoolExecutor | None, int]]:
     """``(pool, workers)``: a pool of as many workers as torch has threads, each computing on one
     thread (``None`` and 1 when torch has one thread).  The caller's thread also computes on one
-    thread meanwhile; torch's thread count is restored afterwards.
+    thread meanwhile; its thread count is restored afterwards.
 
-    Each worker sets its own count: OpenMP keeps one per thread, and a new thread's starts from the
-    process default (the number of cores), whatever torch reports for it.
+    OpenMP keeps a thread count per thread, and a new thread's starts from the count last set
+    anywhere: so every worker sets its own, and callers in several threads at once all see (and
+    restore) the count that was in force before the first of them entered.
     """
-    before = torch.get_num_threads()
+    global _active, _threads
+    with _lock:
+        mine = _threads if _active else torch.get_num_threads()
+        if not _active:
+            _threads = mine
+        _active += 1
     torch.set_num_threads(1)
     try:
-        if before > 1:
-            with ThreadPoolExecutor(max_workers=before, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                yield pool, before
+        if mine > 1:
+            with ThreadPoolExecutor(max_workers=mine, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                yield pool, mine
         else:
             yield None, 1
     finally:
-        torch.set_num_threads(before)
+        with _lock:
+            _active -= 1
+            torch.set_num_threads(mine)
