@@ -38,8 +38,8 @@ from .container import (AUDIO_VERSION, MAX_AUDIO_CHANNELS, MEDIA_AUDIO, MEDIA_IM
                         AudioHeader, ModelId, read_container, write_container)
 from .errors import LtcFormatError, LtcInputError
 from .latent_coding import Streams
-from .workers import single_threaded_workers
 from .ratecontrol import search_quality
+from .workers import single_threaded_workers
 from .zoo import load_audio_model, model_for_file
 
 __all__ = ["encode_audio", "decode_audio", "audio_info", "encode_audio_file", "decode_audio_file",

@@ -13,9 +13,7 @@ so a stream parses identically on every machine; only the float synthesis moves 
 
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,7 +23,7 @@ from .boxcode import BoxCoder, ChannelTables
 from .image_model import ImageModelConfig, LatticeHyperprior
 from .intnet import IntegerNetwork
 from .latent_coding import MEAN_GRID, Z_CLAMP, HyperLatentCoding, Streams, freeze_entropy_model, write_model_file
-from .workers import single_threaded_workers
+from .workers import in_order, single_threaded_workers
 
 __all__ = ["ImageCodecModel", "export_image_model", "Streams", "MEAN_GRID", "Z_CLAMP"]
 
@@ -75,29 +73,13 @@ def _tiled(fn, x: Tensor, factor: float, progress=None) -> Tensor:
         return out[:, :, (i0 - a0) * up: (i1 - a0) * up, (j0 - b0) * up: (j1 - b0) * up]
 
     with single_threaded_workers() as (pool, workers):
-        if pool is None:
-            results = map(run, tiles)
-        else:
-            # At most two tiles in flight per worker: memory stays a few tiles' worth.
-            results = _bounded_map(pool, run, tiles, 2 * workers)
         outs = []
-        for out in results:
+        for out in in_order(pool, run, tiles, 2 * workers):  # two tiles in flight per worker at most
             outs.append(out)
             if progress:
                 progress(len(outs), len(tiles))
     cols = sum(1 for t in tiles if t[0] == 0)
     return torch.cat([torch.cat(outs[r:r + cols], dim=3) for r in range(0, len(outs), cols)], dim=2)
-
-
-def _bounded_map(pool, fn, items: list, ahead: int) -> Iterator:
-    """``pool.map(fn, items)`` in order, with at most ``ahead`` calls submitted and not yet taken."""
-    pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 class ImageCodecModel(HyperLatentCoding, nn.Module):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
+from collections import deque
+from typing import Callable, Iterable, Iterator
 
 import torch
 
-__all__ = ["single_threaded_workers"]
+__all__ = ["single_threaded_workers", "in_order"]
 
 _lock = threading.Lock()
 _active = 0  # callers inside single_threaded_workers, in any thread
@@ -49,3 +50,18 @@ def single_threaded_workers() -> Iterator[tuple[ThreadPoolExecutor | None, int]]
         with _lock:
             _active -= 1
             torch.set_num_threads(mine)
+
+
+def in_order(pool: ThreadPoolExecutor | None, fn: Callable, items: Iterable, ahead: int) -> Iterator:
+    """``map(fn, items)`` on ``pool`` (in the caller's thread without one), results in order, with at
+    most ``ahead`` calls submitted and not yet taken: memory stays a few results' worth."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()

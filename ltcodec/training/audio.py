@@ -58,9 +58,9 @@ def load_init(path: Path) -> tuple[AudioModelConfig, dict[str, torch.Tensor], di
     """Config, float weights and training record (step, CPU seconds, history) of a shipped model file.
 
     Training goes on from it when the checkpoint is gone (the optimizer state starts afresh; the rate
-    weights too unless the file kept them, ``rate_weights``).  Files that kept the float hyperprior (``train.*``) give it back; older files kept only its
-    frozen forms, from which the float h_s is rebuilt (the same function up to rounding) and the z density
-    refitted to the frozen tables.
+    weights too unless the file kept them, ``rate_weights``).  Files that kept the float hyperprior
+    (``train.*``) give it back; older files kept only its frozen forms, from which the float h_s is
+    rebuilt (the same function up to rounding) and the z density refitted to the frozen tables.
     """
     from safetensors import safe_open
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -144,8 +145,6 @@ def recorded_history(meta: dict, card: Path, ladder: Sequence[float] = ()) -> li
 
 def history_from_card(text: str, lambdas: Sequence[float]) -> list[dict]:
     """The recipe changes a card lists; ``lambdas`` is the model's ladder, the last ladder change's new one."""
-    import re
-
     history = []
     for line in text.splitlines():
         for pattern, fields in _CARD_CHANGES:
@@ -161,8 +160,6 @@ def history_from_card(text: str, lambdas: Sequence[float]) -> list[dict]:
 
 def evals_from_card(text: str) -> list[dict]:
     """The periodic evals of a card's progress tables, as training-log records (image or audio cells)."""
-    import re
-
     if "## Training progress" not in text:
         return []
     records: dict[int, dict] = {}
