@@ -18,11 +18,10 @@ Rules (also in formats/ltc-v1.md §7):
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from concurrent.futures import ThreadPoolExecutor
-from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -39,7 +38,7 @@ from .container import (AUDIO_VERSION, MAX_AUDIO_CHANNELS, MEDIA_AUDIO, MEDIA_IM
 from .errors import LtcFormatError, LtcInputError
 from .latent_coding import Streams
 from .ratecontrol import search_quality
-from .workers import single_threaded_workers
+from .workers import in_order, single_threaded_workers
 from .zoo import load_audio_model, model_for_file
 
 __all__ = ["encode_audio", "decode_audio", "audio_info", "encode_audio_file", "decode_audio_file",
@@ -89,47 +88,20 @@ class _Resampler:
 # Threads: each transform runs on one thread; segments and channels side by side
 # ----------------------------------------------------------------------------------------------------
 
-class _Jobs:
-    """Transforms of (segment, channel) pairs on a pool of single-threaded workers, results in order.
-
-    A convolution's float result depends on how its sums are split between threads, so every
-    transform runs on one thread, and the machine's threads work on several channels and segments at
-    once: the output does not depend on the thread count.  At most ``2 × workers`` segments are in
-    flight, which bounds memory on files of any length.
-    """
-
-    def __init__(self, pool: ThreadPoolExecutor | None, workers: int):
-        self.pool, self.workers = pool, workers
-        self.pending: deque[list] = deque()
-
-    def submit(self, fn, channels: int) -> list:
-        """Queue ``fn(c)`` for every channel of the next segment; returns the segments now finished."""
-        return self._push([self.pool.submit(fn, c) for c in range(channels)] if self.pool else
-                          [fn(c) for c in range(channels)])
-
-    def skip(self, value) -> list:
-        """The next segment needs no transform: ``value`` stands for its result."""
-        return self._push(value)
-
-    def _push(self, item) -> list:
-        self.pending.append(item)
-        return [self._take() for _ in range(len(self.pending) - 2 * self.workers)]
-
-    def drain(self) -> list:
-        return [self._take() for _ in range(len(self.pending))]
-
-    def _take(self):
-        item = self.pending.popleft()
-        if isinstance(item, list):
-            return [f.result() if hasattr(f, "result") else f for f in item]
-        return item
+def _run(job: Callable[[], object]):
+    return job()
 
 
-@contextmanager
-def _transform_jobs():
-    """Jobs on as many single-threaded workers as torch had threads (:mod:`ltcodec.workers`)."""
-    with single_threaded_workers() as (pool, workers):
-        yield _Jobs(pool, workers)
+def _in_groups(pool: ThreadPoolExecutor | None, workers: int, jobs: Iterator[Callable[[], object]],
+               size: int) -> Iterator[list]:
+    """Results of ``jobs`` (one per coded channel of a segment, ``size`` per segment), in order, in lists
+    of one segment's results.  Each transform runs on one thread and the machine's threads work on
+    several channels and segments at once (:mod:`ltcodec.workers`), so the output does not depend on
+    the thread count; at most ``2 × workers`` segments are in flight, which bounds memory on files of
+    any length."""
+    results = in_order(pool, _run, jobs, 2 * workers * size)
+    while group := list(itertools.islice(results, size)):
+        yield group
 
 
 #: ``progress(stage, done, total)``: seconds of audio done of ``total`` (None when not known) in a stage
@@ -152,9 +124,11 @@ def _check_signal_shape(channels: int, rate: int) -> None:
         raise LtcInputError(f"sample rate {rate} Hz is outside {MIN_INPUT_RATE}…{MAX_INPUT_RATE}")
 
 
-def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channels: int, jobs: "_Jobs",
-             progress: Progress = _no_progress, seconds: float | None = None) -> tuple[list[list], int]:
-    """Latents y (before gains) of every segment and coded channel, from blocks of input samples.
+def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channels: int,
+             workers: tuple[ThreadPoolExecutor | None, int], progress: Progress = _no_progress,
+             seconds: float | None = None) -> tuple[list[list], int]:
+    """Latents y (before gains) of every segment and coded channel, from blocks of input samples, with
+    the transforms on ``workers`` (:func:`ltcodec.workers.single_threaded_workers`).
 
     Segment k covers model-rate samples [k·S, k·S + S) (the last one is shorter) and is analysed on
     the window that adds ``HALO_FRAMES`` hops on each side, clipped at the signal's ends (zeros past
@@ -165,49 +139,47 @@ def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channe
     mid_side = channels == 2
     coded = channels
     resample = _Resampler(rate, m.config.sample_rate, coded)
-    buf = np.zeros((0, coded), np.float32)
-    start = 0  # model-rate index of buf[0]
-    latents: list[list] = []
-
-    def run(k: int, end: int, total: int) -> None:
-        a, b = k * seg, min(k * seg + seg, end)
-        w0, w1 = max(a - halo, 0), min(b + halo, total)
-        win = buf[w0 - start: w1 - start]
-        if len(win) < w1 - w0:
-            win = np.concatenate([win, np.zeros((w1 - w0 - len(win), coded), np.float32)])
-        def one(c: int):
-            return m.analysis(win[:, c])[..., (a - w0) // hop: (b - w0) // hop].contiguous()
-
-        collect(jobs.submit(one, coded))
-
-    def collect(done: list) -> None:
-        for ys in done:
-            latents.append(ys)
-            progress("analysing", min(len(latents) * seg / m.config.sample_rate, seconds or math.inf), seconds)
-
     n_in = 0
-    for block in blocks:
-        n_in += len(block)
-        out = resample(_to_coded(block, mid_side))
-        buf = np.concatenate([buf, out])
-        k = len(latents) + len(jobs.pending)
-        while start + len(buf) >= (k + 1) * seg + halo:
-            run(k, (k + 1) * seg, start + len(buf))
+
+    def jobs() -> Iterator[Callable[[], torch.Tensor]]:
+        """One analysis per coded channel of each segment, as soon as its window has arrived."""
+        nonlocal n_in
+        buf = np.zeros((0, coded), np.float32)
+        start = 0  # model-rate index of buf[0]
+        k = 0
+
+        def segment(end: int, total: int) -> Iterator[Callable[[], torch.Tensor]]:
+            a, b = k * seg, min(k * seg + seg, end)
+            w0, w1 = max(a - halo, 0), min(b + halo, total)
+            win = buf[w0 - start: w1 - start]
+            if len(win) < w1 - w0:
+                win = np.concatenate([win, np.zeros((w1 - w0 - len(win), coded), np.float32)])
+            lo, hi = (a - w0) // hop, (b - w0) // hop
+            for c in range(coded):
+                yield lambda x=win[:, c]: m.analysis(x)[..., lo:hi].contiguous()
+
+        for block in blocks:
+            n_in += len(block)
+            buf = np.concatenate([buf, resample(_to_coded(block, mid_side))])
+            while start + len(buf) >= (k + 1) * seg + halo:
+                yield from segment((k + 1) * seg, start + len(buf))
+                k += 1
+                drop = k * seg - halo - start
+                if drop > 0:
+                    buf, start = buf[drop:], start + drop
+        if n_in == 0:
+            raise LtcInputError("the audio has no samples")
+        buf = np.concatenate([buf, resample(np.zeros((0, coded), np.float32), last=True)])
+        frames = max(4, -(-math.ceil((start + len(buf)) / hop) // 4) * 4)
+        total = frames * hop
+        while k * seg < total:
+            yield from segment(total, total)
             k += 1
-            drop = k * seg - halo - start
-            if drop > 0:
-                buf, start = buf[drop:], start + drop
-    if n_in == 0:
-        raise LtcInputError("the audio has no samples")
-    buf = np.concatenate([buf, resample(np.zeros((0, coded), np.float32), last=True)])
-    length = start + len(buf)
-    frames = max(4, -(-math.ceil(length / hop) // 4) * 4)
-    total = frames * hop
-    k = len(latents) + len(jobs.pending)
-    while k * seg < total:
-        run(k, total, total)
-        k += 1
-    collect(jobs.drain())
+
+    latents: list[list] = []
+    for ys in _in_groups(*workers, jobs(), coded):
+        latents.append(ys)
+        progress("analysing", min(len(latents) * seg / m.config.sample_rate, seconds or math.inf), seconds)
     if seconds:
         progress("analysing", seconds, seconds)
     return latents, n_in
@@ -294,10 +266,10 @@ def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frame
             raise LtcInputError(f"target bitrate must be positive, got {kbps}")
     elif quality is not None and not 1.0 <= quality <= m.qualities:
         raise LtcInputError(f"quality must be between 1 and {m.qualities}, got {quality}")
-    with torch.no_grad(), _transform_jobs() as jobs:
+    with torch.no_grad(), single_threaded_workers() as workers:
         progress = progress or _no_progress
         seconds = frames_hint / rate if frames_hint else None
-        latents, frames = _analyse(m, blocks, rate, channels, jobs, progress, seconds)
+        latents, frames = _analyse(m, blocks, rate, channels, workers, progress, seconds)
         seconds = frames / rate
         if kbps is not None:
             q = _choose_quality(m, latents, kbps)
@@ -454,8 +426,10 @@ def _decode_segment(m: AudioCodecModel, hd: AudioHeader, payload: bytes, frames:
     return out
 
 
-def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool, jobs: "_Jobs") -> Iterator[np.ndarray]:
-    """Decoded (n, channels) model-rate samples, segment by segment, with halos from the neighbours."""
+def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
+                         workers: tuple[ThreadPoolExecutor | None, int]) -> Iterator[np.ndarray]:
+    """Decoded (n, channels) model-rate samples, segment by segment, with halos from the neighbours,
+    the transforms on ``workers`` (:func:`ltcodec.workers.single_threaded_workers`)."""
     if hd.model_rate != m.config.sample_rate:
         raise LtcFormatError(f"header model rate {hd.model_rate} does not match the model's {m.config.sample_rate}")
     if hd.lattice != m.config.lattice:
@@ -476,25 +450,28 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool, 
                 return None
             raise
 
-    def finished(done: list) -> Iterator[np.ndarray]:
-        for item in done:
-            yield item if isinstance(item, np.ndarray) else np.stack(item, axis=1)
+    def jobs() -> Iterator[Callable[[], np.ndarray]]:
+        """One synthesis per channel of each segment (silence for a lost one), decoding the latents of
+        the segment after next meanwhile."""
+        prev, cur, nxt = None, latents(0), latents(1)
+        for k, frames in enumerate(layout):
+            for c_i in range(hd.channels):
+                if cur is None:
+                    yield lambda n=frames * hop: np.zeros(n, np.float32)
+                    continue
 
-    prev, cur, nxt = None, latents(0), latents(1)
-    for k, frames in enumerate(layout):
-        if cur is None:
-            yield from finished(jobs.skip(np.zeros((frames * hop, hd.channels), np.float32)))
-        else:
-            def one(c_i: int, prev=prev, cur=cur, nxt=nxt, frames=frames):
-                parts = ([prev[c_i][..., -HALO_FRAMES:]] if prev is not None else []) + [cur[c_i]] + \
-                        ([nxt[c_i][..., :HALO_FRAMES]] if nxt is not None else [])
-                left = parts[0].shape[-1] if prev is not None else 0
-                x = m.synthesis(torch.cat(parts, dim=-1))
-                return x[left * hop: (left + frames) * hop]
+                def one(c_i=c_i, prev=prev, cur=cur, nxt=nxt, frames=frames) -> np.ndarray:
+                    parts = ([prev[c_i][..., -HALO_FRAMES:]] if prev is not None else []) + [cur[c_i]] + \
+                            ([nxt[c_i][..., :HALO_FRAMES]] if nxt is not None else [])
+                    left = parts[0].shape[-1] if prev is not None else 0
+                    x = m.synthesis(torch.cat(parts, dim=-1))
+                    return x[left * hop: (left + frames) * hop]
 
-            yield from finished(jobs.submit(one, hd.channels))
-        prev, cur, nxt = cur, nxt, latents(k + 2)
-    yield from finished(jobs.drain())
+                yield one
+            prev, cur, nxt = cur, nxt, latents(k + 2)
+
+    for channels in _in_groups(*workers, jobs(), hd.channels):
+        yield np.stack(channels, axis=1)
 
 
 def _output_blocks(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
@@ -503,8 +480,8 @@ def _output_blocks(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
     mid_side = hd.stereo == STEREO_MID_SIDE
     resample = _Resampler(m.config.sample_rate, hd.sample_rate, hd.channels)
     left = hd.frames
-    with torch.no_grad(), _transform_jobs() as jobs:
-        for block in _model_rate_segments(m, c, hd, conceal, jobs):
+    with torch.no_grad(), single_threaded_workers() as workers:
+        for block in _model_rate_segments(m, c, hd, conceal, workers):
             out = resample(_from_coded(block, mid_side))[:left]
             left -= len(out)
             progress("decoding", (hd.frames - left) / hd.sample_rate, hd.duration)
