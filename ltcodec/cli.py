@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import click
@@ -199,9 +200,15 @@ def encode(input: str, output: str, quality: float | None, bpp: float | None, kb
             raise LtcError("--kbps is for audio; use --bpp or --quality for images")
         data = source.getvalue() if input == "-" else _read_input(input)
         try:
-            im = Image.open(io.BytesIO(data))
-            im.load()
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            with warnings.catch_warnings():
+                # Pillow warns from 89 megapixels on: a large photo, not an attack, and within our limits.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(io.BytesIO(data))
+                im.load()
+        except Image.DecompressionBombError:
+            raise LtcError(f"{input} has more pixels than Pillow reads ({2 * Image.MAX_IMAGE_PIXELS:,}, "
+                           f"its guard against decompression bombs)") from None
+        except (UnidentifiedImageError, OSError, ValueError) as e:
             raise LtcError(f"{input} is not a readable image or audio file: {e}") from None
         with _ProgressBar(not no_progress, "tiles") as bar:
             blob = encode_image(im, quality=quality, bpp=bpp, model=model, progress=bar, refine=refine)

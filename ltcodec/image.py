@@ -10,7 +10,7 @@ Input rules (also in formats/ltc-v1.md §6):
   ``LAB`` and ``HSV`` are converted to ``RGB``.
 * 16-bit grayscale (``I;16*``) is reduced to 8 bits by round(v / 257); 32-bit ``I`` and ``F`` images
   are refused (their range is not defined).
-* Any width and height from 1 to 65,535; padding to the transform's grid is internal.
+* Any width and height from 1 to 65,535, at most 2^28 pixels; padding to the transform's grid is internal.
 """
 
 from __future__ import annotations

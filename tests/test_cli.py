@@ -1,8 +1,10 @@
 """The command line: success paths, one-line errors with exit status 1, no partial output files."""
 
 import json
+import struct
 import subprocess
 import sys
+import zlib
 
 from click.testing import CliRunner
 from PIL import Image
@@ -90,6 +92,25 @@ def test_errors_are_one_line_and_leave_no_partial_file(tmp_path):
     src = _png(tmp_path)
     assert "quality" in _fails(["encode", str(src), str(tmp_path / "o.ltc"), "-q", "0"], tmp_path)
     assert "not installed" in _fails(["encode", str(src), str(tmp_path / "o.ltc"), "--model", "nope"], tmp_path)
+
+
+def _png_header_only(path, width, height):
+    """A PNG that claims a size and holds next to no pixel data (read no further than its header)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_huge_images_get_one_line_errors(tmp_path):
+    # Beyond Pillow's decompression-bomb guard: refused before any pixel is allocated.
+    bomb = _png_header_only(tmp_path / "bomb.png", 20_000, 20_000)
+    assert "more pixels than Pillow reads" in _fails(["encode", str(bomb), str(tmp_path / "o.ltc")], tmp_path)
+    # Between Pillow's warning and its limit: no warning text, only the real (truncation) error.
+    big = _png_header_only(tmp_path / "big.png", 10_000, 10_000)
+    assert "truncated" in _fails(["encode", str(big), str(tmp_path / "o.ltc")], tmp_path)
+    assert not (tmp_path / "o.ltc").exists()
 
 
 def test_existing_output_needs_force(tmp_path):
