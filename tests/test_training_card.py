@@ -44,7 +44,7 @@ def test_history_lines_name_each_change():
 
 def test_every_kind_of_change_has_a_card_line():
     examples = {"lambdas_from": [0.1, 0.2], "lr_from": 2e-4, "scale_floor_level_from": -32, "channels_from": 16,
-                "crop_from": 128, "init_from": "ltc-image-e8.safetensors"}
+                "latent_from": 128, "crop_from": 128, "init_from": "ltc-image-e8.safetensors"}
     assert set(examples) == set(CHANGE_KEYS)
     for key, before in examples.items():
         change = {"step": 1, key: before, key.removesuffix("_from"): before}
@@ -75,6 +75,7 @@ def test_a_cards_history_and_progress_tables_read_back():
                {"step": 1_200, "lr_from": 2e-4, "lr": 1e-4},
                {"step": 1_500, "scale_floor_level_from": -32, "scale_floor_level": -20},
                {"step": 2_000, "channels_from": 16, "channels": 24},
+               {"step": 2_200, "latent_from": 128, "latent": 192},
                {"step": 2_500, "crop_from": 128, "batch_from": 8, "crop": 192, "batch": 4},
                {"step": 3_000, "lambdas_from": [0.00015, 0.001, 0.01], "lambdas": ladder},
                {"step": 4_000, "init_from": "ltc-image-e8.safetensors", "warmup": 1000}]

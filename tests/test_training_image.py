@@ -135,6 +135,26 @@ def test_resuming_with_a_new_ladder_refits_the_gains(tmp_path):
         raise AssertionError("a ladder of the wrong length was accepted")
 
 
+def test_a_checkpoint_run_goes_on_in_a_wider_latent_with_its_record(tmp_path):
+    from ltcodec.training.image import load_init, main
+
+    out = tmp_path / "run"
+    main(_tiny_run(tmp_path, out) + ["--steps", "3", "--lr", "2e-4"])
+    state = torch.load(out / "last.ckpt", weights_only=False)
+    init = load_init(out / "last.ckpt")  # the moving average, the step and the CPU time it took
+    assert init.step == 3 and init.cpu_seconds == state["cpu_seconds"] > 0
+    assert all(torch.equal(init.weights[k], v) for k, v in state["ema"].items())
+    wide = tmp_path / "wide"
+    args = _tiny_run(tmp_path, wide)
+    args[args.index("--M") + 1] = "16"
+    main(args + ["--steps", "4", "--init", str(out / "last.ckpt"), "--warmup", "1"])
+    after = torch.load(wide / "last.ckpt", weights_only=False)
+    assert after["step"] == 4 and after["config"]["M"] == 16 and after["model"]["g_a.6.weight"].shape[0] == 16
+    assert after["cpu_seconds"] > state["cpu_seconds"]
+    assert after["history"] == [{"step": 3, "init_from": "last.ckpt", "warmup": 1},
+                                {"step": 3, "latent_from": 8, "latent": 16}]
+
+
 def test_checkpoints_keep_a_moving_average_of_the_weights(tmp_path):
     from ltcodec.training.export_image import load_trained
     from ltcodec.training.image import main

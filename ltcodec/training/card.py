@@ -29,7 +29,8 @@ def weights_line(state: dict) -> str:
 
 
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
-CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "crop_from", "init_from")
+CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "latent_from", "crop_from",
+               "init_from")
 
 
 def is_change(record: dict) -> bool:
@@ -70,6 +71,9 @@ def history_line(change: dict) -> str:
     if "channels_from" in change:
         return (f"* Transforms widened at step {change['step']:,} from {change['channels_from']} to "
                 f"{change['channels']} first-layer channels, computing the same function (`--channels`).")
+    if "latent_from" in change:
+        return (f"* Latent widened at step {change['step']:,} from {change['latent_from']} to {change['latent']} "
+                "channels, the new ones starting small in g_a and unseen by g_s (`--M` with `--init`).")
     if "crop_from" in change:
         return (f"* Training crops changed at step {change['step']:,} from {change['crop_from']}² in batches of "
                 f"{change.get('batch_from', 8)} to {change['crop']}² in batches of {change.get('batch', 8)} "
@@ -129,6 +133,8 @@ _CARD_CHANGES = (
         "scale_floor_level_from": int(m[2]), "scale_floor_level": int(m[3])}),
     (r"\* Transforms widened at step ([\d,]+) from (\d+) to (\d+) ", lambda m: {
         "channels_from": int(m[2]), "channels": int(m[3])}),
+    (r"\* Latent widened at step ([\d,]+) from (\d+) to (\d+) ", lambda m: {
+        "latent_from": int(m[2]), "latent": int(m[3])}),
     (r"\* Training crops changed at step ([\d,]+) from (\d+)² in batches of (\d+) to (\d+)² in batches of (\d+) ",
      lambda m: {"crop_from": int(m[2]), "batch_from": int(m[3]), "crop": int(m[4]), "batch": int(m[5])}),
     (r"\* Training went on at step ([\d,]+) from the weights of `([^`]+)` .* over ([\d,]+) steps", lambda m: {

@@ -109,7 +109,8 @@ class Init(NamedTuple):
 
 
 def load_init(path: Path) -> Init:
-    """Weights, step, CPU seconds and quality ladder to start from: a training checkpoint or a shipped model.
+    """Weights, step, CPU seconds and quality ladder to start from: a training checkpoint (its moving
+    average of the weights, where it kept one) or a shipped model.
 
     A shipped model keeps the float transforms and gains (``float.*``) and the float hyper-synthesis and
     hyper-latent density (``train.*``), so training can go on from it when the checkpoint is gone (only
@@ -127,8 +128,10 @@ def load_init(path: Path) -> Init:
         history = recorded_history(meta, path.with_suffix(".md"), config.lambdas)
         return Init(weights, int(meta.get("train_step", 0)), float(meta.get("train_cpu_hours", 0.0)) * 3600.0,
                     config.lambdas, config.scale_floor_level, tuple(history))
-    init = torch.load(path, weights_only=False)
-    return Init(init["model"], 0, 0.0, ImageModelConfig.from_dict(init.get("config", {})).lambdas)
+    state = torch.load(path, weights_only=False)
+    config = ImageModelConfig.from_dict(state.get("config", {}))
+    return Init(state.get("ema") or state["model"], state.get("step", 0), state.get("cpu_seconds", 0.0),
+                config.lambdas, config.scale_floor_level, tuple(state.get("history", ())))
 
 
 def refit_gains(gains: torch.Tensor, old: Sequence[float], new: Sequence[float]) -> torch.Tensor:
@@ -274,6 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     changes = RecipeChanges(history)
     if init is not None and init.step:
         changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
+    if init is not None and init.weights["g_a.6.weight"].shape[0] != config.M:
+        changes.add({"step": step, "latent_from": init.weights["g_a.6.weight"].shape[0], "latent": config.M},
+                    "latent")
     if args.lambdas and tuple(args.lambdas) != tuple(config.lambdas):
         if len(args.lambdas) != len(config.lambdas):
             raise SystemExit(f"--lambdas needs {len(config.lambdas)} values, one per quality of the model")
