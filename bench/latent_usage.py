@@ -1,0 +1,128 @@
+"""How the image model uses its latent, quality by quality: how many channels carry the bits, and what
+quantization costs against the same latent left unquantized (the transforms' own ceiling).
+
+    python -m bench.latent_usage --weights models/ltc-image-e8.safetensors
+    python -m bench.latent_usage --weights ~/.cache/ltcodec/image-e8/last.ckpt   # a checkpoint's average
+
+When every channel carries bits at the top quality and the unquantized PSNR is barely above the coded
+one, the latent is too narrow for higher qualities: more bits cannot buy more PSNR.  Rates are the ideal
+box-code bits of y (z excluded), close to file sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ltcodec.entropy import box_likelihood
+from ltcodec.image_model import ImageModelConfig, LatticeHyperprior
+
+from .host import machine
+
+RESULTS = Path(__file__).parent / "results"
+SHARES = (0.5, 0.9, 0.99)
+
+
+def load_network(path: Path) -> tuple[LatticeHyperprior, str]:
+    """The float network of a model file (which keeps it for training and refinement) or of a training
+    checkpoint (its moving average of the weights), and a description of it."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+            weights = {k.split(".", 1)[1]: f.get_tensor(k).float() for k in f.keys()
+                       if k.startswith(("float.", "train."))}
+        net = LatticeHyperprior(ImageModelConfig.from_dict(json.loads(meta["config"])))
+        net.load_state_dict(weights)
+        return net, f"`{path.name}` ({int(meta.get('train_step', 0)):,} steps)"
+    state = torch.load(path, weights_only=False)
+    net = LatticeHyperprior(ImageModelConfig.from_dict(state["config"]))
+    net.load_state_dict(state.get("ema") or state["model"])
+    return net, f"checkpoint `{path.name}` at step {state['step']:,} (moving average)"
+
+
+def channels_for_share(bits: np.ndarray, share: float) -> int:
+    """The fewest channels that together carry ``share`` of the bits."""
+    ordered = np.sort(bits)[::-1]
+    return int(np.searchsorted(np.cumsum(ordered) / ordered.sum(), share) + 1)
+
+
+def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
+    mse = float(((torch.round(x_hat.clamp(0, 1) * 255) - torch.round(x * 255)) ** 2).mean())
+    return 10 * math.log10(255.0 ** 2 / max(mse, 1e-10))
+
+
+@torch.no_grad()
+def measure(net: LatticeHyperprior, images: list[np.ndarray]) -> list[dict]:
+    net.eval()
+    rows = []
+    for q in range(net.qualities):
+        quality = torch.tensor([float(q)])
+        bits = np.zeros(net.config.M)
+        pixels, coded, unquantized = 0, [], []
+        for img in images:
+            h, w, _ = img.shape
+            x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255.0
+            xp = torch.nn.functional.pad(x, (0, (-w) % 64, 0, (-h) % 64), mode="replicate")
+            t = net.hard_latent(xp, quality)
+            lik = box_likelihood(t["hard"], net.lattice.diagonal, t["scale"])
+            bits += net.from_blocks(-torch.log2(lik)).sum((0, 2, 3)).double().numpy()
+            pixels += h * w
+            x_hat = net.g_s((net.from_blocks(t["hard"]) + t["mean"]) * t["dec_g"])
+            coded.append(psnr(x_hat[..., :h, :w], x))
+            enc_g, dec_g = net.gains(quality)
+            unquantized.append(psnr(net.g_s(net.g_a(xp) * enc_g * dec_g)[..., :h, :w], x))
+        rows.append({"quality": q + 1, "bpp_y": float(bits.sum() / pixels), "psnr": float(np.mean(coded)),
+                     "psnr_unquantized": float(np.mean(unquantized)),
+                     "channels": {f"{s:g}": channels_for_share(bits, s) for s in SHARES}})
+    return rows
+
+
+def report(rows: list[dict], what: str, m: int, n_images: int, command: str, stamp: str) -> str:
+    lines = [f"# Latent usage of the image model: {what}", "",
+             f"Command: `{command}` · {stamp} · {machine()} · first {n_images} Kodak images", "",
+             f"Per quality: ideal box-code bits of y per pixel, PSNR of the coded latent and of the same latent "
+             f"unquantized (g_s of g_a's output times both gains), and how many of the M = {m} latent channels "
+             "carry 50 / 90 / 99% of y's bits.", "",
+             "| quality | bpp (y) | PSNR | PSNR unquantized | channels for 50 / 90 / 99% of the bits |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        c = r["channels"]
+        lines.append(f"| {r['quality']} | {r['bpp_y']:.4f} | {r['psnr']:.2f} | {r['psnr_unquantized']:.2f} | "
+                     f"{c['0.5']} / {c['0.9']} / {c['0.99']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", type=Path, default=Path("models/ltc-image-e8.safetensors"))
+    p.add_argument("--set", type=Path, default=Path("../shared/data/eval/images/kodak"))
+    p.add_argument("--images", type=int, default=24)
+    p.add_argument("--out", type=Path, default=RESULTS / "latent-usage")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    files = sorted(args.set.glob("*.png"))[: args.images]
+    if not files:
+        raise SystemExit(f"no PNG images in {args.set}")
+    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    net, what = load_network(args.weights.expanduser())
+    rows = measure(net, images)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python -m bench.latent_usage " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    text = report(rows, what, net.config.M, len(files), command.strip(), stamp)
+    args.out.with_suffix(".md").write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps({"weights": what, "rows": rows, "date": stamp}, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+import numpy as np
+import torch
+
+from bench.latent_usage import channels_for_share, measure, report
+from ltcodec.image_model import ImageModelConfig, LatticeHyperprior
+
+
+def test_channels_for_share_counts_the_largest_first():
+    bits = np.array([1.0, 4.0, 2.0, 3.0])  # sorted: 4 3 2 1 → cumulative 0.4 0.7 0.9 1.0
+    assert [channels_for_share(bits, s) for s in (0.3, 0.5, 0.9, 0.99)] == [1, 2, 3, 4]
+
+
+def test_measure_reports_every_quality_of_a_model():
+    torch.manual_seed(0)
+    net = LatticeHyperprior(ImageModelConfig(N=8, M=16))
+    img = (np.random.default_rng(0).random((40, 70, 3)) * 255).astype(np.uint8)
+    rows = measure(net, [img])
+    assert [r["quality"] for r in rows] == list(range(1, 9))
+    for r in rows:
+        c = r["channels"]
+        assert 1 <= c["0.5"] <= c["0.9"] <= c["0.99"] <= 16
+        assert r["bpp_y"] > 0 and np.isfinite(r["psnr"]) and np.isfinite(r["psnr_unquantized"])
+    text = report(rows, "tiny", 16, 1, "python -m bench.latent_usage", "now")
+    assert text.count("\n| ") == 8 + 1 and "M = 16" in text
