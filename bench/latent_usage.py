@@ -23,6 +23,8 @@ from PIL import Image
 
 from ltcodec.entropy import box_likelihood
 from ltcodec.image_model import ImageModelConfig, LatticeHyperprior
+from ltcodec.training.export_image import load_trained
+from ltcodec.training.image import load_init
 
 from .host import machine
 
@@ -37,15 +39,12 @@ def load_network(path: Path) -> tuple[LatticeHyperprior, str]:
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            meta = f.metadata()
-            weights = {k.split(".", 1)[1]: f.get_tensor(k).float() for k in f.keys()
-                       if k.startswith(("float.", "train."))}
-        net = LatticeHyperprior(ImageModelConfig.from_dict(json.loads(meta["config"])))
-        net.load_state_dict(weights)
-        return net, f"`{path.name}` ({int(meta.get('train_step', 0)):,} steps)"
-    state = torch.load(path, weights_only=False)
-    net = LatticeHyperprior(ImageModelConfig.from_dict(state["config"]))
-    net.load_state_dict(state.get("ema") or state["model"])
+            config = ImageModelConfig.from_dict(json.loads(f.metadata()["config"]))
+        init = load_init(path)
+        net = LatticeHyperprior(config)
+        net.load_state_dict(init.weights)
+        return net, f"`{path.name}` ({init.step:,} steps)"
+    net, state = load_trained(path, ema=True)
     return net, f"checkpoint `{path.name}` at step {state['step']:,} (moving average)"
 
 
@@ -63,27 +62,27 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
 @torch.no_grad()
 def measure(net: LatticeHyperprior, images: list[np.ndarray]) -> list[dict]:
     net.eval()
-    rows = []
-    for q in range(net.qualities):
-        quality = torch.tensor([float(q)])
-        bits = np.zeros(net.config.M)
-        pixels, coded, unquantized = 0, [], []
-        for img in images:
-            h, w, _ = img.shape
-            x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255.0
-            xp = torch.nn.functional.pad(x, (0, (-w) % 64, 0, (-h) % 64), mode="replicate")
-            t = net.hard_latent(xp, quality)
+    qualities = [torch.tensor([float(q)]) for q in range(net.qualities)]
+    bits = np.zeros((net.qualities, net.config.M))
+    coded, unquantized = np.zeros((2, net.qualities, len(images)))
+    pixels = 0
+    for i, img in enumerate(images):
+        h, w, _ = img.shape
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255.0
+        y = net.g_a(torch.nn.functional.pad(x, (0, (-w) % 64, 0, (-h) % 64), mode="replicate"))
+        pixels += h * w
+        for q, quality in enumerate(qualities):
+            t = net.hard_latent_of(y, quality)
             lik = box_likelihood(t["hard"], net.lattice.diagonal, t["scale"])
-            bits += net.from_blocks(-torch.log2(lik)).sum((0, 2, 3)).double().numpy()
-            pixels += h * w
+            bits[q] += net.from_blocks(-torch.log2(lik)).sum((0, 2, 3)).double().numpy()
             x_hat = net.g_s((net.from_blocks(t["hard"]) + t["mean"]) * t["dec_g"])
-            coded.append(psnr(x_hat[..., :h, :w], x))
+            coded[q, i] = psnr(x_hat[..., :h, :w], x)
             enc_g, dec_g = net.gains(quality)
-            unquantized.append(psnr(net.g_s(net.g_a(xp) * enc_g * dec_g)[..., :h, :w], x))
-        rows.append({"quality": q + 1, "bpp_y": float(bits.sum() / pixels), "psnr": float(np.mean(coded)),
-                     "psnr_unquantized": float(np.mean(unquantized)),
-                     "channels": {f"{s:g}": channels_for_share(bits, s) for s in SHARES}})
-    return rows
+            unquantized[q, i] = psnr(net.g_s(y * enc_g * dec_g)[..., :h, :w], x)
+    return [{"quality": q + 1, "bpp_y": float(bits[q].sum() / pixels), "psnr": float(coded[q].mean()),
+             "psnr_unquantized": float(unquantized[q].mean()),
+             "channels": {f"{s:g}": channels_for_share(bits[q], s) for s in SHARES}}
+            for q in range(net.qualities)]
 
 
 def report(rows: list[dict], what: str, m: int, n_images: int, command: str, stamp: str) -> str:

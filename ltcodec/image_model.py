@@ -156,8 +156,14 @@ class LatticeHyperprior(nn.Module):
         """The coder's view of an image: hard-quantized lattice points of y' − μ' ("hard", in blocks),
         their scales σ' ("scale", in blocks; see :meth:`hyper_parameters` for ``floor``), the mean,
         the rounded hyper-latent and the decoder gain."""
+        return self.hard_latent_of(self.g_a(x), quality, floor)
+
+    @torch.no_grad()
+    def hard_latent_of(self, y: Tensor, quality: Tensor, floor: bool = True) -> dict[str, Tensor]:
+        """:meth:`hard_latent` from g_a's output ``y`` (before the gains), which does not depend on the
+        quality: one analysis serves every quality."""
         enc_g, dec_g = self.gains(quality)
-        y = self.g_a(x) * enc_g
+        y = y * enc_g
         z_hat = torch.round(self.h_a(y))
         mean, log2_scale = self.hyper_parameters(z_hat, floor)
         hard = self.lattice.quantize(self.to_blocks(y - mean), "hard")

@@ -277,9 +277,9 @@ def main(argv: list[str] | None = None) -> None:
     changes = RecipeChanges(history)
     if init is not None and init.step:
         changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
-    if init is not None and init.weights["g_a.6.weight"].shape[0] != config.M:
-        changes.add({"step": step, "latent_from": init.weights["g_a.6.weight"].shape[0], "latent": config.M},
-                    "latent")
+    latent_from = init.weights["g_a.6.weight"].shape[0] if init is not None else config.M
+    if latent_from != config.M:
+        changes.add({"step": step, "latent_from": latent_from, "latent": config.M}, "latent")
     if args.lambdas and tuple(args.lambdas) != tuple(config.lambdas):
         if len(args.lambdas) != len(config.lambdas):
             raise SystemExit(f"--lambdas needs {len(config.lambdas)} values, one per quality of the model")
