@@ -253,3 +253,43 @@ def test_new_crops_are_recorded_for_the_card(tmp_path):
                                     "batches of 1 (`--crop`, `--batch`).")
     main(common + ["--steps", "4", "--resume", "--batch", "1"])  # unchanged: nothing new
     assert torch.load(out / "last.ckpt", weights_only=False)["history"] == [change]
+
+
+def test_the_hard_rate_is_the_coded_rate_and_trains_the_entropy_model():
+    torch.manual_seed(0)
+    net = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8"))
+    x = torch.rand(2, 3, 64, 64)
+    q = torch.tensor([0.0, 5.0])
+    coded = net.estimate(x, q)["bits_y"]
+    hard = net(x, q, rate="hard")
+    # Same bits as the coder's ideal (one image at a time there), and a gradient for the hyper-synthesis.
+    torch.testing.assert_close(hard["bits_y"].detach(), coded)
+    hard["bits_y"].sum().backward()
+    assert net.h_s[4].weight.grad.abs().sum() > 0 and net.g_a[0].weight.grad.abs().sum() > 0
+    noisy = net(x, q)["bits_y"].detach()  # the dithered estimate differs
+    assert not torch.allclose(noisy, coded, rtol=0.01)
+    try:
+        net(x, q, rate="soft")
+    except ValueError as e:
+        assert "soft" in str(e)
+    else:
+        raise AssertionError("an unknown rate relaxation was accepted")
+
+
+def test_training_can_switch_to_the_hard_rate_and_keeps_it(tmp_path):
+    from ltcodec.training.card import history_line
+    from ltcodec.training.image import main
+
+    out = tmp_path / "run"
+    common = _tiny_run(tmp_path, out)
+    main(common + ["--steps", "1"])
+    assert torch.load(out / "last.ckpt", weights_only=False)["rate"] == "noise"
+    main(common + ["--steps", "2", "--resume", "--rate", "hard"])
+    state = torch.load(out / "last.ckpt", weights_only=False)
+    change = {"step": 1, "rate_from": "noise", "rate": "hard"}
+    assert state["rate"] == "hard" and state["history"] == [change]
+    assert history_line(change) == ("* Rate term changed at step 1 from the noise to the hard likelihood of "
+                                    "the latent (`--rate`).")
+    main(common + ["--steps", "3", "--resume"])  # kept without the option, nothing new recorded
+    state = torch.load(out / "last.ckpt", weights_only=False)
+    assert state["rate"] == "hard" and state["history"] == [change]

@@ -30,7 +30,7 @@ def weights_line(state: dict) -> str:
 
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
 CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "latent_from", "crop_from",
-               "init_from")
+               "init_from", "rate_from")
 
 
 def is_change(record: dict) -> bool:
@@ -82,6 +82,9 @@ def history_line(change: dict) -> str:
         return (f"* Training went on at step {change['step']:,} from the weights of `{change['init_from']}` "
                 f"(its moving average) with a fresh optimizer, the learning rate ramped up over "
                 f"{change.get('warmup', 0):,} steps (`--init`, `--warmup`).")
+    if "rate_from" in change:
+        return (f"* Rate term changed at step {change['step']:,} from the {change['rate_from']} to the "
+                f"{change['rate']} likelihood of the latent (`--rate`).")
     raise ValueError(f"unknown training change {change}")
 
 
@@ -137,6 +140,8 @@ _CARD_CHANGES = (
         "latent_from": int(m[2]), "latent": int(m[3])}),
     (r"\* Training crops changed at step ([\d,]+) from (\d+)² in batches of (\d+) to (\d+)² in batches of (\d+) ",
      lambda m: {"crop_from": int(m[2]), "batch_from": int(m[3]), "crop": int(m[4]), "batch": int(m[5])}),
+    (r"\* Rate term changed at step ([\d,]+) from the (\w+) to the (\w+) ", lambda m: {
+        "rate_from": m[2], "rate": m[3]}),
     (r"\* Training went on at step ([\d,]+) from the weights of `([^`]+)` .* over ([\d,]+) steps", lambda m: {
         "init_from": m[2], "warmup": int(m[3].replace(",", ""))}),
 )

@@ -64,8 +64,9 @@ def sample_batch(images: list[np.ndarray], rng: np.random.Generator, batch: int,
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def rd_loss(model: LatticeHyperprior, x: torch.Tensor, quality: torch.Tensor) -> dict[str, torch.Tensor]:
-    out = model(x, quality)
+def rd_loss(model: LatticeHyperprior, x: torch.Tensor, quality: torch.Tensor,
+            rate: str = "noise") -> dict[str, torch.Tensor]:
+    out = model(x, quality, rate)
     pixels = x.shape[2] * x.shape[3]
     mse = ((out["x_hat"] - x) ** 2).flatten(1).mean(1)
     bpp = (out["bits_y"] + out["bits_z"]) / pixels
@@ -224,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale-floor-level", type=int,
                    help="train with the entropy model's σ' floored at 2^(ℓ/8), as the codec applies it "
                         "(the model's scale_floor_level); resumes keep it")
+    p.add_argument("--rate", choices=("noise", "hard"),
+                   help="the rate the loss sees: of the dithered latent (noise, the default) or of the hard "
+                        "lattice point, the coded bits (LatticeHyperprior.forward); resumes keep it")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -296,6 +300,10 @@ def main(argv: list[str] | None = None) -> None:
         changes.add({"step": step, "scale_floor_level_from": config.scale_floor_level,
                      "scale_floor_level": args.scale_floor_level}, "scale floor")
         config.scale_floor_level = args.scale_floor_level
+    rate = state.get("rate", "noise") if state is not None else "noise"
+    if args.rate is not None and args.rate != rate:
+        changes.add({"step": step, "rate_from": rate, "rate": args.rate}, "rate relaxation")
+        rate = args.rate
     # 128² crops in batches of 8 until checkpoints kept theirs.
     before = (state.get("crop", 128), state.get("batch", 8)) if state is not None else (args.crop, args.batch)
     if (args.crop, args.batch) != before:
@@ -322,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "cpu_seconds": cpu_total(), "history": changes.history, "ema": average.state,
             "ema_decay": args.ema_decay, "lr": args.lr if not args.lr_drop_at else lr_at(step),
-            "crop": args.crop, "batch": args.batch, "warmup": warmup,
+            "crop": args.crop, "batch": args.batch, "warmup": warmup, "rate": rate,
         })
 
     average = WeightAverage(model, args.ema_decay, state.get("ema") if state is not None else None)
@@ -343,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
             set_learning_rate(opt, lr_at(step), args.gain_lr_factor)
             x = sample_batch(images, rng, args.batch, args.crop)
             quality = torch.from_numpy(rng.integers(0, len(config.lambdas), args.batch)).float()
-            out = rd_loss(model, x, quality)
+            out = rd_loss(model, x, quality, rate)
             if not descend(opt, model, average, out["loss"], step):
                 continue
             step += 1
