@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .entropy import FactorizedDensity, box_likelihood
-from .image_model import LOG2_SCALE_MIN, bounded_log2_scale
+from .image_model import LOG2_SCALE_MIN, bounded_log2_scale, rate_points
 from .lattice import Lattice, get_lattice
 
 __all__ = ["AudioModelConfig", "AudioLatticeCodec", "DEFAULT_TARGET_KBPS", "to_two_d_state"]
@@ -192,8 +192,9 @@ class AudioLatticeCodec(nn.Module):
         mean, log2_scale = self.h_s(z_hat).chunk(2, dim=1)
         return mean, bounded_log2_scale(log2_scale, self.config.scale_floor_level)
 
-    def forward(self, x: Tensor, quality: Tensor) -> dict[str, Tensor]:
-        """Training pass (1-D layout): reconstruction and bits per example (box likelihood + factorized z)."""
+    def forward(self, x: Tensor, quality: Tensor, rate: str = "noise") -> dict[str, Tensor]:
+        """Training pass (1-D layout): reconstruction and bits per example (box likelihood + factorized z);
+        ``rate`` as in :meth:`LatticeHyperprior.forward <ltcodec.image_model.LatticeHyperprior.forward>`."""
         enc_g, dec_g = self.gains(quality)
         y = self.g_a(x) * enc_g
         z = self.h_a(y)
@@ -202,9 +203,8 @@ class AudioLatticeCodec(nn.Module):
         mean, log2_scale = self.hyper_parameters(z_hat)
         residual = self.to_blocks(y - mean)
         scale = self.to_blocks(torch.exp2(log2_scale))
-        noisy = self.lattice.quantize(residual, "noise")
         hard = self.lattice.quantize(residual, "ste")
-        lik_y = box_likelihood(noisy, self.lattice.diagonal, scale)
+        lik_y = box_likelihood(rate_points(self.lattice, residual, hard, rate), self.lattice.diagonal, scale)
         lik_z = self.z_density.likelihood(z_noisy[:, :, None, :])
         y_hat = (self.from_blocks(hard) + mean) * dec_g
         x_hat = self.g_s(y_hat)

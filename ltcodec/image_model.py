@@ -38,6 +38,17 @@ LOG2_SCALE_MIN = -4.0
 LOG2_SCALE_MAX = 8.0
 
 
+def rate_points(lattice: Lattice, residual: Tensor, hard: Tensor, rate: str) -> Tensor:
+    """The points whose box likelihood is the training rate: the hard (straight-through) lattice points
+    ``hard`` for ``rate="hard"`` (the coded bits), or ``residual`` plus Voronoi-uniform noise for
+    ``rate="noise"`` (the dithered relaxation)."""
+    if rate == "hard":
+        return hard
+    if rate == "noise":
+        return lattice.quantize(residual, "noise")
+    raise ValueError(f"unknown rate relaxation {rate!r}")
+
+
 def bounded_log2_scale(log2_scale: Tensor, floor_level: int | None = None) -> Tensor:
     """log2 σ' within the coder's range, and at least a model's scale floor level ℓ (σ' ≥ 2^(ℓ/8)) if
     given (``lower_bound`` at both ends: below a bound the gradient still flows where it pushes back in)."""
@@ -137,8 +148,6 @@ class LatticeHyperprior(nn.Module):
         on 0 well inside their cell, the noisy estimate is about three times the coded bits and prices
         small scales wrongly; the hard rate gives the entropy model the true gradient.
         """
-        if rate not in ("noise", "hard"):
-            raise ValueError(f"unknown rate relaxation {rate!r}")
         enc_g, dec_g = self.gains(quality)
         y = self.g_a(x) * enc_g
         z = self.h_a(y)
@@ -148,8 +157,7 @@ class LatticeHyperprior(nn.Module):
         residual = self.to_blocks(y - mean)
         scale = self.to_blocks(torch.exp2(log2_scale))
         hard = self.lattice.quantize(residual, "ste")
-        coded = hard if rate == "hard" else self.lattice.quantize(residual, "noise")
-        lik_y = box_likelihood(coded, self.lattice.diagonal, scale)
+        lik_y = box_likelihood(rate_points(self.lattice, residual, hard, rate), self.lattice.diagonal, scale)
         lik_z = self.z_density.likelihood(z_noisy)
         y_hat = (self.from_blocks(hard) + mean) * dec_g
         x_hat = self.g_s(y_hat)

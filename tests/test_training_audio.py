@@ -46,6 +46,9 @@ def test_train_resume_export(tmp_path, monkeypatch):
     change = {"step": 3, "lr_from": 3e-4, "lr": 1.5e-4}
     assert torch.load(out / "last.ckpt", weights_only=False)["history"] == [change]
     assert change in [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train_audio.main(common + ["--steps", "5", "--resume", "--lr", "1.5e-4", "--rate", "hard"])
+    rated = torch.load(out / "last.ckpt", weights_only=False)
+    assert rated["rate"] == "hard" and rated["history"] == [change, {"step": 4, "rate_from": "noise", "rate": "hard"}]
     net = AudioLatticeCodec(AudioModelConfig.from_dict(state["config"]))
     net.load_state_dict(state["model"])
     export_audio_model(net, [np.zeros(24000, np.float32)], tmp_path / "m.safetensors", "m")
@@ -126,3 +129,11 @@ def test_a_run_started_from_a_file_records_it_and_warms_up(tmp_path, monkeypatch
     torch.testing.assert_close(state["log_weights"], torch.linspace(0.5, -6.5, 8), atol=0.1, rtol=0)
     assert state["history"] == [{"step": 5, "lr_from": 3e-4, "lr": 1.5e-4},
                                 {"step": 7, "init_from": "m.safetensors", "warmup": 10}]
+
+
+def test_the_hard_audio_rate_is_the_coded_rate():
+    torch.manual_seed(0)
+    net = AudioLatticeCodec(AudioModelConfig(channels=4, M=16))
+    x = torch.randn(1, 1, net.config.hop * 16) * 0.1
+    q = torch.tensor([2.0])
+    torch.testing.assert_close(net(x, q, rate="hard")["bits_y"].detach(), net.estimate(x, q)["bits_y"])

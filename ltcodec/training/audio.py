@@ -166,8 +166,9 @@ def spectral_distance(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return total / len(STFT_SIZES)
 
 
-def rd_loss(model: AudioLatticeCodec, x: torch.Tensor, quality: torch.Tensor, log_weights: torch.Tensor) -> dict:
-    out = model(x, quality)
+def rd_loss(model: AudioLatticeCodec, x: torch.Tensor, quality: torch.Tensor, log_weights: torch.Tensor,
+            rate: str = "noise") -> dict:
+    out = model(x, quality, rate)
     seconds = x.shape[-1] / model.config.sample_rate
     kbps = (out["bits_y"] + out["bits_z"]) / seconds / 1000.0
     dist = spectral_distance(x, out["x_hat"]) + 10.0 * (out["x_hat"] - x).abs().flatten(1).mean(1)
@@ -234,6 +235,9 @@ def main(argv: list[str] | None = None) -> None:
                    "transforms without changing what they compute")
     p.add_argument("--M", type=int, default=96)
     p.add_argument("--lattice", default="e8")
+    p.add_argument("--rate", choices=("noise", "hard"),
+                   help="the rate the loss and the rate targets see: of the dithered latent (noise, the "
+                        "default) or of the hard lattice point, the coded bits; resumes keep it")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -299,6 +303,10 @@ def main(argv: list[str] | None = None) -> None:
     warmup = state.get("warmup", (0, 0)) if state is not None else ((step, args.warmup) if init else (0, 0))
     if init is not None and step:
         changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
+    rate = state.get("rate", "noise") if state is not None else "noise"
+    if args.rate is not None and args.rate != rate:
+        changes.add({"step": step, "rate_from": rate, "rate": args.rate}, "rate relaxation")
+        rate = args.rate
     widened_at = step
     if widen_from is not None:
         changes.add({"step": step, "channels_from": widen_from, "channels": config.channels}, "channels")
@@ -332,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "log_weights": log_weights, "rate_ema": rate_ema, "cpu_seconds": cpu_total(),
-            "history": changes.history, "lr": args.lr, "warmup": warmup,
+            "history": changes.history, "lr": args.lr, "warmup": warmup, "rate": rate,
         })
 
     model.train()
@@ -349,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
             x = sample_batch(corpus, rng, args.batch, length)
             quality = torch.from_numpy(rng.permutation(len(targets))[: args.batch] if args.batch <= len(targets)
                                        else rng.integers(0, len(targets), args.batch)).float()
-            out = rd_loss(model, x, quality, log_weights)
+            out = rd_loss(model, x, quality, log_weights, rate)
             if not descend(opt, model, average, out["loss"], step):
                 continue
             step += 1
