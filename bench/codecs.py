@@ -41,6 +41,10 @@ class Codec:
     def available(self) -> str | None:
         return None
 
+    def model_sha256(self) -> str | None:
+        """The SHA-256 of the learned model this codec runs (after :meth:`available`), None for the others."""
+        return None
+
     def run(self, rgb: np.ndarray, setting) -> Result:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -163,6 +167,9 @@ class Ltcodec(Codec):
             return str(e)
         self.label = f"ltcodec ({self._model.name})" + (f", --refine {self.refine}" if self.refine else "")
         return None
+
+    def model_sha256(self) -> str | None:
+        return self._model.sha256 if self._model is not None else None
 
     def run(self, rgb, setting):
         import torch

@@ -19,6 +19,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -106,6 +107,21 @@ def crop_figure(name: str, rgb: np.ndarray, codecs, path: Path, target: float = 
         fig.paste(tile, (i * (box * scale + 8), 22))
         draw.text((i * (box * scale + 8) + 4, 4), label, fill="black")
     fig.save(path)
+
+
+def keep_previous(old: dict, rerun: Sequence[str], model_of: Callable[[str], str | None]) -> tuple[dict, list[str]]:
+    """The codecs of an earlier run to keep beside a rerun of some: all but the rerun ones and those whose
+    recorded model (``model_sha256``) is not the one ``model_of(name)`` would run now, so that every row
+    of a report is of the current model.  Also returns the names dropped for that."""
+    kept, dropped = {}, []
+    for name, v in old.items():
+        if name in rerun:
+            continue
+        if v.get("model_sha256") is not None and v["model_sha256"] != model_of(name):
+            dropped.append(name)
+            continue
+        kept[name] = v
+    return kept, dropped
 
 
 def write_report(name: str, folder: Path, results: dict, skipped: dict, refs: dict, command: str,
@@ -196,10 +212,18 @@ def main(argv: list[str] | None = None) -> None:
         # Keep the other codecs' measurements (same set, same settings) so one codec can be rerun alone.
         old = json.loads(previous.read_text())
         if old["meta"]["images"] == len(images):
-            for k, v in old["codecs"].items():
-                if k not in args.codecs:
-                    v.setdefault("measured", {"date": old["meta"]["date"], "command": old["meta"]["command"]})
-                    results[k] = v
+            by_name = {c.name: c for c in all_codecs(args.model)}
+
+            def model_of(name: str) -> str | None:
+                codec = by_name.get(name)
+                return None if codec is None or codec.available() else codec.model_sha256()
+
+            results, dropped = keep_previous(old["codecs"], args.codecs, model_of)
+            for k in dropped:
+                print(f"dropping {k}: measured with model {old['codecs'][k]['model_sha256'][:12]}…, not the "
+                      "current one", file=sys.stderr)
+            for v in results.values():
+                v.setdefault("measured", {"date": old["meta"]["date"], "command": old["meta"]["command"]})
     for codec in codecs:
         why = codec.available()
         if why:
@@ -208,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         print(f"{codec.label}: {len(codec.settings)} settings × {len(images)} images", file=sys.stderr, flush=True)
         results[codec.name] = {"label": codec.label, "note": codec.note, "rows": measure(codec, images),
+                               "model_sha256": codec.model_sha256(),
                                "measured": {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                                             "command": f"python -m bench.images {' '.join(argv or sys.argv[1:])}"}}
     crop_src = dict(images).get(args.crop_image, images[0][1])
