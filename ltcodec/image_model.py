@@ -38,6 +38,10 @@ LOG2_SCALE_MIN = -4.0
 LOG2_SCALE_MAX = 8.0
 
 
+#: How the training rate treats the latent (:func:`rate_points`).
+RATE_RELAXATIONS = ("noise", "hard")
+
+
 def rate_points(lattice: Lattice, residual: Tensor, hard: Tensor, rate: str) -> Tensor:
     """The points whose box likelihood is the training rate: the hard (straight-through) lattice points
     ``hard`` for ``rate="hard"`` (the coded bits), or ``residual`` plus Voronoi-uniform noise for

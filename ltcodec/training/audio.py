@@ -35,7 +35,8 @@ import soxr
 import torch
 
 from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
-from .card import RecipeChanges, recorded_history, seed_from_card
+from ..image_model import RATE_RELAXATIONS
+from .card import RecipeChanges, rate_relaxation, recorded_history, seed_from_card
 from .image import save_checkpoint
 from .optim import (WeightAverage, descend, drop_mismatched_state, gain_optimizer, learning_rate_change,
                     set_learning_rate, split_state, warmup_factor)
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
                    "transforms without changing what they compute")
     p.add_argument("--M", type=int, default=96)
     p.add_argument("--lattice", default="e8")
-    p.add_argument("--rate", choices=("noise", "hard"),
+    p.add_argument("--rate", choices=RATE_RELAXATIONS,
                    help="the rate the loss and the rate targets see: of the dithered latent (noise, the "
                         "default) or of the hard lattice point, the coded bits; resumes keep it")
     p.add_argument("--threads", type=int, default=1)
@@ -303,10 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     warmup = state.get("warmup", (0, 0)) if state is not None else ((step, args.warmup) if init else (0, 0))
     if init is not None and step:
         changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
-    rate = state.get("rate", "noise") if state is not None else "noise"
-    if args.rate is not None and args.rate != rate:
-        changes.add({"step": step, "rate_from": rate, "rate": args.rate}, "rate relaxation")
-        rate = args.rate
+    rate, change = rate_relaxation(state, args.rate, step)
+    changes.add(change, "rate relaxation")
     widened_at = step
     if widen_from is not None:
         changes.add({"step": step, "channels_from": widen_from, "channels": config.channels}, "channels")

@@ -58,6 +58,15 @@ class RecipeChanges:
             log.write(json.dumps(change) + "\n")
 
 
+def rate_relaxation(state: dict | None, requested: str | None, step: int) -> tuple[str, dict | None]:
+    """The rate relaxation a run trains with (a resumed checkpoint's, "noise" before checkpoints kept it,
+    unless ``requested``) and the recipe change that records a switch, if any."""
+    rate = state.get("rate", "noise") if state is not None else "noise"
+    if requested is None or requested == rate:
+        return rate, None
+    return requested, {"step": step, "rate_from": rate, "rate": requested}
+
+
 def history_line(change: dict) -> str:
     """The card's line on one change of the recipe during training (a checkpoint's ``history``)."""
     if "lambdas_from" in change:

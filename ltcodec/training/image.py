@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..image_model import LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
-from .card import RecipeChanges, is_change, recorded_history, seed_from_card
+from ..image_model import LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior
+from .card import RecipeChanges, is_change, rate_relaxation, recorded_history, seed_from_card
 from .optim import (WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state,
                     warmup_factor)
 
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale-floor-level", type=int,
                    help="train with the entropy model's σ' floored at 2^(ℓ/8), as the codec applies it "
                         "(the model's scale_floor_level); resumes keep it")
-    p.add_argument("--rate", choices=("noise", "hard"),
+    p.add_argument("--rate", choices=RATE_RELAXATIONS,
                    help="the rate the loss sees: of the dithered latent (noise, the default) or of the hard "
                         "lattice point, the coded bits (LatticeHyperprior.forward); resumes keep it")
     p.add_argument("--threads", type=int, default=2)
@@ -300,10 +300,8 @@ def main(argv: list[str] | None = None) -> None:
         changes.add({"step": step, "scale_floor_level_from": config.scale_floor_level,
                      "scale_floor_level": args.scale_floor_level}, "scale floor")
         config.scale_floor_level = args.scale_floor_level
-    rate = state.get("rate", "noise") if state is not None else "noise"
-    if args.rate is not None and args.rate != rate:
-        changes.add({"step": step, "rate_from": rate, "rate": args.rate}, "rate relaxation")
-        rate = args.rate
+    rate, change = rate_relaxation(state, args.rate, step)
+    changes.add(change, "rate relaxation")
     # 128² crops in batches of 8 until checkpoints kept theirs.
     before = (state.get("crop", 128), state.get("batch", 8)) if state is not None else (args.crop, args.batch)
     if (args.crop, args.batch) != before:
