@@ -48,12 +48,15 @@ def load_network(path: Path) -> tuple[AudioLatticeCodec, str]:
 
 
 @torch.no_grad()
-def measure(net: AudioLatticeCodec, kind: str, clips, metrics) -> list[dict]:
-    """Per quality: mean kbps and the metrics of the coded and of the unquantized reconstruction."""
+def measure(net: AudioLatticeCodec, kind: str, clips, metrics) -> dict:
+    """Per quality (``rows``): mean kbps and the metrics of the coded and of the unquantized
+    reconstruction; and the ViSQOL of the clips only resampled to the model's rate and back
+    (``visqol_resampled``, None when no clip has another rate): the best any model at that rate can do."""
     net.eval()
     rate = net.config.sample_rate
     unit = net.config.hop * HYPER_STRIDE
     acc: dict[int, dict[str, list[float]]] = {q: {} for q in range(net.qualities)}
+    band: list[float] = []
     for _, x, clip_rate in clips:
         mono = x.mean(axis=1).astype(np.float32)
         sig = soxr.resample(mono, clip_rate, rate).astype(np.float32) if clip_rate != rate else mono
@@ -61,6 +64,9 @@ def measure(net: AudioLatticeCodec, kind: str, clips, metrics) -> list[dict]:
         if n == 0:
             continue
         xt = torch.from_numpy(sig[:n])[None, None]
+        if clip_rate != rate:  # the model's rate alone: the original through the resampler and back
+            back = soxr.resample(sig.astype(np.float64), rate, clip_rate)[: len(mono)]
+            band.append(metrics(kind, mono.astype(np.float64)[: len(back), None], back[:, None], clip_rate)["visqol"])
         y = net.g_a(xt)
         for q in range(net.qualities):
             quality = torch.tensor([float(q)])
@@ -76,7 +82,8 @@ def measure(net: AudioLatticeCodec, kind: str, clips, metrics) -> list[dict]:
                 m = metrics(kind, ref[:, None], deg[: len(ref), None], clip_rate)
                 a.setdefault(f"visqol_{tag}", []).append(m["visqol"])
                 a.setdefault(f"si_sdr_{tag}", []).append(m["si_sdr"])
-    return [{"quality": q + 1, **{k: float(np.mean(v)) for k, v in acc[q].items()}} for q in acc if acc[q]]
+    rows = [{"quality": q + 1, **{k: float(np.mean(v)) for k, v in acc[q].items()}} for q in acc if acc[q]]
+    return {"rows": rows, "visqol_resampled": float(np.mean(band)) if band else None}
 
 
 def references(path: Path = RESULTS / "audio.json", kbps: float = REFERENCE_KBPS) -> dict[str, dict]:
@@ -94,19 +101,24 @@ def references(path: Path = RESULTS / "audio.json", kbps: float = REFERENCE_KBPS
     return out
 
 
-def report(sets: dict[str, list[dict]], refs: dict, what: str, counts: dict, command: str, stamp: str) -> str:
+def report(sets: dict[str, dict], refs: dict, what: str, counts: dict, command: str, stamp: str,
+           rate_khz: float = 24) -> str:
     lines = [f"# The audio model's ceiling: {what}", "",
              f"Command: `{command}` · {stamp} · {machine()}", "",
              "Per quality: ideal box-code kbps of the mono mix, and ViSQOL / SI-SDR (dB) of the coded latent "
              "and of the same latent unquantized (g_s of g_a's output times both gains).  Where the two "
              "columns agree, the transforms, not the bits, set the quality.", ""]
-    for kind, rows in sets.items():
+    for kind, measured in sets.items():
+        rows = measured["rows"]
         lines += [f"## {kind} ({counts[kind]} clip{'s' if counts[kind] != 1 else ''})", "",
                   "| quality | kbps | ViSQOL | ViSQOL unquantized | SI-SDR | SI-SDR unquantized |",
                   "|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['quality']} | {r['kbps']:.1f} | {r['visqol_coded']:.2f} | "
                          f"{r['visqol_unquantized']:.2f} | {r['si_sdr_coded']:.1f} | {r['si_sdr_unquantized']:.1f} |")
+        if measured["visqol_resampled"] is not None:
+            lines.append(f"\nThe originals only resampled to the model's {rate_khz:g} kHz and back: ViSQOL "
+                         f"{measured['visqol_resampled']:.2f} (the bandwidth's own ceiling).")
         for codec, ref in refs.get(kind, {}).items():
             lines.append(f"\nFor scale, {codec.upper() if codec == 'mp3' else codec.capitalize()} in "
                          f"`audio.json`: ViSQOL {ref['visqol']:.2f} at {ref['kbps']:.1f} kbps (all clips of the set).")
@@ -135,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         sets[kind], counts[kind] = measure(net, kind, clips, metrics), len(clips)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m bench.audio_ceiling " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(sets, references(), what, counts, command.strip(), stamp)
+    text = report(sets, references(), what, counts, command.strip(), stamp, net.config.sample_rate / 1000)
     args.out.with_suffix(".md").write_text(text)
     args.out.with_suffix(".json").write_text(json.dumps({"weights": what, "sets": sets, "date": stamp}, indent=1))
     print(text)
