@@ -1,8 +1,10 @@
 """The audio training recipe runs, checkpoints, resumes and exports a model that codes (tiny settings)."""
 
 import json
+import math
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -49,6 +51,11 @@ def test_train_resume_export(tmp_path, monkeypatch):
     train_audio.main(common + ["--steps", "5", "--resume", "--lr", "1.5e-4", "--rate", "hard"])
     rated = torch.load(out / "last.ckpt", weights_only=False)
     assert rated["rate"] == "hard" and rated["history"] == [change, {"step": 4, "rate_from": "noise", "rate": "hard"}]
+    assert rated["mel_weight"] == 0.0
+    train_audio.main(common + ["--steps", "6", "--resume", "--lr", "1.5e-4", "--mel-weight", "1"])
+    train_audio.main(common + ["--steps", "7", "--resume", "--lr", "1.5e-4"])  # kept without the flag
+    mel = torch.load(out / "last.ckpt", weights_only=False)
+    assert mel["mel_weight"] == 1.0 and mel["history"][-1] == {"step": 5, "mel_weight_from": 0.0, "mel_weight": 1.0}
     net = AudioLatticeCodec(AudioModelConfig.from_dict(state["config"]))
     net.load_state_dict(state["model"])
     export_audio_model(net, [np.zeros(24000, np.float32)], tmp_path / "m.safetensors", "m")
@@ -137,3 +144,16 @@ def test_the_hard_audio_rate_is_the_coded_rate():
     x = torch.randn(1, 1, net.config.hop * 16) * 0.1
     q = torch.tensor([2.0])
     torch.testing.assert_close(net(x, q, rate="hard")["bits_y"].detach(), net.estimate(x, q)["bits_y"])
+
+
+def test_the_mel_term_resolves_low_frequencies_more_finely_than_linear_bins():
+    rate = 24000
+    fb = train_audio.mel_filterbank(rate, 1024, 64)
+    assert fb.shape == (64, 513) and bool((fb.sum(1) > 0).all())  # no empty band
+    centres = fb.argmax(1).float() * rate / 1024
+    # Below 2 kHz lie 1/6 of the linear bins but nearly half of the mel bands (mel(2 kHz) / mel(12 kHz)).
+    assert 0.42 < float((centres < 2000).float().mean()) < 0.5
+    t = torch.arange(rate) / rate
+    x = (0.3 * torch.sin(2 * torch.pi * 300 * t) + 0.3 * torch.sin(2 * torch.pi * 9000 * t))[None, None]
+    assert float(train_audio.mel_distance(x, x, rate)) == 0.0
+    assert float(train_audio.mel_distance(x, 0.5 * x, rate)) == pytest.approx(math.log(2), rel=1e-2)  # log magnitudes: a level change shows in full

@@ -10,7 +10,7 @@ files give their mid and side signals, since the codec codes stereo as mid/side.
 is speech and half music; each crop gets a random level.
 
 Loss: multi-resolution STFT distance (log and linear magnitudes, six window sizes) plus waveform L1,
-and the rate in kbps weighted per quality.  Each quality has a target bitrate; its rate weight is
+optionally a log-mel term (``--mel-weight``), and the rate in kbps weighted per quality.  Each quality has a target bitrate; its rate weight is
 adapted by slow dual ascent from a fixed starting ladder (the weight grows while the quality's measured
 rate is above its target), so the qualities land on the intended bitrates whatever the scale of the
 distortion.  (A fast update, or a start from equal weights, collapses the shared latent early on:
@@ -21,6 +21,7 @@ optimizer, RNG and rate-weight state are written atomically every few minutes; `
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -47,6 +48,8 @@ CACHE = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")
 DEFAULT_OUT = CACHE / "audio-e8"
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
 STFT_SIZES = (2048, 1024, 512, 256, 128, 64)
+#: The mel term of the loss (``--mel-weight``): (FFT size, bands) of log mel magnitudes compared by L1.
+MEL_RESOLUTIONS = ((512, 40), (1024, 64), (2048, 80))
 #: Noise on the copies of widened channels, relative to each tensor's spread: enough for the copies to
 #: diverge in training, small enough to leave the loss where it was (on the eval clips, 10⁻³ moves the
 #: spectral distance by 0.2%, 10⁻² by 6%).
@@ -167,12 +170,40 @@ def spectral_distance(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return total / len(STFT_SIZES)
 
 
+@functools.lru_cache(maxsize=None)
+def mel_filterbank(rate: int, n_fft: int, bands: int) -> torch.Tensor:
+    """(bands, n_fft/2 + 1) triangular filters spaced evenly on the HTK mel scale from 0 to rate/2."""
+    def mel(f):
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    edges = 700.0 * (10.0 ** (np.linspace(0.0, mel(rate / 2), bands + 2) / 2595.0) - 1.0)
+    freqs = np.linspace(0.0, rate / 2, n_fft // 2 + 1)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    return torch.from_numpy(np.maximum(0.0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))).float()
+
+
+def mel_distance(x: torch.Tensor, x_hat: torch.Tensor, rate: int) -> torch.Tensor:
+    """Per-example L1 distance of log mel magnitudes at several resolutions: unlike the linear-frequency
+    terms, whose bins crowd the highest octave, it weighs the spectrum the way hearing (and ViSQOL's
+    gammatone bands) resolve it."""
+    total = 0.0
+    for n, bands in MEL_RESOLUTIONS:
+        win = torch.hann_window(n, dtype=x.dtype)
+        fb = mel_filterbank(rate, n, bands).to(x.dtype)
+        mel = [torch.log(fb @ torch.stft(s[:, 0], n, n // 4, window=win, return_complex=True).abs() + 1e-5)
+               for s in (x, x_hat)]
+        total = total + (mel[0] - mel[1]).abs().flatten(1).mean(1)
+    return total / len(MEL_RESOLUTIONS)
+
+
 def rd_loss(model: AudioLatticeCodec, x: torch.Tensor, quality: torch.Tensor, log_weights: torch.Tensor,
-            rate: str = "noise") -> dict:
+            rate: str = "noise", mel_weight: float = 0.0) -> dict:
     out = model(x, quality, rate)
     seconds = x.shape[-1] / model.config.sample_rate
     kbps = (out["bits_y"] + out["bits_z"]) / seconds / 1000.0
     dist = spectral_distance(x, out["x_hat"]) + 10.0 * (out["x_hat"] - x).abs().flatten(1).mean(1)
+    if mel_weight:
+        dist = dist + mel_weight * mel_distance(x, out["x_hat"], model.config.sample_rate)
     w = torch.exp(log_weights[quality.long()])
     loss = (dist + w * kbps / 10.0).mean()
     return {"loss": loss, "dist": dist.detach(), "kbps": kbps.detach()}
@@ -239,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", choices=RATE_RELAXATIONS,
                    help="the rate the loss and the rate targets see: of the dithered latent (noise, the "
                         "default) or of the hard lattice point, the coded bits; resumes keep it")
+    p.add_argument("--mel-weight", type=float,
+                   help="weight of the log-mel term of the distortion (0 before checkpoints kept it); resumes keep it")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -306,6 +339,10 @@ def main(argv: list[str] | None = None) -> None:
         changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
     rate, change = rate_relaxation(state, args.rate, step)
     changes.add(change, "rate relaxation")
+    mel_weight = state.get("mel_weight", 0.0) if state is not None else 0.0
+    if args.mel_weight is not None and args.mel_weight != mel_weight:
+        changes.add({"step": step, "mel_weight_from": mel_weight, "mel_weight": args.mel_weight}, "mel term")
+        mel_weight = args.mel_weight
     widened_at = step
     if widen_from is not None:
         changes.add({"step": step, "channels_from": widen_from, "channels": config.channels}, "channels")
@@ -340,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "log_weights": log_weights, "rate_ema": rate_ema, "cpu_seconds": cpu_total(),
             "history": changes.history, "lr": args.lr, "warmup": warmup, "rate": rate,
+            "mel_weight": mel_weight,
         })
 
     model.train()
@@ -356,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
             x = sample_batch(corpus, rng, args.batch, length)
             quality = torch.from_numpy(rng.permutation(len(targets))[: args.batch] if args.batch <= len(targets)
                                        else rng.integers(0, len(targets), args.batch)).float()
-            out = rd_loss(model, x, quality, log_weights, rate)
+            out = rd_loss(model, x, quality, log_weights, rate, mel_weight)
             if not descend(opt, model, average, out["loss"], step):
                 continue
             step += 1

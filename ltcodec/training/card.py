@@ -30,7 +30,7 @@ def weights_line(state: dict) -> str:
 
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
 CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "latent_from", "crop_from",
-               "init_from", "rate_from")
+               "init_from", "rate_from", "mel_weight_from")
 
 
 def is_change(record: dict) -> bool:
@@ -91,6 +91,9 @@ def history_line(change: dict) -> str:
         return (f"* Training went on at step {change['step']:,} from the weights of `{change['init_from']}` "
                 f"(its moving average) with a fresh optimizer, the learning rate ramped up over "
                 f"{change.get('warmup', 0):,} steps (`--init`, `--warmup`).")
+    if "mel_weight_from" in change:
+        return (f"* Mel term of the distortion changed at step {change['step']:,} from weight "
+                f"{change['mel_weight_from']:g} to {change['mel_weight']:g} (`--mel-weight`).")
     if "rate_from" in change:
         return (f"* Rate term changed at step {change['step']:,} from the {change['rate_from']} to the "
                 f"{change['rate']} likelihood of the latent (`--rate`).")
@@ -149,6 +152,8 @@ _CARD_CHANGES = (
         "latent_from": int(m[2]), "latent": int(m[3])}),
     (r"\* Training crops changed at step ([\d,]+) from (\d+)² in batches of (\d+) to (\d+)² in batches of (\d+) ",
      lambda m: {"crop_from": int(m[2]), "batch_from": int(m[3]), "crop": int(m[4]), "batch": int(m[5])}),
+    (rf"\* Mel term of the distortion changed at step ([\d,]+) from weight {_NUMBER} to {_NUMBER} ", lambda m: {
+        "mel_weight_from": float(m[2]), "mel_weight": float(m[3])}),
     (r"\* Rate term changed at step ([\d,]+) from the (\w+) to the (\w+) ", lambda m: {
         "rate_from": m[2], "rate": m[3]}),
     (r"\* Training went on at step ([\d,]+) from the weights of `([^`]+)` .* over ([\d,]+) steps", lambda m: {
