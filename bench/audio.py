@@ -132,26 +132,12 @@ def si_sdr(ref: np.ndarray, deg: np.ndarray) -> float:
     return float(np.mean(vals))
 
 
-def _mel_filterbank(rate: int, n_fft: int, bands: int = 80) -> np.ndarray:
-    def mel(f):
-        return 2595 * np.log10(1 + f / 700)
-
-    def hz(m):
-        return 700 * (10 ** (m / 2595) - 1)
-
-    edges = hz(np.linspace(mel(0), mel(rate / 2), bands + 2))
-    freqs = np.linspace(0, rate / 2, n_fft // 2 + 1)
-    fb = np.zeros((bands, freqs.size))
-    for i in range(bands):
-        lo, mid, hi = edges[i], edges[i + 1], edges[i + 2]
-        fb[i] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None)
-    return fb
-
-
 def log_mel_distance(ref: np.ndarray, deg: np.ndarray, rate: int) -> float:
     n_fft = 2048 if rate > 24000 else 512
     hop = n_fft // 4
-    fb = _mel_filterbank(rate, n_fft)
+    from ltcodec.training.audio import mel_filterbank
+
+    fb = mel_filterbank(rate, n_fft)
     win = np.hanning(n_fft)
 
     def logmel(s):
