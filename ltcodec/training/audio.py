@@ -37,7 +37,7 @@ import torch
 
 from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
 from ..image_model import RATE_RELAXATIONS
-from .card import RecipeChanges, rate_relaxation, recorded_history, seed_from_card
+from .card import RecipeChanges, recorded_history, resumed_setting, seed_from_card
 from .image import save_checkpoint
 from .optim import (WeightAverage, descend, drop_mismatched_state, gain_optimizer, learning_rate_change,
                     set_learning_rate, split_state, warmup_factor)
@@ -352,12 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     warmup = state.get("warmup", (0, 0)) if state is not None else ((step, args.warmup) if init else (0, 0))
     if init is not None and step:
         changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
-    rate, change = rate_relaxation(state, args.rate, step)
+    rate, change = resumed_setting(state, "rate", "noise", args.rate, step)
     changes.add(change, "rate relaxation")
-    mel_weight = state.get("mel_weight", 0.0) if state is not None else 0.0
-    if args.mel_weight is not None and args.mel_weight != mel_weight:
-        changes.add({"step": step, "mel_weight_from": mel_weight, "mel_weight": args.mel_weight}, "mel term")
-        mel_weight = args.mel_weight
+    mel_weight, change = resumed_setting(state, "mel_weight", 0.0, args.mel_weight, step)
+    changes.add(change, "mel term")
     widened_at = step
     if widen_from is not None:
         changes.add({"step": step, "channels_from": widen_from, "channels": config.channels}, "channels")

@@ -58,13 +58,14 @@ class RecipeChanges:
             log.write(json.dumps(change) + "\n")
 
 
-def rate_relaxation(state: dict | None, requested: str | None, step: int) -> tuple[str, dict | None]:
-    """The rate relaxation a run trains with (a resumed checkpoint's, "noise" before checkpoints kept it,
-    unless ``requested``) and the recipe change that records a switch, if any."""
-    rate = state.get("rate", "noise") if state is not None else "noise"
-    if requested is None or requested == rate:
-        return rate, None
-    return requested, {"step": step, "rate_from": rate, "rate": requested}
+def resumed_setting(state: dict | None, key: str, default, requested, step: int) -> tuple:
+    """A setting a run keeps in its checkpoint under ``key`` (``default`` before checkpoints kept it, and
+    for a fresh run) unless ``requested`` differs, and the recipe change that records a switch
+    (``{key}_from`` → ``key``), if any."""
+    value = state.get(key, default) if state is not None else default
+    if requested is None or requested == value:
+        return value, None
+    return requested, {"step": step, f"{key}_from": value, key: requested}
 
 
 def history_line(change: dict) -> str:

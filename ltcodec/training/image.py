@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..image_model import LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior
-from .card import RecipeChanges, is_change, rate_relaxation, recorded_history, seed_from_card
+from .card import RecipeChanges, is_change, recorded_history, resumed_setting, seed_from_card
 from .optim import (WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state,
                     warmup_factor)
 
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         changes.add({"step": step, "scale_floor_level_from": config.scale_floor_level,
                      "scale_floor_level": args.scale_floor_level}, "scale floor")
         config.scale_floor_level = args.scale_floor_level
-    rate, change = rate_relaxation(state, args.rate, step)
+    rate, change = resumed_setting(state, "rate", "noise", args.rate, step)
     changes.add(change, "rate relaxation")
     # 128² crops in batches of 8 until checkpoints kept theirs.
     before = (state.get("crop", 128), state.get("batch", 8)) if state is not None else (args.crop, args.batch)
