@@ -59,6 +59,7 @@ def measure(net: AudioLatticeCodec, kind: str, clips, metrics) -> dict:
     band: list[float] = []
     for _, x, clip_rate in clips:
         mono = x.mean(axis=1).astype(np.float32)
+        ref = mono.astype(np.float64)
         sig = soxr.resample(mono, clip_rate, rate).astype(np.float32) if clip_rate != rate else mono
         n = len(sig) // unit * unit
         if n == 0:
@@ -66,7 +67,7 @@ def measure(net: AudioLatticeCodec, kind: str, clips, metrics) -> dict:
         xt = torch.from_numpy(sig[:n])[None, None]
         if clip_rate != rate:  # the model's rate alone: the original through the resampler and back
             back = soxr.resample(sig.astype(np.float64), rate, clip_rate)[: len(mono)]
-            band.append(metrics(kind, mono.astype(np.float64)[: len(back), None], back[:, None], clip_rate)["visqol"])
+            band.append(metrics(kind, ref[: len(back), None], back[:, None], clip_rate)["visqol"])
         y = net.g_a(xt)
         for q in range(net.qualities):
             quality = torch.tensor([float(q)])
@@ -78,8 +79,8 @@ def measure(net: AudioLatticeCodec, kind: str, clips, metrics) -> dict:
                 deg = x_hat[0, 0].numpy().astype(np.float64)
                 if clip_rate != rate:
                     deg = soxr.resample(deg, rate, clip_rate)
-                ref = mono.astype(np.float64)[: len(deg)]
-                m = metrics(kind, ref[:, None], deg[: len(ref), None], clip_rate)
+                k = min(len(ref), len(deg))
+                m = metrics(kind, ref[:k, None], deg[:k, None], clip_rate)
                 a.setdefault(f"visqol_{tag}", []).append(m["visqol"])
                 a.setdefault(f"si_sdr_{tag}", []).append(m["si_sdr"])
     rows = [{"quality": q + 1, **{k: float(np.mean(v)) for k, v in acc[q].items()}} for q in acc if acc[q]]
