@@ -22,8 +22,9 @@ import numpy as np
 import soxr
 import torch
 
-from ltcodec.audio_model import AudioLatticeCodec, AudioModelConfig
+from ltcodec.audio_model import AudioLatticeCodec
 from ltcodec.training.audio import HYPER_STRIDE
+from ltcodec.training.export_audio import load_trained
 
 from .audio import DATA, Metrics, load_set
 from .host import machine
@@ -41,10 +42,9 @@ def load_network(path: Path) -> tuple[AudioLatticeCodec, str]:
         net = AudioLatticeCodec(config)
         net.load_state_dict({k: v for k, v in weights.items() if k in net.state_dict()})
         return net, f"`{path.name}` ({record['step']:,} steps)"
-    state = torch.load(path, weights_only=False)
-    net = AudioLatticeCodec(AudioModelConfig.from_dict(state["config"]))
-    net.load_state_dict(state.get("ema") or state["model"])
-    return net, f"checkpoint `{path.name}` at step {state['step']:,} (moving average)"
+    net, state = load_trained(path, ema=True)
+    kind = "moving average" if state["exported_weights"] == "ema" else "training weights"
+    return net, f"checkpoint `{path.name}` at step {state['step']:,} ({kind})"
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 
 from ltcodec.audio import audio_info, decode_audio, encode_audio
 from ltcodec.audio_codec import AudioCodecModel, export_audio_model
-from ltcodec.training.export_audio import training_metadata
+from ltcodec.training.export_audio import load_trained, training_metadata
 from ltcodec.audio_model import AudioLatticeCodec, AudioModelConfig
 from ltcodec.training import audio as train_audio
 
@@ -157,3 +157,16 @@ def test_the_mel_term_resolves_low_frequencies_more_finely_than_linear_bins():
     x = (0.3 * torch.sin(2 * torch.pi * 300 * t) + 0.3 * torch.sin(2 * torch.pi * 9000 * t))[None, None]
     assert float(train_audio.mel_distance(x, x, rate)) == 0.0
     assert float(train_audio.mel_distance(x, 0.5 * x, rate)) == pytest.approx(math.log(2), rel=1e-2)  # log magnitudes: a level change shows in full
+
+
+def test_a_checkpoint_gives_its_moving_average_or_its_training_weights(tmp_path):
+    config = AudioModelConfig(channels=4, M=16, N=8)
+    raw, averaged = AudioLatticeCodec(config).state_dict(), AudioLatticeCodec(config).state_dict()
+    torch.save({"config": config.to_dict(), "model": raw, "ema": averaged, "step": 7}, tmp_path / "a.ckpt")
+    torch.save({"config": config.to_dict(), "model": raw, "step": 7}, tmp_path / "b.ckpt")
+    key = "g_a.0.weight"
+    for path, ema, expected, kind in [("a.ckpt", True, averaged, "ema"), ("a.ckpt", False, raw, "raw"),
+                                      ("b.ckpt", True, raw, "raw")]:
+        net, state = load_trained(tmp_path / path, ema=ema)
+        assert torch.equal(net.state_dict()[key], expected[key])
+        assert state["exported_weights"] == kind and state["step"] == 7

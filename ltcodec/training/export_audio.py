@@ -67,6 +67,16 @@ def eval_table(model: AudioCodecModel, folder: Path, per_kind: int = 4) -> tuple
     return rows, timing
 
 
+def load_trained(ckpt: Path, ema: bool = False) -> tuple[AudioLatticeCodec, dict]:
+    """The network of a training checkpoint (its moving-average weights with ``ema``, where it keeps
+    them), and the checkpoint itself, which records in ``exported_weights`` which of the two it gave."""
+    state = torch.load(ckpt, weights_only=False)
+    net = AudioLatticeCodec(AudioModelConfig.from_dict(state["config"]))
+    state["exported_weights"] = "ema" if ema and "ema" in state else "raw"
+    net.load_state_dict(state["ema"] if state["exported_weights"] == "ema" else state["model"])
+    return net, state
+
+
 def corpus_hours(rate: int, folders: list[Path]) -> dict[str, float]:
     corpus = load_corpus(folders, rate)
     return {k: round(sum(len(s) for s in v) / rate / 3600, 2) for k, v in corpus.items()}
@@ -94,11 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                    "(default: the one beside --ckpt)")
     args = p.parse_args(argv)
 
-    state = torch.load(args.ckpt, weights_only=False)
-    config = AudioModelConfig.from_dict(state["config"])
-    net = AudioLatticeCodec(config)
-    state["exported_weights"] = "raw" if args.raw or "ema" not in state else "ema"
-    net.load_state_dict(state["ema"] if state["exported_weights"] == "ema" else state["model"])
+    net, state = load_trained(args.ckpt, ema=not args.raw)
+    config = net.config
     cal = []
     for f in sorted((args.data[0] / "music").glob("*.flac"))[:4] + sorted((args.data[0] / "speech").glob("*.flac"))[:4]:
         x, rate = sf.read(f, dtype="float32", always_2d=True)
