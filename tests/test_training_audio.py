@@ -56,6 +56,15 @@ def test_train_resume_export(tmp_path, monkeypatch):
     train_audio.main(common + ["--steps", "7", "--resume", "--lr", "1.5e-4"])  # kept without the flag
     mel = torch.load(out / "last.ckpt", weights_only=False)
     assert mel["mel_weight"] == 1.0 and mel["history"][-1] == {"step": 5, "mel_weight_from": 0.0, "mel_weight": 1.0}
+    ladder = [2.5, 6.0, 9.0, 13.0, 19.0, 27.0, 38.0, 54.0]
+    train_audio.main(common + ["--steps", "8", "--resume", "--lr", "1.5e-4", "--target-kbps", *map(str, ladder)])
+    train_audio.main(common + ["--steps", "9", "--resume", "--lr", "1.5e-4"])  # kept without the flag
+    targeted = torch.load(out / "last.ckpt", weights_only=False)
+    assert list(targeted["config"]["target_kbps"]) == ladder
+    assert targeted["history"][-1] == {"step": 7, "target_kbps_from": [4.0, 6.0, 9.0, 13.0, 19.0, 27.0, 38.0, 54.0],
+                                       "target_kbps": ladder}
+    with pytest.raises(SystemExit, match="needs 8 values"):
+        train_audio.main(common + ["--steps", "10", "--resume", "--target-kbps", "3", "6"])
     net = AudioLatticeCodec(AudioModelConfig.from_dict(state["config"]))
     net.load_state_dict(state["model"])
     export_audio_model(net, [np.zeros(24000, np.float32)], tmp_path / "m.safetensors", "m")

@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
                         "default) or of the hard lattice point, the coded bits; resumes keep it")
     p.add_argument("--mel-weight", type=float,
                    help="weight of the log-mel term of the distortion (0 before checkpoints kept it); resumes keep it")
+    p.add_argument("--target-kbps", type=float, nargs="+",
+                   help="the per-quality rate targets (one channel); a resumed run keeps its own unless given")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -315,6 +317,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.channels < config.channels:
             raise SystemExit(f"--channels {args.channels}: a run can only widen (it has {config.channels})")
         widen_from, config = config.channels, replace(config, channels=args.channels)
+    retarget = None
+    if args.target_kbps and tuple(args.target_kbps) != tuple(config.target_kbps):
+        if len(args.target_kbps) != len(config.target_kbps):
+            raise SystemExit(f"--target-kbps needs {len(config.target_kbps)} values, one per quality of the model")
+        retarget = {"target_kbps_from": list(config.target_kbps), "target_kbps": list(args.target_kbps)}
+        config = replace(config, target_kbps=tuple(args.target_kbps))
     model = AudioLatticeCodec(config)
     if widen_from is not None:
         gen = torch.Generator().manual_seed(args.seed)
@@ -356,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
     changes.add(change, "rate relaxation")
     mel_weight, change = resumed_setting(state, "mel_weight", 0.0, args.mel_weight, step)
     changes.add(change, "mel term")
+    if retarget is not None:
+        # The dual ascent moves each quality's rate weight towards its new target from here.
+        changes.add({"step": step, **retarget}, "rate targets")
     widened_at = step
     if widen_from is not None:
         changes.add({"step": step, "channels_from": widen_from, "channels": config.channels}, "channels")

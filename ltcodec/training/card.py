@@ -30,7 +30,7 @@ def weights_line(state: dict) -> str:
 
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
 CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "latent_from", "crop_from",
-               "init_from", "rate_from", "mel_weight_from")
+               "init_from", "rate_from", "mel_weight_from", "target_kbps_from")
 
 
 def is_change(record: dict) -> bool:
@@ -95,6 +95,10 @@ def history_line(change: dict) -> str:
     if "mel_weight_from" in change:
         return (f"* Mel term of the distortion changed at step {change['step']:,} from weight "
                 f"{change['mel_weight_from']:g} to {change['mel_weight']:g} (`--mel-weight`).")
+    if "target_kbps_from" in change:
+        return (f"* Rate targets changed at step {change['step']:,} from "
+                f"{', '.join(f'{k:g}' for k in change['target_kbps_from'])} kbps to "
+                f"{', '.join(f'{k:g}' for k in change['target_kbps'])} kbps (`--target-kbps`).")
     if "rate_from" in change:
         return (f"* Rate term changed at step {change['step']:,} from the {change['rate_from']} to the "
                 f"{change['rate']} likelihood of the latent (`--rate`).")
@@ -155,6 +159,9 @@ _CARD_CHANGES = (
      lambda m: {"crop_from": int(m[2]), "batch_from": int(m[3]), "crop": int(m[4]), "batch": int(m[5])}),
     (rf"\* Mel term of the distortion changed at step ([\d,]+) from weight {_NUMBER} to {_NUMBER} ", lambda m: {
         "mel_weight_from": float(m[2]), "mel_weight": float(m[3])}),
+    (r"\* Rate targets changed at step ([\d,]+) from ([^k]+) kbps to ([^k]+) kbps ", lambda m: {
+        "target_kbps_from": [float(v) for v in m[2].split(",")],
+        "target_kbps": [float(v) for v in m[3].split(",")]}),
     (r"\* Rate term changed at step ([\d,]+) from the (\w+) to the (\w+) ", lambda m: {
         "rate_from": m[2], "rate": m[3]}),
     (r"\* Training went on at step ([\d,]+) from the weights of `([^`]+)` .* over ([\d,]+) steps", lambda m: {
