@@ -6,7 +6,9 @@ quantization costs against the same latent left unquantized (the transforms' own
 
 When every channel carries bits at the top quality and the unquantized PSNR is barely above the coded
 one, the latent is too narrow for higher qualities: more bits cannot buy more PSNR.  Rates are the ideal
-box-code bits of y (z excluded), close to file sizes.
+box-code bits of y (z excluded) under the float hyperprior, which training descends; for a model file
+they are set beside the bits of the coder's own y stream (its integer hyperprior and frozen tables),
+which is what files cost.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from PIL import Image
 
 from ltcodec.entropy import box_likelihood
+from ltcodec.image import load_image_model
 from ltcodec.image_model import ImageModelConfig, LatticeHyperprior
 from ltcodec.training.export_image import load_trained
 from ltcodec.training.image import load_init
@@ -60,8 +63,11 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measure(net: LatticeHyperprior, images: list[np.ndarray]) -> list[dict]:
+def measure(net: LatticeHyperprior, images: list[np.ndarray], coder=None) -> list[dict]:
+    """Per quality: y's bits per channel and in all, PSNR coded and unquantized; with ``coder`` (the
+    same model loaded as a codec) also the bits of the coder's y stream (``bpp_y_coder``)."""
     net.eval()
+    coder_bits = np.zeros(net.qualities)
     qualities = [torch.tensor([float(q)]) for q in range(net.qualities)]
     bits = np.zeros((net.qualities, net.config.M))
     coded, unquantized = np.zeros((2, net.qualities, len(images)))
@@ -79,23 +85,35 @@ def measure(net: LatticeHyperprior, images: list[np.ndarray]) -> list[dict]:
             coded[q, i] = psnr(x_hat[..., :h, :w], x)
             enc_g, dec_g = net.gains(quality)
             unquantized[q, i] = psnr(net.g_s(y * enc_g * dec_g)[..., :h, :w], x)
-    return [{"quality": q + 1, "bpp_y": float(bits[q].sum() / pixels), "psnr": float(coded[q].mean()),
+        if coder is not None:
+            y_coder = coder.analysis(img)
+            for q in range(net.qualities):
+                coder_bits[q] += coder.stream_bits(y_coder, float(q + 1))[1]
+    rows = [{"quality": q + 1, "bpp_y": float(bits[q].sum() / pixels), "psnr": float(coded[q].mean()),
              "psnr_unquantized": float(unquantized[q].mean()),
              "channels": {f"{s:g}": channels_for_share(bits[q], s) for s in SHARES}}
             for q in range(net.qualities)]
+    if coder is not None:
+        for q, row in enumerate(rows):
+            row["bpp_y_coder"] = float(coder_bits[q] / pixels)
+    return rows
 
 
 def report(rows: list[dict], what: str, m: int, n_images: int, command: str, stamp: str) -> str:
+    with_coder = all("bpp_y_coder" in r for r in rows)
     lines = [f"# Latent usage of the image model: {what}", "",
              f"Command: `{command}` · {stamp} · {machine()} · first {n_images} Kodak images", "",
-             f"Per quality: ideal box-code bits of y per pixel, PSNR of the coded latent and of the same latent "
-             f"unquantized (g_s of g_a's output times both gains), and how many of the M = {m} latent channels "
-             "carry 50 / 90 / 99% of y's bits.", "",
-             "| quality | bpp (y) | PSNR | PSNR unquantized | channels for 50 / 90 / 99% of the bits |",
-             "|---|---|---|---|---|"]
+             f"Per quality: ideal box-code bits of y per pixel under the float hyperprior (what training "
+             f"descends){' and in the coder’s y stream (what files cost)' if with_coder else ''}, PSNR of the "
+             f"coded latent and of the same latent unquantized (g_s of g_a's output times both gains), and how "
+             f"many of the M = {m} latent channels carry 50 / 90 / 99% of y's bits.", "",
+             f"| quality | bpp (y){' | bpp (y), coder' if with_coder else ''} | PSNR | PSNR unquantized | "
+             "channels for 50 / 90 / 99% of the bits |",
+             "|---|---|---|---|---|" + ("---|" if with_coder else "")]
     for r in rows:
         c = r["channels"]
-        lines.append(f"| {r['quality']} | {r['bpp_y']:.4f} | {r['psnr']:.2f} | {r['psnr_unquantized']:.2f} | "
+        coder = f" {r['bpp_y_coder']:.4f} |" if with_coder else ""
+        lines.append(f"| {r['quality']} | {r['bpp_y']:.4f} |{coder} {r['psnr']:.2f} | {r['psnr_unquantized']:.2f} | "
                      f"{c['0.5']} / {c['0.9']} / {c['0.99']} |")
     return "\n".join(lines) + "\n"
 
@@ -114,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no PNG images in {args.set}")
     images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     net, what = load_network(args.weights.expanduser())
-    rows = measure(net, images)
+    coder = load_image_model(str(args.weights.expanduser())) if args.weights.suffix == ".safetensors" else None
+    rows = measure(net, images, coder)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m bench.latent_usage " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     text = report(rows, what, net.config.M, len(files), command.strip(), stamp)

@@ -140,8 +140,12 @@ class HyperLatentCoding:
     def latent_bits(self, y: Tensor, quality: float) -> float:
         """The information content of :meth:`compress_latent`'s two streams, in bits (each stream is
         that rounded up to whole 32-bit words): what a rate search needs, at about a third of the cost."""
+        return sum(self.stream_bits(y, quality))
+
+    def stream_bits(self, y: Tensor, quality: float) -> tuple[float, float]:
+        """The information content of the z and the y stream of :meth:`compress_latent`, in bits."""
         z, u, levels, _ = self._symbols(y, quality)
-        return self.z_tables.ideal_bits(z) + self.y_coder.ideal_bits(u, levels)
+        return self.z_tables.ideal_bits(z), self.y_coder.ideal_bits(u, levels)
 
     def decode_symbols(self, streams: Streams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The exact integer part of decoding: ẑ, coordinates u (blocks, n), means (M, h, w)."""

@@ -22,3 +22,25 @@ def test_measure_reports_every_quality_of_a_model():
         assert r["bpp_y"] > 0 and np.isfinite(r["psnr"]) and np.isfinite(r["psnr_unquantized"])
     text = report(rows, "tiny", 16, 1, "python -m bench.latent_usage", "now")
     assert text.count("\n| ") == 8 + 1 and "M = 16" in text
+
+
+def test_a_model_file_also_reports_its_coders_bits(tmp_path):
+    from bench.latent_usage import load_network
+    from ltcodec.image_codec import ImageCodecModel, export_image_model
+
+    torch.manual_seed(0)
+    net = LatticeHyperprior(ImageModelConfig(N=8, M=16))
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "m.safetensors"
+    export_image_model(net, [img], path, "m")
+    coder = ImageCodecModel.from_file(path)
+    float_net, _ = load_network(path)
+    rows = measure(float_net, [img], coder)
+    y = coder.analysis(img)
+    for r in rows:
+        z_bits, y_bits = coder.stream_bits(y, float(r["quality"]))
+        assert r["bpp_y_coder"] == y_bits / (64 * 64)
+        assert z_bits + y_bits == coder.latent_bits(y, float(r["quality"]))
+    text = report(rows, "m", 16, 1, "python -m bench.latent_usage", "now")
+    assert "bpp (y), coder" in text and text.count("\n| ") == 8 + 1
+    assert "bpp (y), coder" not in report(measure(float_net, [img]), "m", 16, 1, "cmd", "now")
