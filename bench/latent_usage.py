@@ -79,7 +79,7 @@ def measure(net: LatticeHyperprior, images: list[np.ndarray], coder=None) -> lis
         pixels += h * w
         for q, quality in enumerate(qualities):
             t = net.hard_latent_of(y, quality)
-            lik = box_likelihood(t["hard"], net.lattice.diagonal, t["scale"])
+            lik = box_likelihood(t["hard"], net.lattice.diagonal, t["scale"], net.config.likelihood_floor)
             bits[q] += net.from_blocks(-torch.log2(lik)).sum((0, 2, 3)).double().numpy()
             x_hat = net.g_s((net.from_blocks(t["hard"]) + t["mean"]) * t["dec_g"])
             coded[q, i] = psnr(x_hat[..., :h, :w], x)

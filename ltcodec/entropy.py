@@ -37,13 +37,14 @@ def gaussian_box_mass(x: Tensor, width: Tensor, scale: Tensor) -> Tensor:
     return upper - lower
 
 
-def box_likelihood(x: Tensor, diagonal: Tensor, scale: Tensor) -> Tensor:
+def box_likelihood(x: Tensor, diagonal: Tensor, scale: Tensor, floor: float = LIKELIHOOD_FLOOR) -> Tensor:
     """Per-coordinate box-code likelihoods of (near-)lattice points ``x`` of shape ``(..., n)``.
 
     ``diagonal`` holds the box widths g_ii of the lattice generator (shape ``(n,)``), ``scale`` the
     Gaussian scale of each coordinate in the same units as ``x``; means are already subtracted.
+    ``floor`` bounds each likelihood from below (a model's ``likelihood_floor``).
     """
-    return lower_bound(gaussian_box_mass(x, diagonal.to(x.dtype), scale), LIKELIHOOD_FLOOR)
+    return lower_bound(gaussian_box_mass(x, diagonal.to(x.dtype), scale), floor)
 
 
 class FactorizedDensity(nn.Module):

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .entropy import FactorizedDensity, box_likelihood
+from .entropy import LIKELIHOOD_FLOOR, FactorizedDensity, box_likelihood
 from .lattice import Lattice, get_lattice
 from .layers import GDN, conv, deconv, lower_bound
 
@@ -70,6 +70,10 @@ class ImageModelConfig:
     #: hyperprior learns scales too small for the rare nonzero latents of the lowest qualities; a floor
     #: fitted at export on training images (``fit_scale_floor``) prices them better at no cost in quality.
     scale_floor_level: int = int(LOG2_SCALE_MIN * 8)
+    #: Smallest likelihood of a latent coordinate in the float rate (training, refinement, estimates).
+    #: The coder's tables give every symbol at least about 2^-16, so a coordinate far out in its
+    #: predicted Gaussian costs it some 16–20 bits; the default 10⁻⁹ charges 30.
+    likelihood_floor: float = LIKELIHOOD_FLOOR
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -161,7 +165,8 @@ class LatticeHyperprior(nn.Module):
         residual = self.to_blocks(y - mean)
         scale = self.to_blocks(torch.exp2(log2_scale))
         hard = self.lattice.quantize(residual, "ste")
-        lik_y = box_likelihood(rate_points(self.lattice, residual, hard, rate), self.lattice.diagonal, scale)
+        lik_y = box_likelihood(rate_points(self.lattice, residual, hard, rate), self.lattice.diagonal, scale,
+                               self.config.likelihood_floor)
         lik_z = self.z_density.likelihood(z_noisy)
         y_hat = (self.from_blocks(hard) + mean) * dec_g
         x_hat = self.g_s(y_hat)
@@ -191,7 +196,7 @@ class LatticeHyperprior(nn.Module):
     def estimate(self, x: Tensor, quality: Tensor) -> dict[str, Tensor]:
         """Evaluation pass with hard quantization everywhere: bits are the box-code ideal."""
         t = self.hard_latent(x, quality)
-        lik_y = box_likelihood(t["hard"], self.lattice.diagonal, t["scale"])
+        lik_y = box_likelihood(t["hard"], self.lattice.diagonal, t["scale"], self.config.likelihood_floor)
         lik_z = self.z_density.likelihood(t["z_hat"])
         x_hat = self.g_s((self.from_blocks(t["hard"]) + t["mean"]) * t["dec_g"])
         return {

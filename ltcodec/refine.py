@@ -72,16 +72,17 @@ def _objective(net, x: Tensor, y: Tensor, dec_g: Tensor, lam: float, px_mask: Te
     scale = net.to_blocks(torch.exp2(log2_scale))
     hard = net.lattice.quantize(residual, "ste")
     blocks = net.to_blocks(lat_mask.expand_as(y))[..., 0]  # 1 where a block is the tile's own
+    floor = net.config.likelihood_floor
     pixels = px_mask.sum()
     x_hat = net.g_s((net.from_blocks(hard) + mean) * dec_g)
     distortion = lam * 255.0 ** 2 * (((x_hat - x) ** 2) * px_mask).sum() / (3 * pixels)
     bits_z = -torch.log2(net.z_density.likelihood(z_hat)).sum() * float(lat_mask.mean())
     with torch.no_grad():
-        hard_bits = -(torch.log2(box_likelihood(hard, net.lattice.diagonal, scale)).sum(-1) * blocks).sum()
+        hard_bits = -(torch.log2(box_likelihood(hard, net.lattice.diagonal, scale, floor)).sum(-1) * blocks).sum()
         hard_value = float(distortion + (hard_bits + bits_z) / pixels)
     # The rate sees dithered points, as in training: its gradient moves the latent smoothly.
     points = net.lattice.quantize(residual, "noise") if relaxed else hard
-    bits_y = -(torch.log2(box_likelihood(points, net.lattice.diagonal, scale)).sum(-1) * blocks).sum()
+    bits_y = -(torch.log2(box_likelihood(points, net.lattice.diagonal, scale, floor)).sum(-1) * blocks).sum()
     return distortion + (bits_y + bits_z) / pixels, hard_value
 
 

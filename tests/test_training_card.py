@@ -45,7 +45,8 @@ def test_history_lines_name_each_change():
 def test_every_kind_of_change_has_a_card_line():
     examples = {"lambdas_from": [0.1, 0.2], "lr_from": 2e-4, "scale_floor_level_from": -32, "channels_from": 16,
                 "latent_from": 128, "crop_from": 128, "init_from": "ltc-image-e8.safetensors", "rate_from": "noise",
-                "mel_weight_from": 0.0, "target_kbps_from": [4.0, 6.0]}
+                "mel_weight_from": 0.0, "target_kbps_from": [4.0, 6.0],
+                "likelihood_floor_from": 1e-9}
     assert set(examples) == set(CHANGE_KEYS)
     for key, before in examples.items():
         change = {"step": 1, key: before, key.removesuffix("_from"): before}
@@ -82,7 +83,8 @@ def test_a_cards_history_and_progress_tables_read_back():
                {"step": 4_000, "init_from": "ltc-image-e8.safetensors", "warmup": 1000},
                {"step": 4_500, "rate_from": "noise", "rate": "hard"},
                {"step": 5_000, "mel_weight_from": 0.0, "mel_weight": 1.0},
-               {"step": 6_000, "target_kbps_from": [4.0, 6.5], "target_kbps": [2.5, 6.5]}]
+               {"step": 6_000, "target_kbps_from": [4.0, 6.5], "target_kbps": [2.5, 6.5]},
+               {"step": 7_000, "likelihood_floor_from": 1e-9, "likelihood_floor": 1.5e-05}]
     card = "# m\n\n## Training\n\n" + "\n".join(history_line(h) for h in history) + "\n"
     assert history_from_card(card, ladder) == history
     records = [{"step": s, "eval_ema": [{"quality": q, "bpp": 0.1 * q + s / 1e5, "psnr": 20.0 + q} for q in (1, 3)],

@@ -226,6 +226,35 @@ def test_training_can_floor_the_scales_as_the_codec_does(tmp_path):
     assert torch.load(out / "last.ckpt", weights_only=False)["config"]["scale_floor_level"] == -20
 
 
+def test_training_can_price_outliers_as_the_coder_does(tmp_path):
+    from ltcodec.training.image import main
+
+    out = tmp_path / "run"
+    common = _tiny_run(tmp_path, out)
+    main(common + ["--steps", "1"])
+    main(common + ["--steps", "2", "--resume", "--likelihood-floor", "1.5e-5"])
+    main(common + ["--steps", "3", "--resume"])  # kept without the option
+    state = torch.load(out / "last.ckpt", weights_only=False)
+    assert state["config"]["likelihood_floor"] == 1.5e-5
+    assert state["history"] == [{"step": 1, "likelihood_floor_from": 1e-9, "likelihood_floor": 1.5e-5}]
+
+
+def test_the_likelihood_floor_caps_what_an_outlier_costs():
+    from ltcodec.image_model import ImageModelConfig, LatticeHyperprior
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 64)
+    net = LatticeHyperprior(ImageModelConfig(N=8, M=8))
+    net.eval()
+    with torch.no_grad():
+        net.enc_gain.add_(6.0)  # latents far out in their predicted scales: many coordinates at the floor
+        default = net.estimate(x, torch.tensor([0.0]))["bits_y"]
+        net.config.likelihood_floor = 2.0 ** -16
+        capped = net.estimate(x, torch.tensor([0.0]))["bits_y"]
+    assert capped < default
+    assert capped <= 16.0 * 8 * 4 * 4 + 1e-3  # M · (64/16)² coordinates at 16 bits at most
+
+
 def test_the_float_entropy_model_honours_the_scale_floor():
     from ltcodec.image_model import ImageModelConfig, LatticeHyperprior
 

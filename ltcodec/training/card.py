@@ -30,7 +30,8 @@ def weights_line(state: dict) -> str:
 
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
 CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "latent_from", "crop_from",
-               "init_from", "rate_from", "mel_weight_from", "target_kbps_from")
+               "init_from", "rate_from", "mel_weight_from", "target_kbps_from",
+               "likelihood_floor_from")
 
 
 def is_change(record: dict) -> bool:
@@ -95,6 +96,9 @@ def history_line(change: dict) -> str:
     if "mel_weight_from" in change:
         return (f"* Mel term of the distortion changed at step {change['step']:,} from weight "
                 f"{change['mel_weight_from']:g} to {change['mel_weight']:g} (`--mel-weight`).")
+    if "likelihood_floor_from" in change:
+        return (f"* Likelihood floor of the rate changed at step {change['step']:,} from "
+                f"{change['likelihood_floor_from']:g} to {change['likelihood_floor']:g} (`--likelihood-floor`).")
     if "target_kbps_from" in change:
         return (f"* Rate targets changed at step {change['step']:,} from "
                 f"{', '.join(f'{k:g}' for k in change['target_kbps_from'])} kbps to "
@@ -159,6 +163,8 @@ _CARD_CHANGES = (
      lambda m: {"crop_from": int(m[2]), "batch_from": int(m[3]), "crop": int(m[4]), "batch": int(m[5])}),
     (rf"\* Mel term of the distortion changed at step ([\d,]+) from weight {_NUMBER} to {_NUMBER} ", lambda m: {
         "mel_weight_from": float(m[2]), "mel_weight": float(m[3])}),
+    (rf"\* Likelihood floor of the rate changed at step ([\d,]+) from {_NUMBER} to {_NUMBER} ", lambda m: {
+        "likelihood_floor_from": float(m[2]), "likelihood_floor": float(m[3])}),
     (r"\* Rate targets changed at step ([\d,]+) from ([^k]+) kbps to ([^k]+) kbps ", lambda m: {
         "target_kbps_from": [float(v) for v in m[2].split(",")],
         "target_kbps": [float(v) for v in m[3].split(",")]}),

@@ -85,7 +85,8 @@ def fit_scale_floor(net: LatticeHyperprior, images: list[np.ndarray], candidates
             x = torch.nn.functional.pad(x, (0, (-x.shape[3]) % 64, 0, (-x.shape[2]) % 64), mode="replicate")
             t = net.hard_latent(x, torch.tensor([float(q)]), floor=False)
             for i, level in enumerate(cands):
-                lik = box_likelihood(t["hard"], net.lattice.diagonal, t["scale"].clamp_min(2.0 ** (level / 8)))
+                lik = box_likelihood(t["hard"], net.lattice.diagonal, t["scale"].clamp_min(2.0 ** (level / 8)),
+                                     net.config.likelihood_floor)
                 bits[i] += float(-torch.log2(lik).sum())
         ratio += bits / bits[0]
     return cands[int(np.argmin(ratio))]

@@ -106,6 +106,7 @@ class Init(NamedTuple):
     cpu_seconds: float
     lambdas: tuple[float, ...]  # the quality ladder its gain vectors were trained for
     scale_floor_level: int | None = None  # the entropy model's floor it was trained with (None: the default)
+    likelihood_floor: float | None = None  # the float rate's likelihood floor it was trained with
     history: tuple[dict, ...] = ()  # its recipe changes, which the card goes on reporting
 
 
@@ -128,11 +129,11 @@ def load_init(path: Path) -> Init:
         config = ImageModelConfig.from_dict(json.loads(meta.get("config", "{}")))
         history = recorded_history(meta, path.with_suffix(".md"), config.lambdas)
         return Init(weights, int(meta.get("train_step", 0)), float(meta.get("train_cpu_hours", 0.0)) * 3600.0,
-                    config.lambdas, config.scale_floor_level, tuple(history))
+                    config.lambdas, config.scale_floor_level, config.likelihood_floor, tuple(history))
     state = torch.load(path, weights_only=False)
     config = ImageModelConfig.from_dict(state.get("config", {}))
     return Init(state.get("ema") or state["model"], state.get("step", 0), state.get("cpu_seconds", 0.0),
-                config.lambdas, config.scale_floor_level, tuple(state.get("history", ())))
+                config.lambdas, config.scale_floor_level, config.likelihood_floor, tuple(state.get("history", ())))
 
 
 def refit_gains(gains: torch.Tensor, old: Sequence[float], new: Sequence[float]) -> torch.Tensor:
@@ -225,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale-floor-level", type=int,
                    help="train with the entropy model's σ' floored at 2^(ℓ/8), as the codec applies it "
                         "(the model's scale_floor_level); resumes keep it")
+    p.add_argument("--likelihood-floor", type=float,
+                   help="the smallest likelihood of a latent coordinate in the rate (the model's "
+                        "likelihood_floor; 1e-9 by default, the coder's tables ~1.5e-5); resumes keep it")
     p.add_argument("--rate", choices=RATE_RELAXATIONS,
                    help="the rate the loss sees: of the dithered latent (noise, the default) or of the hard "
                         "lattice point, the coded bits (LatticeHyperprior.forward); resumes keep it")
@@ -255,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
             seed_from_card(args.init.with_suffix(".md"), log_path)
             if init.scale_floor_level is not None:
                 config.scale_floor_level = init.scale_floor_level
+            if init.likelihood_floor is not None:
+                config.likelihood_floor = init.likelihood_floor
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
     # A learned lattice's basis is a handful of numbers too: it learns at the gains' rate.
     gains = [model.enc_gain, model.dec_gain, *model.lattice.parameters()]
@@ -300,6 +306,10 @@ def main(argv: list[str] | None = None) -> None:
         changes.add({"step": step, "scale_floor_level_from": config.scale_floor_level,
                      "scale_floor_level": args.scale_floor_level}, "scale floor")
         config.scale_floor_level = args.scale_floor_level
+    if args.likelihood_floor is not None and args.likelihood_floor != config.likelihood_floor:
+        changes.add({"step": step, "likelihood_floor_from": config.likelihood_floor,
+                     "likelihood_floor": args.likelihood_floor}, "likelihood floor")
+        config.likelihood_floor = args.likelihood_floor
     rate, change = resumed_setting(state, "rate", "noise", args.rate, step)
     changes.add(change, "rate relaxation")
     # 128² crops in batches of 8 until checkpoints kept theirs.
