@@ -152,9 +152,11 @@ class LatticeHyperprior(nn.Module):
         Distortion sees straight-through hard lattice quantization.  With ``rate="noise"`` the rate sees
         dithered (Voronoi-uniform) noise, the usual mixed relaxation (Minnen & Singh 2020), here on a
         lattice.  With ``rate="hard"`` it is the box-code likelihood of the hard lattice point itself
-        (straight-through to y): exactly the bits the coder writes.  At low rates, where most latents sit
-        on 0 well inside their cell, the noisy estimate is about three times the coded bits and prices
-        small scales wrongly; the hard rate gives the entropy model the true gradient.
+        (straight-through to y): the bits the coder writes, but for coordinates far out in their
+        predicted scale, which cost at most −log2 ``likelihood_floor`` here and some 16–20 bits in the
+        coder.  At low rates, where most latents sit on 0 well inside their cell, the noisy estimate is
+        about three times the coded bits and prices small scales wrongly; the hard rate gives the
+        entropy model the true gradient.
         """
         enc_g, dec_g = self.gains(quality)
         y = self.g_a(x) * enc_g
