@@ -63,7 +63,12 @@ def resumed_setting(state: dict | None, key: str, default, requested, step: int)
     """A setting a run keeps in its checkpoint under ``key`` (``default`` before checkpoints kept it, and
     for a fresh run) unless ``requested`` differs, and the recipe change that records a switch
     (``{key}_from`` → ``key``), if any."""
-    value = state.get(key, default) if state is not None else default
+    return changed_setting(state.get(key, default) if state is not None else default, key, requested, step)
+
+
+def changed_setting(value, key: str, requested, step: int) -> tuple:
+    """``requested`` in place of a run's current ``value`` of setting ``key`` (kept when not requested),
+    and the recipe change that records a switch (``{key}_from`` → ``key``), if any."""
     if requested is None or requested == value:
         return value, None
     return requested, {"step": step, f"{key}_from": value, key: requested}

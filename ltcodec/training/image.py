@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..image_model import LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior
-from .card import RecipeChanges, is_change, recorded_history, resumed_setting, seed_from_card
+from .card import RecipeChanges, changed_setting, is_change, recorded_history, resumed_setting, seed_from_card
 from .optim import (WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state,
                     warmup_factor)
 
@@ -302,14 +302,12 @@ def main(argv: list[str] | None = None) -> None:
         config.lambdas = tuple(args.lambdas)
     if not args.lr_drop_at:
         changes.add(learning_rate_change(state, args.lr, step, log_path), "learning rate")
-    if args.scale_floor_level is not None and args.scale_floor_level != config.scale_floor_level:
-        changes.add({"step": step, "scale_floor_level_from": config.scale_floor_level,
-                     "scale_floor_level": args.scale_floor_level}, "scale floor")
-        config.scale_floor_level = args.scale_floor_level
-    if args.likelihood_floor is not None and args.likelihood_floor != config.likelihood_floor:
-        changes.add({"step": step, "likelihood_floor_from": config.likelihood_floor,
-                     "likelihood_floor": args.likelihood_floor}, "likelihood floor")
-        config.likelihood_floor = args.likelihood_floor
+    config.scale_floor_level, change = changed_setting(config.scale_floor_level, "scale_floor_level",
+                                                       args.scale_floor_level, step)
+    changes.add(change, "scale floor")
+    config.likelihood_floor, change = changed_setting(config.likelihood_floor, "likelihood_floor",
+                                                      args.likelihood_floor, step)
+    changes.add(change, "likelihood floor")
     rate, change = resumed_setting(state, "rate", "noise", args.rate, step)
     changes.add(change, "rate relaxation")
     # 128² crops in batches of 8 until checkpoints kept theirs.
