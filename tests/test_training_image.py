@@ -48,8 +48,9 @@ def test_a_shipped_file_restarts_training_with_its_hyperprior(tmp_path):
     export_image_model(net, [rgb], path, "m", extra_meta={"train_step": 9, "history": history})
     ImageCodecModel.from_file(path)  # the codec ignores the training-only arrays
     init = load_init(path)
-    assert init.lambdas == net.config.lambdas and init.step == 9 and init.history == tuple(history)
-    assert init.scale_floor_level == ImageCodecModel.from_file(path).config.scale_floor_level
+    assert init.config.lambdas == net.config.lambdas and init.step == 9 and init.history == tuple(history)
+    assert init.config.scale_floor_level == ImageCodecModel.from_file(path).config.scale_floor_level
+    assert init.config.likelihood_floor == net.config.likelihood_floor
     weights = init.weights
     again = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8"))
     missing, unexpected = again.load_state_dict(weights, strict=False)
@@ -154,6 +155,21 @@ def test_a_checkpoint_run_goes_on_in_a_wider_latent_with_its_record(tmp_path):
     assert after["cpu_seconds"] > state["cpu_seconds"]
     assert after["history"] == [{"step": 3, "init_from": "last.ckpt", "warmup": 1},
                                 {"step": 3, "latent_from": 8, "latent": 16}]
+
+
+def test_a_run_started_from_another_keeps_its_training_settings(tmp_path):
+    from ltcodec.training.image import main
+
+    out = tmp_path / "run"
+    main(_tiny_run(tmp_path, out) + ["--steps", "1", "--lambdas", *[f"{0.001 * 2 ** k:g}" for k in range(8)],
+                                      "--scale-floor-level", "-20", "--likelihood-floor", "1.5e-5"])
+    before = torch.load(out / "last.ckpt", weights_only=False)["config"]
+    on = tmp_path / "on"
+    main(_tiny_run(tmp_path, on) + ["--steps", "2", "--init", str(out / "last.ckpt"), "--warmup", "1"])
+    after = torch.load(on / "last.ckpt", weights_only=False)["config"]
+    assert after["lambdas"] == [float(f"{0.001 * 2 ** k:g}") for k in range(8)]
+    assert (after["scale_floor_level"], after["likelihood_floor"]) == (-20, 1.5e-5)
+    assert after == before
 
 
 def test_checkpoints_keep_a_moving_average_of_the_weights(tmp_path):

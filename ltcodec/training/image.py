@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -104,9 +105,7 @@ class Init(NamedTuple):
     weights: dict[str, torch.Tensor]
     step: int
     cpu_seconds: float
-    lambdas: tuple[float, ...]  # the quality ladder its gain vectors were trained for
-    scale_floor_level: int | None = None  # the entropy model's floor it was trained with (None: the default)
-    likelihood_floor: float | None = None  # the float rate's likelihood floor it was trained with
+    config: ImageModelConfig  # its shape and the settings it was trained with (ladder, floors)
     history: tuple[dict, ...] = ()  # its recipe changes, which the card goes on reporting
 
 
@@ -129,11 +128,11 @@ def load_init(path: Path) -> Init:
         config = ImageModelConfig.from_dict(json.loads(meta.get("config", "{}")))
         history = recorded_history(meta, path.with_suffix(".md"), config.lambdas)
         return Init(weights, int(meta.get("train_step", 0)), float(meta.get("train_cpu_hours", 0.0)) * 3600.0,
-                    config.lambdas, config.scale_floor_level, config.likelihood_floor, tuple(history))
+                    config, tuple(history))
     state = torch.load(path, weights_only=False)
     config = ImageModelConfig.from_dict(state.get("config", {}))
     return Init(state.get("ema") or state["model"], state.get("step", 0), state.get("cpu_seconds", 0.0),
-                config.lambdas, config.scale_floor_level, config.likelihood_floor, tuple(state.get("history", ())))
+                config, tuple(state.get("history", ())))
 
 
 def refit_gains(gains: torch.Tensor, old: Sequence[float], new: Sequence[float]) -> torch.Tensor:
@@ -255,12 +254,10 @@ def main(argv: list[str] | None = None) -> None:
         config = ImageModelConfig(N=args.N, M=args.M, lattice=args.lattice)
         if args.init is not None:
             init = load_init(args.init)
-            config.lambdas = init.lambdas
+            # The shape comes from the command line (the latent may widen, the lattice change); every
+            # training setting (ladder, floors) from the weights, which were trained for them.
+            config = replace(init.config, N=args.N, M=args.M, lattice=args.lattice)
             seed_from_card(args.init.with_suffix(".md"), log_path)
-            if init.scale_floor_level is not None:
-                config.scale_floor_level = init.scale_floor_level
-            if init.likelihood_floor is not None:
-                config.likelihood_floor = init.likelihood_floor
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
     # A learned lattice's basis is a handful of numbers too: it learns at the gains' rate.
     gains = [model.enc_gain, model.dec_gain, *model.lattice.parameters()]
