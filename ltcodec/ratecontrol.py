@@ -2,7 +2,7 @@
 
 A model's log-rate is close to linear in its (fractional) quality, about 0.3–0.4 per quality step, so
 a secant search lands within a few tenths of a percent of a target in 2–4 trials where bisection needs
-ten.  Callers measure a trial cheaply (the ideal code lengths of the streams, not the range coder) and
+ten; once a trial lies on each side of the target, the search stays between them.  Callers measure a trial cheaply (the ideal code lengths of the streams, not the range coder) and
 choose among the trials: the nearest rate (audio) or the highest quality under a size (images).
 """
 
@@ -26,27 +26,45 @@ def search_quality(log_error: Callable[[float], float], start: float, top: float
     """Trials of ``log_error(q)`` = log(rate at q / target), from ``start``, until one is accepted.
 
     ``slope`` is the expected d log(rate)/d quality, used for the first step and whenever the measured
-    secant is flat (a rate that saturates).  Each step aims at ``accept``'s window by way of the
-    secant through the last two trials.  Returns every trial (quality → log error); the caller picks.
+    secant is flat (a rate that saturates).  Until the target is bracketed each step follows the secant
+    through the last two trials; once a trial lies on each side, steps stay inside the bracket (regula
+    falsi with the Illinois rule), so a curve far from linear — log-rate rises ever faster between the
+    lowest qualities — cannot make the search overshoot back and forth until its trials run out.
+    Returns every trial (quality → log error); the caller picks.
     """
     tried: dict[float, float] = {}
+    ends: dict[str, list[float]] = {}  # "under" / "over": the bracket's ends as [quality, log error]
 
-    def err(q: float) -> float:
-        q = snap_quality(q, top)
-        if q not in tried:
-            tried[q] = log_error(q)
-        return tried[q]
+    def measure(q: float) -> tuple[float, str | None]:
+        e = tried[q] = log_error(q)
+        side = "under" if e < 0 else "over" if e > 0 else None
+        if side and (side not in ends or (q > ends[side][0] if side == "under" else q < ends[side][0])):
+            ends[side] = [q, e]
+            return e, side
+        return e, None
 
-    q0 = snap_quality(start, top)
-    if accept(err(q0)):
-        return tried
-    q1 = snap_quality(q0 - err(q0) / slope, top)
+    q = snap_quality(start, top)
+    e, _ = measure(q)
+    previous: tuple[float, float] | None = None
+    replaced = None
     for _ in range(trials):
-        e0, e1 = err(q0), err(q1)
-        if accept(e1) or q1 == q0:
+        if accept(e):
             break
-        s = (e1 - e0) / (q1 - q0)
-        q0, q1 = q1, snap_quality(q1 - e1 / (s if s > 0.02 else slope), top)
-        if q1 in tried and q0 in tried and abs(q1 - q0) <= QUALITY_STEP:
+        if len(ends) == 2:
+            (lo, e_lo), (hi, e_hi) = ends["under"], ends["over"]
+            nq = snap_quality(lo - e_lo * (hi - lo) / (e_hi - e_lo), top)
+            if nq in (lo, hi):
+                nq = snap_quality((lo + hi) / 2, top)
+        else:
+            s = (e - previous[1]) / (q - previous[0]) if previous else slope
+            nq = snap_quality(q - e / (s if s > 0.02 else slope), top)
+        if nq in tried:  # the bracket is one grid step wide, or the search is held at 1 or ``top``
             break
+        previous = (q, e)
+        q = nq
+        e, side = measure(q)
+        if side is not None and len(ends) == 2:
+            if side == replaced:  # Illinois: the end kept twice in a row weighs half as much
+                ends["over" if side == "under" else "under"][1] /= 2
+            replaced = side
     return tried

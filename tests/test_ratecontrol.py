@@ -39,3 +39,31 @@ def test_a_saturating_rate_stops_at_the_top_quality():
     tried = search_quality(lambda q: rate(q) - math.log(30.0), 2.0, 8.0, 0.35, lambda e: abs(e) < 0.02, 6)
     assert 8.0 in tried
     assert len(tried) <= 5
+
+
+def test_a_curve_far_from_linear_is_bracketed_not_overshot():
+    """Log-rate of a stereo music clip between qualities 1 and 2, measured with real files (it rises
+    ever faster: 1.34, 1.66, 2.62, 4.77, 7.64 kbps at 1, 1.25, 1.5, 1.75, 2), then 0.4 per quality."""
+    qs = [1.0, 1.25, 1.5, 1.75, 2.0, 8.0]
+    logs = [math.log(k) for k in (1.34, 1.664, 2.615, 4.766, 7.637)] + [math.log(7.637) + 0.4 * 6]
+
+    def log_rate(q):
+        for (a, la), (b, lb) in zip(zip(qs, logs), zip(qs[1:], logs[1:])):
+            if q <= b:
+                return la + (lb - la) * (q - a) / (b - a)
+
+    for target in (2.0, 3.0, 4.0, 5.0, 6.0, 7.0):
+        calls = []
+
+        def log_error(q):
+            calls.append(q)
+            return log_rate(q) - math.log(target)
+
+        tried = search_quality(log_error, 1.207, 8.0, 0.44, lambda e: abs(e) < math.log(1.02), 6)
+        best = min(tried, key=lambda q: abs(tried[q]))
+        assert abs(tried[best]) < math.log(1.02), (target, tried)
+        for i, q in enumerate(calls):  # once bracketed, every trial lies inside the bracket
+            under = [p for p in calls[:i] if tried[p] < 0]
+            over = [p for p in calls[:i] if tried[p] > 0]
+            if under and over:
+                assert max(under) < q < min(over), (target, calls)
