@@ -29,7 +29,7 @@ from .container import (MEDIA_AUDIO, MEDIA_IMAGE, ImageHeader, media_kind, MAX_I
 from .errors import LtcFormatError, LtcInputError
 from .image_codec import ImageCodecModel, Streams
 from .ratecontrol import search_quality
-from .refine import prepare_refinement, refine_latent
+from .refine import prepare_refinement, quality_lambda, refine_latent
 from .zoo import load_image_model, model_for_file
 
 __all__ = ["encode_image", "decode_image", "image_info", "prepare_image", "ImageInfo", "decoded_integers"]
@@ -131,8 +131,18 @@ def encode_image(image, quality: float | None = None, bpp: float | None = None,
     def refined(q: float) -> Tensor:
         if not refine:
             return y
-        return refine_latent(m, rgb, y, q, refine,
-                             (lambda done, total: progress("refining", done, total)) if progress else None)
+        r = refine_latent(m, rgb, y, q, refine,
+                          (lambda done, total: progress("refining", done, total)) if progress else None)
+        # The search ranks its iterates by the float hyperprior's ideal bits; the file has the integer
+        # one's, so it can come out worse. Judge both by their real files: never worse than no search.
+        return r if coded_objective(q, r) < coded_objective(q, y) else y
+
+    def coded_objective(q: float, latent: Tensor) -> float:
+        """λ·MSE + bits per pixel of the real file at ``q``: what refinement lowers."""
+        data = build(q, latent)
+        out = np.asarray(decode_image(data, model=m).convert("RGB"), dtype=np.float64)
+        mse = float(((out - rgb) ** 2).mean())
+        return quality_lambda(m.config.lambdas, q) * mse + 8 * len(data) / (w * h)
 
     def header(q: float) -> tuple[bytes, ModelId]:
         head = ImageHeader(w, h, channels, q, m.config.lattice if m.config.lattice in

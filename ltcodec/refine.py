@@ -5,7 +5,8 @@ For one given image a better latent can be found by descending the rate–distor
 was trained on, through the synthesis transform that will decode it (Campos et al. 2019, "Content
 adaptive optimization for neural image compression"; Yang et al. 2020, "Improving inference for neural
 image compression").  The search starts from g_a's latent and keeps its best iterate under the hard
-(actually coded) objective, so it never ends worse than where it started by that measure.
+(actually coded) objective, so it never ends worse than where it started by that measure; the encoder
+then keeps it only if its real file (integer hyperprior, whole words) scores better than the plain one.
 
 Decoding is unchanged — the refined latent is coded like any other — so such files decode with every
 decoder, exactly.  The search needs the float hyper-synthesis and hyper-latent density that a model file
