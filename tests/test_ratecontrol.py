@@ -12,17 +12,22 @@ def curve(slope: float, at_one: float, cap: float = math.inf):
     return lambda q: min(math.log(at_one) + slope * (q - 1), math.log(cap))
 
 
-@pytest.mark.parametrize("slope", [0.2, 0.35, 0.6])
-@pytest.mark.parametrize("target", [5.0, 11.0, 40.0])
-def test_lands_within_tolerance_in_few_trials_whatever_the_slope(slope, target):
-    rate = curve(slope, 4.0)
+def search_recording(log_rate, target: float, start: float, slope: float, trials: int):
+    """``search_quality`` towards ``target`` within 2%: its trials and the qualities in the order tried."""
     calls = []
 
     def log_error(q):
         calls.append(q)
-        return rate(q) - math.log(target)
+        return log_rate(q) - math.log(target)
 
-    tried = search_quality(log_error, 4.0, 8.0, 0.35, lambda e: abs(e) < math.log(1.02), 5)
+    return search_quality(log_error, start, 8.0, slope, lambda e: abs(e) < math.log(1.02), trials), calls
+
+
+@pytest.mark.parametrize("slope", [0.2, 0.35, 0.6])
+@pytest.mark.parametrize("target", [5.0, 11.0, 40.0])
+def test_lands_within_tolerance_in_few_trials_whatever_the_slope(slope, target):
+    rate = curve(slope, 4.0)
+    tried, calls = search_recording(rate, target, 4.0, 0.35, 5)
     best = min(tried, key=lambda q: abs(tried[q]))
     reachable = math.log(4.0) <= math.log(target) <= rate(8.0)
     if reachable:
@@ -53,13 +58,7 @@ def test_a_curve_far_from_linear_is_bracketed_not_overshot():
                 return la + (lb - la) * (q - a) / (b - a)
 
     for target in (2.0, 3.0, 4.0, 5.0, 6.0, 7.0):
-        calls = []
-
-        def log_error(q):
-            calls.append(q)
-            return log_rate(q) - math.log(target)
-
-        tried = search_quality(log_error, 1.207, 8.0, 0.44, lambda e: abs(e) < math.log(1.02), 6)
+        tried, calls = search_recording(log_rate, target, 1.207, 0.44, 6)
         best = min(tried, key=lambda q: abs(tried[q]))
         assert abs(tried[best]) < math.log(1.02), (target, tried)
         for i, q in enumerate(calls):  # once bracketed, every trial lies inside the bracket
