@@ -2,8 +2,9 @@
 
 A model's log-rate is close to linear in its (fractional) quality, about 0.3–0.4 per quality step, so
 a secant search lands within a few tenths of a percent of a target in 2–4 trials where bisection needs
-ten; once a trial lies on each side of the target, the search stays between them.  Callers measure a trial cheaply (the ideal code lengths of the streams, not the range coder) and
-choose among the trials: the nearest rate (audio) or the highest quality under a size (images).
+ten; once a trial lies on each side of the target, the search stays between them.  Callers measure a
+trial cheaply (the ideal code lengths of the streams, not the range coder) and choose among the trials:
+the nearest rate (audio) or the highest quality under a size (images).
 """
 
 from __future__ import annotations
