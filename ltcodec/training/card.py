@@ -31,7 +31,7 @@ def weights_line(state: dict) -> str:
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
 CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "latent_from", "crop_from",
                "init_from", "rate_from", "mel_weight_from", "target_kbps_from",
-               "likelihood_floor_from")
+               "likelihood_floor_from", "quality_weighting_from")
 
 
 def is_change(record: dict) -> bool:
@@ -111,6 +111,9 @@ def history_line(change: dict) -> str:
     if "rate_from" in change:
         return (f"* Rate term changed at step {change['step']:,} from the {change['rate_from']} to the "
                 f"{change['rate']} likelihood of the latent (`--rate`).")
+    if "quality_weighting_from" in change:
+        return (f"* Loss over the qualities changed at step {change['step']:,} from the {change['quality_weighting_from']} "
+                f"to the {change['quality_weighting']} of their losses (`--quality-weighting`).")
     raise ValueError(f"unknown training change {change}")
 
 

@@ -72,11 +72,45 @@ def rd_loss(model: LatticeHyperprior, x: torch.Tensor, quality: torch.Tensor,
     mse = ((out["x_hat"] - x) ** 2).flatten(1).mean(1)
     bpp = (out["bits_y"] + out["bits_z"]) / pixels
     lam = torch.tensor(model.config.lambdas, dtype=x.dtype)[quality.long()]
-    loss = (lam * 255.0 ** 2 * mse + bpp).mean()
+    per_sample = lam * 255.0 ** 2 * mse + bpp
+    loss = per_sample.mean()
     penalty = getattr(model.lattice, "orthogonality_penalty", None)
     if penalty is not None:
         loss = loss + 0.1 * penalty()
-    return {"loss": loss, "mse": mse.mean(), "bpp": bpp.mean()}
+    return {"loss": loss, "mse": mse.mean(), "bpp": bpp.mean(), "per_sample": per_sample}
+
+
+#: How the qualities of a batch add up to the loss that is descended (``--quality-weighting``).
+QUALITY_WEIGHTINGS = ("sum", "log")
+
+
+class QualityLosses:
+    """A running mean of each quality's loss, to weight the qualities of a batch for ``log`` weighting.
+
+    With the plain sum, a quality counts by the size of its loss: λ·255²·MSE + bpp is ~40× larger at the
+    top of the ladder than at the bottom, so the shared transforms serve the top qualities and the low
+    ones ride along.  BD-rate counts every quality by its *relative* rate, so ``log`` descends
+    Σ_q log L_q instead: each sample's loss divided by its quality's running mean (held constant), times
+    the mean over qualities so that the gradient keeps its usual size under the clip at norm 1.
+    """
+
+    def __init__(self, qualities: int, state: list[float] | None = None, decay: float = 0.99):
+        self.means = torch.tensor(state if state is not None else [float("nan")] * qualities, dtype=torch.float64)
+        self.decay = decay
+
+    def weighted(self, per_sample: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        q = quality.long()
+        with torch.no_grad():
+            for k in q.unique().tolist():
+                value = float(per_sample[q == k].detach().mean())
+                old = float(self.means[k])
+                self.means[k] = value if math.isnan(old) else self.decay * old + (1 - self.decay) * value
+        scale = self.means[q].to(per_sample.dtype)
+        known = self.means[~torch.isnan(self.means)]
+        return (per_sample / scale).mean() * float(known.mean())
+
+    def state(self) -> list[float]:
+        return self.means.tolist()
 
 
 @torch.no_grad()
@@ -231,6 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", choices=RATE_RELAXATIONS,
                    help="the rate the loss sees: of the dithered latent (noise, the default) or of the hard "
                         "lattice point, the coded bits (LatticeHyperprior.forward); resumes keep it")
+    p.add_argument("--quality-weighting", choices=QUALITY_WEIGHTINGS,
+                   help="how the qualities of a batch add up: the plain sum of their losses (the default) or "
+                        "each relative to its quality's running mean (log, QualityLosses); resumes keep it")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -307,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
     changes.add(change, "likelihood floor")
     rate, change = resumed_setting(state, "rate", "noise", args.rate, step)
     changes.add(change, "rate relaxation")
+    weighting, change = resumed_setting(state, "quality_weighting", "sum", args.quality_weighting, step)
+    changes.add(change, "quality weighting")
+    quality_losses = QualityLosses(len(config.lambdas), state.get("quality_losses") if state is not None else None)
     # 128² crops in batches of 8 until checkpoints kept theirs.
     before = (state.get("crop", 128), state.get("batch", 8)) if state is not None else (args.crop, args.batch)
     if (args.crop, args.batch) != before:
@@ -334,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
             "cpu_seconds": cpu_total(), "history": changes.history, "ema": average.state,
             "ema_decay": args.ema_decay, "lr": args.lr if not args.lr_drop_at else lr_at(step),
             "crop": args.crop, "batch": args.batch, "warmup": warmup, "rate": rate,
+            "quality_weighting": weighting, "quality_losses": quality_losses.state(),
         })
 
     average = WeightAverage(model, args.ema_decay, state.get("ema") if state is not None else None)
@@ -355,7 +396,10 @@ def main(argv: list[str] | None = None) -> None:
             x = sample_batch(images, rng, args.batch, args.crop)
             quality = torch.from_numpy(rng.integers(0, len(config.lambdas), args.batch)).float()
             out = rd_loss(model, x, quality, rate)
-            if not descend(opt, model, average, out["loss"], step):
+            objective = out["loss"]
+            if weighting == "log":
+                objective = quality_losses.weighted(out["per_sample"], quality) + (out["loss"] - out["per_sample"].mean())
+            if not descend(opt, model, average, objective, step):
                 continue
             step += 1
             for k in acc:
