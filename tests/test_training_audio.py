@@ -65,6 +65,13 @@ def test_train_resume_export(tmp_path, monkeypatch):
                                        "target_kbps": ladder}
     with pytest.raises(SystemExit, match="needs 8 values"):
         train_audio.main(common + ["--steps", "10", "--resume", "--target-kbps", "3", "6"])
+    assert targeted["quality_weighting"] == "sum"
+    train_audio.main(common + ["--steps", "11", "--resume", "--lr", "1.5e-4", "--quality-weighting", "log"])
+    train_audio.main(common + ["--steps", "12", "--resume", "--lr", "1.5e-4"])  # kept without the flag
+    weighted = torch.load(out / "last.ckpt", weights_only=False)
+    assert weighted["quality_weighting"] == "log"
+    assert weighted["history"][-1] == {"step": 9, "quality_weighting_from": "sum", "quality_weighting": "log"}
+    assert sum(not math.isnan(v) for v in weighted["quality_losses"]) >= 2  # three batches of two qualities
     net = AudioLatticeCodec(AudioModelConfig.from_dict(state["config"]))
     net.load_state_dict(state["model"])
     export_audio_model(net, [np.zeros(24000, np.float32)], tmp_path / "m.safetensors", "m")

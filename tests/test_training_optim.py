@@ -1,9 +1,11 @@
-"""The training optimizer: gains in their own, faster group; older one-group states still resume."""
+"""The training optimizer: gains in their own, faster group; older one-group states still resume; the
+log weighting of qualities."""
 
+import pytest
 import torch
 from torch import nn
 
-from ltcodec.training.optim import WeightAverage, gain_optimizer, set_learning_rate, split_state
+from ltcodec.training.optim import QualityLosses, WeightAverage, gain_optimizer, set_learning_rate, split_state
 
 
 class Tiny(nn.Module):
@@ -56,3 +58,21 @@ def test_weight_average_follows_the_weights_at_its_decay_and_resumes():
     again = WeightAverage(model, decay=0.75, saved=avg.state)  # from a checkpoint
     again.update()
     assert torch.allclose(again.state["conv.weight"], torch.full((3, 3), 2.75))
+
+
+def test_log_weighting_gives_each_quality_the_gradient_of_its_relative_loss():
+    losses = QualityLosses(3)
+    quality = torch.tensor([0.0, 2.0, 2.0])
+    per_sample = torch.tensor([0.1, 4.0, 4.0], requires_grad=True)
+    losses.weighted(per_sample, quality).backward()
+    # Running means 0.1 and 4.0 (quality 1 unseen): d/dL_i = mean(0.1, 4.0) / (3·mean of i's quality).
+    expected = torch.tensor([2.05 / 0.3, 2.05 / 12.0, 2.05 / 12.0])
+    assert torch.allclose(per_sample.grad, expected.float())
+    # The plain sum would give the top quality 40× the bottom one's pull; here a sample's pull is the
+    # reciprocal of its quality's loss, so a 10% gain counts alike at either end of the ladder.
+    assert per_sample.grad[0] * 0.1 == pytest.approx(per_sample.grad[1] * 4.0)
+    losses.weighted(torch.tensor([0.2, 4.0, 4.0]), quality)
+    assert losses.state()[0] == pytest.approx(0.99 * 0.1 + 0.01 * 0.2)
+    resumed = QualityLosses(3, losses.state())
+    assert torch.allclose(resumed.means, losses.means, equal_nan=True)  # the unseen quality stays unknown
+

@@ -39,7 +39,7 @@ from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
 from ..image_model import RATE_RELAXATIONS
 from .card import RecipeChanges, recorded_history, resumed_setting, seed_from_card
 from .image import save_checkpoint
-from .optim import (WeightAverage, descend, drop_mismatched_state, gain_optimizer, learning_rate_change,
+from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, drop_mismatched_state, gain_optimizer, learning_rate_change,
                     set_learning_rate, split_state, warmup_factor)
 from .restore import fit_density, float_layers, load_float_layers, table_pmfs, table_radius
 from .widen import widen_state
@@ -220,8 +220,8 @@ def rd_loss(model: AudioLatticeCodec, x: torch.Tensor, quality: torch.Tensor, lo
     if mel_weight:
         dist = dist + mel_weight * mel_distance(x, out["x_hat"], model.config.sample_rate, spectra)
     w = torch.exp(log_weights[quality.long()])
-    loss = (dist + w * kbps / 10.0).mean()
-    return {"loss": loss, "dist": dist.detach(), "kbps": kbps.detach()}
+    per_sample = dist + w * kbps / 10.0
+    return {"loss": per_sample.mean(), "dist": dist.detach(), "kbps": kbps.detach(), "per_sample": per_sample}
 
 
 def si_sdr(x: np.ndarray, x_hat: np.ndarray) -> float:
@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="weight of the log-mel term of the distortion (0 before checkpoints kept it); resumes keep it")
     p.add_argument("--target-kbps", type=float, nargs="+",
                    help="the per-quality rate targets (one channel); a resumed run keeps its own unless given")
+    p.add_argument("--quality-weighting", choices=QUALITY_WEIGHTINGS,
+                   help="how the qualities of a batch add up: the plain sum of their losses (the default) or "
+                        "each relative to its quality's running mean (log, QualityLosses); resumes keep it")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -364,6 +367,9 @@ def main(argv: list[str] | None = None) -> None:
     changes.add(change, "rate relaxation")
     mel_weight, change = resumed_setting(state, "mel_weight", 0.0, args.mel_weight, step)
     changes.add(change, "mel term")
+    weighting, change = resumed_setting(state, "quality_weighting", "sum", args.quality_weighting, step)
+    changes.add(change, "quality weighting")
+    quality_losses = QualityLosses(len(targets), state.get("quality_losses") if state is not None else None)
     if retarget is not None:
         # The dual ascent moves each quality's rate weight towards its new target from here.
         changes.add({"step": step, **retarget}, "rate targets")
@@ -401,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "log_weights": log_weights, "rate_ema": rate_ema, "cpu_seconds": cpu_total(),
             "history": changes.history, "lr": args.lr, "warmup": warmup, "rate": rate,
-            "mel_weight": mel_weight,
+            "mel_weight": mel_weight, "quality_weighting": weighting, "quality_losses": quality_losses.state(),
         })
 
     model.train()
@@ -419,7 +425,8 @@ def main(argv: list[str] | None = None) -> None:
             quality = torch.from_numpy(rng.permutation(len(targets))[: args.batch] if args.batch <= len(targets)
                                        else rng.integers(0, len(targets), args.batch)).float()
             out = rd_loss(model, x, quality, log_weights, rate, mel_weight)
-            if not descend(opt, model, average, out["loss"], step):
+            objective = quality_losses.weighted(out["per_sample"], quality) if weighting == "log" else out["loss"]
+            if not descend(opt, model, average, objective, step):
                 continue
             step += 1
             # Dual ascent on the per-quality rate weights.

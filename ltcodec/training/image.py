@@ -26,8 +26,8 @@ from PIL import Image
 
 from ..image_model import LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior
 from .card import RecipeChanges, changed_setting, is_change, recorded_history, resumed_setting, seed_from_card
-from .optim import (WeightAverage, descend, gain_optimizer, learning_rate_change, set_learning_rate, split_state,
-                    warmup_factor)
+from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, gain_optimizer, learning_rate_change,
+                    set_learning_rate, split_state, warmup_factor)
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
 
@@ -78,39 +78,6 @@ def rd_loss(model: LatticeHyperprior, x: torch.Tensor, quality: torch.Tensor,
     if penalty is not None:
         loss = loss + 0.1 * penalty()
     return {"loss": loss, "mse": mse.mean(), "bpp": bpp.mean(), "per_sample": per_sample}
-
-
-#: How the qualities of a batch add up to the loss that is descended (``--quality-weighting``).
-QUALITY_WEIGHTINGS = ("sum", "log")
-
-
-class QualityLosses:
-    """A running mean of each quality's loss, to weight the qualities of a batch for ``log`` weighting.
-
-    With the plain sum, a quality counts by the size of its loss: λ·255²·MSE + bpp is ~40× larger at the
-    top of the ladder than at the bottom, so the shared transforms serve the top qualities and the low
-    ones ride along.  BD-rate counts every quality by its *relative* rate, so ``log`` descends
-    Σ_q log L_q instead: each sample's loss divided by its quality's running mean (held constant), times
-    the mean over qualities so that the gradient keeps its usual size under the clip at norm 1.
-    """
-
-    def __init__(self, qualities: int, state: list[float] | None = None, decay: float = 0.99):
-        self.means = torch.tensor(state if state is not None else [float("nan")] * qualities, dtype=torch.float64)
-        self.decay = decay
-
-    def weighted(self, per_sample: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-        q = quality.long()
-        with torch.no_grad():
-            for k in q.unique().tolist():
-                value = float(per_sample[q == k].detach().mean())
-                old = float(self.means[k])
-                self.means[k] = value if math.isnan(old) else self.decay * old + (1 - self.decay) * value
-        scale = self.means[q].to(per_sample.dtype)
-        known = self.means[~torch.isnan(self.means)]
-        return (per_sample / scale).mean() * float(known.mean())
-
-    def state(self) -> list[float]:
-        return self.means.tolist()
 
 
 @torch.no_grad()

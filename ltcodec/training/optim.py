@@ -9,12 +9,13 @@ at every quality.  Their own parameter group at ``factor`` × the learning rate 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["gain_optimizer", "split_state", "set_learning_rate", "WeightAverage", "learning_rate_change", "descend",
+__all__ = ["QUALITY_WEIGHTINGS", "QualityLosses", "gain_optimizer", "split_state", "set_learning_rate", "WeightAverage", "learning_rate_change", "descend",
            "drop_mismatched_state"]
 
 
@@ -124,3 +125,39 @@ def descend(opt: torch.optim.Optimizer, model: nn.Module, average: WeightAverage
     opt.step()
     average.update()
     return True
+
+
+#: How the qualities of a batch add up to the loss that is descended (``--quality-weighting``).
+QUALITY_WEIGHTINGS = ("sum", "log")
+
+
+class QualityLosses:
+    """A running mean of each quality's loss, to weight the qualities of a batch for ``log`` weighting.
+
+    With the plain sum, a quality counts by the size of its loss, and those sizes differ widely along a
+    ladder: the image loss λ·255²·MSE + bpp is ~150× larger at the top than at the bottom, the audio
+    loss is largest at the bottom, where the rate weight is steepest.  The shared transforms then serve
+    the loudest qualities.  Rate–distortion comparisons (BD-rate, quality at a bitrate) count every
+    quality by its *relative* cost, so ``log`` descends Σ_q log L_q instead: each sample's loss divided
+    by its quality's running mean (held constant), times the mean over qualities so that the gradient
+    keeps its usual size under the clip at norm 1.  A quality's own trade-off of distortion against
+    rate is unchanged (both are scaled alike).
+    """
+
+    def __init__(self, qualities: int, state: list[float] | None = None, decay: float = 0.99):
+        self.means = torch.tensor(state if state is not None else [float("nan")] * qualities, dtype=torch.float64)
+        self.decay = decay
+
+    def weighted(self, per_sample: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        q = quality.long()
+        with torch.no_grad():
+            for k in q.unique().tolist():
+                value = float(per_sample[q == k].detach().mean())
+                old = float(self.means[k])
+                self.means[k] = value if math.isnan(old) else self.decay * old + (1 - self.decay) * value
+        scale = self.means[q].to(per_sample.dtype)
+        known = self.means[~torch.isnan(self.means)]
+        return (per_sample / scale).mean() * float(known.mean())
+
+    def state(self) -> list[float]:
+        return self.means.tolist()
