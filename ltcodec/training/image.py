@@ -73,11 +73,10 @@ def rd_loss(model: LatticeHyperprior, x: torch.Tensor, quality: torch.Tensor,
     bpp = (out["bits_y"] + out["bits_z"]) / pixels
     lam = torch.tensor(model.config.lambdas, dtype=x.dtype)[quality.long()]
     per_sample = lam * 255.0 ** 2 * mse + bpp
-    loss = per_sample.mean()
     penalty = getattr(model.lattice, "orthogonality_penalty", None)
-    if penalty is not None:
-        loss = loss + 0.1 * penalty()
-    return {"loss": loss, "mse": mse.mean(), "bpp": bpp.mean(), "per_sample": per_sample}
+    extra = 0.1 * penalty() if penalty is not None else torch.zeros(())
+    return {"loss": per_sample.mean() + extra, "mse": mse.mean(), "bpp": bpp.mean(), "per_sample": per_sample,
+            "penalty": extra}
 
 
 @torch.no_grad()
@@ -365,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
             out = rd_loss(model, x, quality, rate)
             objective = out["loss"]
             if weighting == "log":
-                objective = quality_losses.weighted(out["per_sample"], quality) + (out["loss"] - out["per_sample"].mean())
+                objective = quality_losses.weighted(out["per_sample"], quality) + out["penalty"]
             if not descend(opt, model, average, objective, step):
                 continue
             step += 1
