@@ -82,20 +82,23 @@ def test_file_and_array_encodes_are_identical(model):
 
 @pytest.mark.parametrize("channels,seconds", [(2, 5.0), (1, 13.0)])
 def test_coding_is_deterministic_across_threads(model, channels, seconds):
-    """Workers run segments and channels side by side, each transform on one thread: the same bytes."""
+    """Workers run segments and channels side by side, each transform on one thread: the same bytes,
+    and the same quality found by the rate search."""
     x = tone(seconds, 48000, channels)
     before = torch.get_num_threads()
     try:
-        files, outs = [], []
+        files, rated, outs = [], [], []
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             files.append(encode_audio(x, 48000, quality=6, model=model))
+            rated.append(encode_audio(x, 48000, kbps=20, model=model))
             buf = io.BytesIO()
             decode_audio_file(files[0], buf, model=model)
             outs.append(buf.getvalue())
     finally:
         torch.set_num_threads(before)
     assert files[0] == files[1] == files[2]
+    assert rated[0] == rated[1] == rated[2]
     assert outs[0] == outs[1] == outs[2]
 
 
