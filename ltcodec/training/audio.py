@@ -39,8 +39,8 @@ from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
 from ..image_model import RATE_RELAXATIONS
 from .card import RecipeChanges, recorded_history, resumed_setting, seed_from_card
 from .image import save_checkpoint
-from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, drop_mismatched_state, gain_optimizer, learning_rate_change,
-                    set_learning_rate, split_state, warmup_factor)
+from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, drop_mismatched_state,
+                    gain_optimizer, learning_rate_change, set_learning_rate, split_state, warmup_factor)
 from .restore import fit_density, float_layers, load_float_layers, table_pmfs, table_radius
 from .widen import widen_state
 

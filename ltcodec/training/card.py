@@ -112,8 +112,9 @@ def history_line(change: dict) -> str:
         return (f"* Rate term changed at step {change['step']:,} from the {change['rate_from']} to the "
                 f"{change['rate']} likelihood of the latent (`--rate`).")
     if "quality_weighting_from" in change:
-        return (f"* Loss over the qualities changed at step {change['step']:,} from the {change['quality_weighting_from']} "
-                f"to the {change['quality_weighting']} of their losses (`--quality-weighting`).")
+        return (f"* Loss over the qualities changed at step {change['step']:,} from the "
+                f"{change['quality_weighting_from']} to the {change['quality_weighting']} of their losses "
+                "(`--quality-weighting`).")
     raise ValueError(f"unknown training change {change}")
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["QUALITY_WEIGHTINGS", "QualityLosses", "gain_optimizer", "split_state", "set_learning_rate", "WeightAverage", "learning_rate_change", "descend",
-           "drop_mismatched_state"]
+__all__ = ["QUALITY_WEIGHTINGS", "QualityLosses", "gain_optimizer", "split_state", "set_learning_rate", "WeightAverage",
+           "learning_rate_change", "descend", "drop_mismatched_state"]
 
 
 def _split(model: nn.Module, gains: list[nn.Parameter]) -> list[nn.Parameter]:
