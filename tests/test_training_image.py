@@ -318,42 +318,28 @@ def test_the_hard_rate_is_the_coded_rate_and_trains_the_entropy_model():
         net(x, q, rate="soft")
 
 
-def test_training_can_switch_to_the_hard_rate_and_keeps_it(tmp_path):
+@pytest.mark.parametrize("key,old,new,line", [
+    ("rate", "noise", "hard", "* Rate term changed at step 1 from the noise to the hard likelihood of the latent "
+                              "(`--rate`)."),
+    ("quality_weighting", "sum", "log", "* Loss over the qualities changed at step 1 from the sum to the log of their "
+                                        "losses (`--quality-weighting`)."),
+])
+def test_a_run_switches_a_setting_once_and_keeps_it(tmp_path, key, old, new, line):
     from ltcodec.training.card import history_line
     from ltcodec.training.image import main
 
     out = tmp_path / "run"
     common = _tiny_run(tmp_path, out)
+    option = "--" + key.replace("_", "-")
     main(common + ["--steps", "1"])
-    assert torch.load(out / "last.ckpt", weights_only=False)["rate"] == "noise"
-    main(common + ["--steps", "2", "--resume", "--rate", "hard"])
+    assert torch.load(out / "last.ckpt", weights_only=False)[key] == old
+    main(common + ["--steps", "3", "--resume", option, new])
     state = torch.load(out / "last.ckpt", weights_only=False)
-    change = {"step": 1, "rate_from": "noise", "rate": "hard"}
-    assert state["rate"] == "hard" and state["history"] == [change]
-    assert history_line(change) == ("* Rate term changed at step 1 from the noise to the hard likelihood of "
-                                    "the latent (`--rate`).")
-    main(common + ["--steps", "3", "--resume"])  # kept without the option, nothing new recorded
-    state = torch.load(out / "last.ckpt", weights_only=False)
-    assert state["rate"] == "hard" and state["history"] == [change]
-
-
-def test_training_can_switch_to_log_weighted_qualities_and_keeps_it(tmp_path):
-    import math
-
-    from ltcodec.training.card import history_line
-    from ltcodec.training.image import main
-
-    out = tmp_path / "run"
-    common = _tiny_run(tmp_path, out)
-    main(common + ["--steps", "1"])
-    assert torch.load(out / "last.ckpt", weights_only=False)["quality_weighting"] == "sum"
-    main(common + ["--steps", "3", "--resume", "--quality-weighting", "log"])
-    state = torch.load(out / "last.ckpt", weights_only=False)
-    change = {"step": 1, "quality_weighting_from": "sum", "quality_weighting": "log"}
-    assert state["quality_weighting"] == "log" and state["history"] == [change]
-    assert any(not math.isnan(v) for v in state["quality_losses"])
-    assert history_line(change) == ("* Loss over the qualities changed at step 1 from the sum to the log of "
-                                    "their losses (`--quality-weighting`).")
+    change = {"step": 1, f"{key}_from": old, key: new}
+    assert state[key] == new and state["history"] == [change]
+    assert history_line(change) == line
     main(common + ["--steps", "4", "--resume"])  # kept without the option, nothing new recorded
     state = torch.load(out / "last.ckpt", weights_only=False)
-    assert state["quality_weighting"] == "log" and state["history"] == [change]
+    assert state[key] == new and state["history"] == [change]
+    if key == "quality_weighting":  # the running means travel with the checkpoint
+        assert sum(v == v for v in state["quality_losses"]) >= 2
