@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ltcodec.training.card import (CHANGE_KEYS, RecipeChanges, eval_records, history_line, is_change,
-                                   progress_section)
+                                   progress_section, recorded_settings)
 
 
 def _log(path, records):
@@ -52,6 +52,15 @@ def test_every_kind_of_change_has_a_card_line():
         change = {"step": 1, key: before, key.removesuffix("_from"): before}
         assert is_change(change) and history_line(change).startswith("* ")
     assert not is_change({"step": 1, "loss": 2.0, "lr": 1e-4})
+
+
+def test_recorded_settings_are_the_last_each_change_set():
+    history = [{"step": 5, "rate_from": "noise", "rate": "hard"},
+               {"step": 7, "init_from": "m.safetensors", "warmup": 10},  # no setting: nothing in force
+               {"step": 9, "quality_weighting_from": "sum", "quality_weighting": "log"},
+               {"step": 12, "rate_from": "hard", "rate": "noise"}]
+    assert recorded_settings(history) == {"rate": "noise", "quality_weighting": "log"}
+    assert recorded_settings([]) == {}
 
 
 def test_recipe_changes_keep_the_old_history_and_log_only_the_new_changes(tmp_path, capsys):

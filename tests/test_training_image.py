@@ -163,13 +163,20 @@ def test_a_run_started_from_another_keeps_its_training_settings(tmp_path):
     out = tmp_path / "run"
     main(_tiny_run(tmp_path, out) + ["--steps", "1", "--lambdas", *[f"{0.001 * 2 ** k:g}" for k in range(8)],
                                       "--scale-floor-level", "-20", "--likelihood-floor", "1.5e-5"])
-    before = torch.load(out / "last.ckpt", weights_only=False)["config"]
+    main(_tiny_run(tmp_path, out) + ["--steps", "2", "--resume", "--rate", "hard", "--quality-weighting", "log"])
+    before = torch.load(out / "last.ckpt", weights_only=False)
     on = tmp_path / "on"
-    main(_tiny_run(tmp_path, on) + ["--steps", "2", "--init", str(out / "last.ckpt"), "--warmup", "1"])
-    after = torch.load(on / "last.ckpt", weights_only=False)["config"]
-    assert after["lambdas"] == [float(f"{0.001 * 2 ** k:g}") for k in range(8)]
-    assert (after["scale_floor_level"], after["likelihood_floor"]) == (-20, 1.5e-5)
-    assert after == before
+    main(_tiny_run(tmp_path, on) + ["--steps", "3", "--init", str(out / "last.ckpt"), "--warmup", "1"])
+    again = tmp_path / "again"  # asking for the settings in force records no change of them
+    main(_tiny_run(tmp_path, again) + ["--steps", "3", "--init", str(out / "last.ckpt"), "--warmup", "1",
+                                        "--rate", "hard", "--quality-weighting", "log"])
+    for run in (on, again):
+        after = torch.load(run / "last.ckpt", weights_only=False)
+        assert after["config"]["lambdas"] == [float(f"{0.001 * 2 ** k:g}") for k in range(8)]
+        assert (after["config"]["scale_floor_level"], after["config"]["likelihood_floor"]) == (-20, 1.5e-5)
+        assert after["config"] == before["config"]
+        assert (after["rate"], after["quality_weighting"]) == ("hard", "log")
+        assert after["history"] == before["history"] + [{"step": 2, "init_from": "last.ckpt", "warmup": 1}]
 
 
 def test_checkpoints_keep_a_moving_average_of_the_weights(tmp_path):

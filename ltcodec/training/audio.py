@@ -37,7 +37,7 @@ import torch
 
 from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
 from ..image_model import RATE_RELAXATIONS
-from .card import RecipeChanges, recorded_history, resumed_setting, seed_from_card
+from .card import RecipeChanges, recorded_history, recorded_settings, resumed_setting, seed_from_card
 from .image import save_checkpoint
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, drop_mismatched_state,
                     gain_optimizer, learning_rate_change, set_learning_rate, split_state, warmup_factor)
@@ -363,11 +363,13 @@ def main(argv: list[str] | None = None) -> None:
     warmup = state.get("warmup", (0, 0)) if state is not None else ((step, args.warmup) if init else (0, 0))
     if init is not None and step:
         changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
-    rate, change = resumed_setting(state, "rate", "noise", args.rate, step)
+    # A run initialized from weights goes on with the settings their history left in force.
+    kept = state if state is not None else recorded_settings(init[2]["history"]) if init is not None else None
+    rate, change = resumed_setting(kept, "rate", "noise", args.rate, step)
     changes.add(change, "rate relaxation")
-    mel_weight, change = resumed_setting(state, "mel_weight", 0.0, args.mel_weight, step)
+    mel_weight, change = resumed_setting(kept, "mel_weight", 0.0, args.mel_weight, step)
     changes.add(change, "mel term")
-    weighting, change = resumed_setting(state, "quality_weighting", "sum", args.quality_weighting, step)
+    weighting, change = resumed_setting(kept, "quality_weighting", "sum", args.quality_weighting, step)
     changes.add(change, "quality weighting")
     quality_losses = QualityLosses(len(targets), state.get("quality_losses") if state is not None else None)
     if retarget is not None:

@@ -66,6 +66,16 @@ def resumed_setting(state: dict | None, key: str, default, requested, step: int)
     return changed_setting(state.get(key, default) if state is not None else default, key, requested, step)
 
 
+def recorded_settings(history: Sequence[dict]) -> dict:
+    """The settings a run's recipe changes left in force (the last value each ``{key}_from`` change set):
+    what a run initialized from its weights goes on with, where no checkpoint keeps them."""
+    settings: dict = {}
+    for change in history:
+        settings.update({k[: -len("_from")]: change[k[: -len("_from")]] for k in change
+                         if k.endswith("_from") and k[: -len("_from")] in change})
+    return settings
+
+
 def changed_setting(value, key: str, requested, step: int) -> tuple:
     """``requested`` in place of a run's current ``value`` of setting ``key`` (kept when not requested),
     and the recipe change that records a switch (``{key}_from`` → ``key``), if any."""

@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 
 from ..image_model import LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior
-from .card import RecipeChanges, changed_setting, is_change, recorded_history, resumed_setting, seed_from_card
+from .card import (RecipeChanges, changed_setting, is_change, recorded_history, recorded_settings, resumed_setting,
+                   seed_from_card)
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, gain_optimizer, learning_rate_change,
                     set_learning_rate, split_state, warmup_factor)
 
@@ -308,9 +309,11 @@ def main(argv: list[str] | None = None) -> None:
     config.likelihood_floor, change = changed_setting(config.likelihood_floor, "likelihood_floor",
                                                       args.likelihood_floor, step)
     changes.add(change, "likelihood floor")
-    rate, change = resumed_setting(state, "rate", "noise", args.rate, step)
+    # A run initialized from weights goes on with the settings their history left in force.
+    kept = state if state is not None else recorded_settings(init.history) if init is not None else None
+    rate, change = resumed_setting(kept, "rate", "noise", args.rate, step)
     changes.add(change, "rate relaxation")
-    weighting, change = resumed_setting(state, "quality_weighting", "sum", args.quality_weighting, step)
+    weighting, change = resumed_setting(kept, "quality_weighting", "sum", args.quality_weighting, step)
     changes.add(change, "quality weighting")
     quality_losses = QualityLosses(len(config.lambdas), state.get("quality_losses") if state is not None else None)
     # 128² crops in batches of 8 until checkpoints kept theirs.
