@@ -26,7 +26,7 @@ from .entropy import LIKELIHOOD_FLOOR, FactorizedDensity, box_likelihood
 from .lattice import Lattice, get_lattice
 from .layers import GDN, conv, deconv, lower_bound
 
-__all__ = ["ImageModelConfig", "LatticeHyperprior", "DEFAULT_LAMBDAS"]
+__all__ = ["ImageModelConfig", "LatticeHyperprior", "DEFAULT_LAMBDAS", "CONTEXTS", "anchor_mask"]
 
 #: Rate–distortion trade-offs of qualities 1–8 (loss = λ·255²·MSE + bpp): geometric from 0.00015 to
 #: 0.18, wider than CompressAI's 0.0018–0.18 so that quality 1 reaches ~0.1 bpp on Kodak while the
@@ -36,6 +36,34 @@ DEFAULT_LAMBDAS = (0.00015, 0.00041, 0.0011, 0.0031, 0.0086, 0.024, 0.065, 0.18)
 #: Range of log2 σ' (lattice units) that the coding tables cover; the model's scales are clamped to it.
 LOG2_SCALE_MIN = -4.0
 LOG2_SCALE_MAX = 8.0
+
+
+#: Entropy models of the latent (``ImageModelConfig.context``).
+CONTEXTS = ("none", "checkerboard")
+#: The context network sees the decoded anchors ŷ' on a grid of 1/4 lattice unit, clamped to ±2047
+#: grid steps: integers, as the exact integer network that the codec runs takes them.
+CONTEXT_GRID = 4
+CONTEXT_CLAMP = 2047
+#: Groups of the context network's 5×5 convolution: each sees 1/8 of the channels (a full one did no
+#: better in a first test, at 8 times the cost).
+CONTEXT_GROUPS = 8
+
+
+def anchor_mask(h: int, w: int, dtype=torch.float32) -> Tensor:
+    """(1, 1, h, w): 1 at the checkerboard's anchor positions (i + j even), coded first."""
+    i = torch.arange(h)[:, None]
+    j = torch.arange(w)[None]
+    return ((i + j) % 2 == 0).to(dtype)[None, None]
+
+
+def context_network(M: int) -> nn.Sequential:
+    """Anchors' ŷ' (M channels, zero elsewhere) → changes of μ' and log2 σ' (2M channels).  The last
+    layer starts at zero, so adding the context to a trained hyperprior starts from what it computed."""
+    net = nn.Sequential(nn.Conv2d(M, 2 * M, 5, padding=2, groups=CONTEXT_GROUPS), nn.LeakyReLU(0.125),
+                        nn.Conv2d(2 * M, 2 * M, 1))
+    nn.init.zeros_(net[2].weight)
+    nn.init.zeros_(net[2].bias)
+    return net
 
 
 #: How the training rate treats the latent (:func:`rate_points`).
@@ -74,6 +102,11 @@ class ImageModelConfig:
     #: The coder's tables give every symbol at least about 2^-16, so a coordinate far out in its
     #: predicted Gaussian costs it some 16–20 bits; the default 10⁻⁹ charges 30.
     likelihood_floor: float = LIKELIHOOD_FLOOR
+    #: "checkerboard": half of the latent positions (the anchors, i + j even) are coded first under the
+    #: hyperprior alone; a small network then sees the decoded anchors and refines the mean and scale
+    #: of the other half (He et al., "Checkerboard context model for efficient learned image
+    #: compression", CVPR 2021).  "none": the hyperprior alone.
+    context: str = "none"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -108,6 +141,9 @@ class LatticeHyperprior(nn.Module):
             deconv(N, N), nn.LeakyReLU(0.125), deconv(N, H), nn.LeakyReLU(0.125), conv(H, 2 * M, 3, 1),
         )
         self.z_density = FactorizedDensity(N)
+        if config.context not in CONTEXTS:
+            raise ValueError(f"unknown context {config.context!r} (known: {', '.join(CONTEXTS)})")
+        self.ctx = context_network(M) if config.context == "checkerboard" else None
         # A quantizer step ∝ λ^-1/2 at high rate: log2-gains start 0.5·log2 λ apart.
         lam = torch.tensor(config.lambdas, dtype=torch.float64)
         init = (0.5 * torch.log2(lam / lam[0]) - 1.0).float()[:, None]
@@ -163,10 +199,9 @@ class LatticeHyperprior(nn.Module):
         z = self.h_a(y)
         z_noisy = z + torch.rand_like(z) - 0.5
         z_hat = z + (torch.round(z) - z).detach()
-        mean, log2_scale = self.hyper_parameters(z_hat)
+        hard, mean, log2_scale = self.quantized_latent(y, z_hat, "ste")
         residual = self.to_blocks(y - mean)
         scale = self.to_blocks(torch.exp2(log2_scale))
-        hard = self.lattice.quantize(residual, "ste")
         lik_y = box_likelihood(rate_points(self.lattice, residual, hard, rate), self.lattice.diagonal, scale,
                                self.config.likelihood_floor)
         lik_z = self.z_density.likelihood(z_noisy)
@@ -175,6 +210,32 @@ class LatticeHyperprior(nn.Module):
         bits_y = -torch.log2(lik_y).flatten(1).sum(1)
         bits_z = -torch.log2(lik_z).flatten(1).sum(1)
         return {"x_hat": x_hat, "bits_y": bits_y, "bits_z": bits_z}
+
+    def quantized_latent(self, y: Tensor, z_hat: Tensor, mode: str = "hard",
+                         floor: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """The lattice points of y' − μ' (in blocks; ``mode`` "hard" or straight-through "ste"), and the
+        mean μ' and log2 σ' they are coded under.
+
+        With a checkerboard context the anchors are quantized under the hyperprior's μ', σ'; the
+        context network then moves μ', σ' of the other positions, which are quantized around their
+        new mean (the anchors' points do not change: the context leaves their parameters alone).
+        """
+        mean, log2_scale = self.hyper_parameters(z_hat, floor)
+        hard = self.lattice.quantize(self.to_blocks(y - mean), mode)
+        if self.ctx is None:
+            return hard, mean, log2_scale
+        anchors = anchor_mask(y.shape[2], y.shape[3], y.dtype)
+        d_mean, d_log2_scale = self.context((self.from_blocks(hard) + mean) * anchors).chunk(2, dim=1)
+        mean = mean + d_mean * (1 - anchors)
+        log2_scale = bounded_log2_scale(log2_scale + d_log2_scale * (1 - anchors),
+                                        self.config.scale_floor_level if floor else None)
+        return self.lattice.quantize(self.to_blocks(y - mean), mode), mean, log2_scale
+
+    def context(self, anchors_hat: Tensor) -> Tensor:
+        """The context network on the anchors' ŷ' (zero elsewhere), taken on its integer grid
+        (:data:`CONTEXT_GRID`, rounded straight-through) as the codec's integer network takes it."""
+        v = (anchors_hat * CONTEXT_GRID).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP)
+        return self.ctx(v + (torch.round(v) - v).detach())
 
     @torch.no_grad()
     def hard_latent(self, x: Tensor, quality: Tensor, floor: bool = True) -> dict[str, Tensor]:
@@ -190,8 +251,7 @@ class LatticeHyperprior(nn.Module):
         enc_g, dec_g = self.gains(quality)
         y = y * enc_g
         z_hat = torch.round(self.h_a(y))
-        mean, log2_scale = self.hyper_parameters(z_hat, floor)
-        hard = self.lattice.quantize(self.to_blocks(y - mean), "hard")
+        hard, mean, log2_scale = self.quantized_latent(y, z_hat, "hard", floor)
         return {"hard": hard, "scale": self.to_blocks(torch.exp2(log2_scale)), "mean": mean, "z_hat": z_hat,
                 "dec_g": dec_g}
 

@@ -179,7 +179,7 @@ def write_model_file(path: str | Path, kind: str, name: str, config: dict, state
     """
     arrays: dict[str, np.ndarray] = {}
     for k, v in state.items():
-        hyper = k.startswith(("h_s.", "z_density."))
+        hyper = k.startswith(("h_s.", "z_density.", "ctx."))
         if hyper and not training_state:
             continue
         a = v.detach().cpu().numpy()

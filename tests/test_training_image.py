@@ -350,3 +350,23 @@ def test_a_run_switches_a_setting_once_and_keeps_it(tmp_path, key, old, new, lin
     assert state[key] == new and state["history"] == [change]
     if key == "quality_weighting":  # the running means travel with the checkpoint
         assert sum(v == v for v in state["quality_losses"]) >= 2
+
+
+def test_a_run_takes_on_a_context_from_another_runs_weights_and_keeps_it(tmp_path):
+    from ltcodec.training.card import history_line
+    from ltcodec.training.image import main
+
+    out = tmp_path / "run"
+    main(_tiny_run(tmp_path, out) + ["--steps", "2"])
+    with pytest.raises(SystemExit, match="--init"):
+        main(_tiny_run(tmp_path, out) + ["--steps", "3", "--resume", "--context", "checkerboard"])
+    on = tmp_path / "on"
+    main(_tiny_run(tmp_path, on) + ["--steps", "3", "--init", str(out / "last.ckpt"), "--warmup", "1",
+                                    "--context", "checkerboard"])
+    main(_tiny_run(tmp_path, on) + ["--steps", "4", "--resume"])  # kept without the option
+    state = torch.load(on / "last.ckpt", weights_only=False)
+    change = {"step": 2, "context_from": "none", "context": "checkerboard"}
+    assert state["config"]["context"] == "checkerboard" and change in state["history"]
+    assert "checkerboard" in history_line(change)
+    assert any(k.startswith("ctx.") for k in state["model"]) and any(k.startswith("ctx.") for k in state["ema"])
+    assert state["model"]["ctx.2.weight"].abs().sum() > 0  # it trained

@@ -31,7 +31,7 @@ def weights_line(state: dict) -> str:
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
 CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "latent_from", "crop_from",
                "init_from", "rate_from", "mel_weight_from", "target_kbps_from",
-               "likelihood_floor_from", "quality_weighting_from")
+               "likelihood_floor_from", "quality_weighting_from", "context_from")
 
 
 def is_change(record: dict) -> bool:
@@ -100,6 +100,10 @@ def history_line(change: dict) -> str:
     if "latent_from" in change:
         return (f"* Latent widened at step {change['step']:,} from {change['latent_from']} to {change['latent']} "
                 "channels, the new ones starting small in g_a and unseen by g_s (`--M` with `--init`).")
+    if "context_from" in change:
+        return (f"* Entropy model changed at step {change['step']:,} from the {change['context_from']} context to the "
+                f"{change['context']} one, its network starting at zero so that it computed the same (`--context` "
+                "with `--init`).")
     if "crop_from" in change:
         return (f"* Training crops changed at step {change['step']:,} from {change['crop_from']}² in batches of "
                 f"{change.get('batch_from', 8)} to {change['crop']}² in batches of {change.get('batch', 8)} "

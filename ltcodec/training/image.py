@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..image_model import LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior
+from ..image_model import CONTEXTS, LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior
 from .card import (RecipeChanges, changed_setting, is_change, recorded_history, recorded_settings, resumed_setting,
                    seed_from_card)
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, gain_optimizer, learning_rate_change,
@@ -235,6 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quality-weighting", choices=QUALITY_WEIGHTINGS,
                    help="how the qualities of a batch add up: the plain sum of their losses (the default) or "
                         "each relative to its quality's running mean (log, QualityLosses); resumes keep it")
+    p.add_argument("--context", choices=CONTEXTS,
+                   help="the latent's entropy model: the hyperprior alone (none, the default) or with a "
+                        "checkerboard context; a run takes one on with --init (its network starts at zero), "
+                        "and keeps it")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -253,14 +257,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
         config = ImageModelConfig.from_dict(state["config"])
+        if args.context is not None and args.context != config.context:
+            raise SystemExit(f"--context {args.context}: a run changes its entropy model only when it starts "
+                             f"from another's weights (--init {ckpt_path})")
     else:
         state = None
-        config = ImageModelConfig(N=args.N, M=args.M, lattice=args.lattice)
+        config = ImageModelConfig(N=args.N, M=args.M, lattice=args.lattice, context=args.context or "none")
         if args.init is not None:
             init = load_init(args.init)
             # The shape comes from the command line (the latent may widen, the lattice change); every
             # training setting (ladder, floors) from the weights, which were trained for them.
-            config = replace(init.config, N=args.N, M=args.M, lattice=args.lattice)
+            config = replace(init.config, N=args.N, M=args.M, lattice=args.lattice,
+                             context=args.context or init.config.context)
             seed_from_card(args.init.with_suffix(".md"), log_path)
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
     # A learned lattice's basis is a handful of numbers too: it learns at the gains' rate.
@@ -288,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     changes = RecipeChanges(history)
     if init is not None and init.step:
         changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
+    if init is not None and init.config.context != config.context:
+        changes.add({"step": step, "context_from": init.config.context, "context": config.context}, "context")
     latent_from = init.weights["g_a.6.weight"].shape[0] if init is not None else config.M
     if latent_from != config.M:
         changes.add({"step": step, "latent_from": latent_from, "latent": config.M}, "latent")
