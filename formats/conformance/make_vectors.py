@@ -23,6 +23,7 @@ import soundfile as sf
 
 from ltcodec import audio
 from ltcodec.image import decode_image, decoded_integers, encode_image
+from ltcodec.training.card import cpu_name
 from ltcodec.zoo import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL, load_audio_model, load_image_model
 
 HERE = Path(__file__).parent
@@ -108,7 +109,7 @@ def main() -> None:
     manifest = {
         "model": model.name, "model_sha256": model.sha256, "generated": date.today().isoformat(),
         "reference_platform": {"machine": platform.machine(), "torch": torch.__version__,
-                               "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+                               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_name()},
         "vectors": vectors,
         **audio_vectors(),
     }
