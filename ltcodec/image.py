@@ -34,7 +34,7 @@ from .zoo import load_image_model, model_for_file
 
 __all__ = ["encode_image", "decode_image", "image_info", "prepare_image", "ImageInfo", "decoded_integers"]
 
-_KNOWN = frozenset({b"ZSTR", b"YSTR", b"ALPH", b"iCCP", b"eXIf"})
+_KNOWN = frozenset({b"ZSTR", b"YSTR", b"YST2", b"ALPH", b"iCCP", b"eXIf"})
 #: ``--bpp`` aims this far (log) under its target and accepts trials within it of that aim.
 BPP_AIM = 0.002
 #: Expected d log(bits)/d quality of an image model (the shipped one: 0.30–0.40 on Kodak).
@@ -152,6 +152,8 @@ def encode_image(image, quality: float | None = None, bpp: float | None = None,
     def build(q: float, latent: Tensor) -> bytes:
         s = m.compress_latent(latent, q)
         chunks = [(b"ZSTR", s.z_words.astype("<u4").tobytes()), (b"YSTR", s.y_words.astype("<u4").tobytes())]
+        if s.y2_words is not None:
+            chunks.append((b"YST2", s.y2_words.astype("<u4").tobytes()))
         return write_container(*header(q), chunks + extra)
 
     if bpp is None:
@@ -165,7 +167,8 @@ def encode_image(image, quality: float | None = None, bpp: float | None = None,
     target = bpp * w * h / 8
     # Everything but the two streams, then the streams from their ideal code lengths (each rounds up to
     # 32-bit words: 2 bytes on average): trials cost no range coding, only the final file does.
-    frame = len(write_container(*header(1.0), [(b"ZSTR", b""), (b"YSTR", b"")] + extra))
+    streams = [b"ZSTR", b"YSTR"] + ([b"YST2"] if m.ctx_int is not None else [])
+    frame = len(write_container(*header(1.0), [(t, b"") for t in streams] + extra))
 
     def highest_under(latent: Tensor, start: float) -> float:
         def log_error(q: float) -> float:  # aimed 0.2% under the target
@@ -234,9 +237,15 @@ def _streams(c, hd, m: ImageCodecModel) -> Streams:
     if hd.lattice != m.config.lattice and hd.lattice != "learned":
         raise LtcFormatError(f"header lattice {hd.lattice} does not match the model's {m.config.lattice}")
     lh, lw = -(-hd.height // 64) * 4, -(-hd.width // 64) * 4
-    streams = Streams(_words(c.one(b"ZSTR")), _words(c.one(b"YSTR")), (lh, lw))
+    two = m.ctx_int is not None  # a checkerboard context codes the latent's two halves in two streams
+    if two != bool(c.get(b"YST2")):
+        raise LtcFormatError("the file's latent streams do not match its model's entropy model "
+                             f"({'two' if two else 'one'} expected)")
+    streams = Streams(_words(c.one(b"ZSTR")), _words(c.one(b"YSTR")), (lh, lw),
+                      _words(c.one(b"YST2")) if two else None)
     max_words = 64 + 4 * (lh * lw * m.config.M + lh * lw * m.config.N)  # > 128 bits per symbol is corrupt
-    if streams.y_words.size + streams.z_words.size > max_words:
+    y2 = streams.y2_words.size if two else 0
+    if streams.y_words.size + y2 + streams.z_words.size > max_words:
         raise LtcFormatError("entropy-coded data is larger than any valid stream for this size")
     return streams
 

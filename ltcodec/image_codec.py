@@ -20,9 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from .boxcode import BoxCoder, ChannelTables
-from .image_model import ImageModelConfig, LatticeHyperprior
+from .image_model import CONTEXT_CLAMP, CONTEXT_GRID, ImageModelConfig, LatticeHyperprior, anchor_mask
 from .intnet import IntegerNetwork
-from .latent_coding import MEAN_GRID, Z_CLAMP, HyperLatentCoding, Streams, freeze_entropy_model, write_model_file
+from .latent_coding import (MEAN_GRID, Z_CLAMP, HyperLatentCoding, Streams, freeze_context, freeze_entropy_model,
+                            write_model_file)
 from .workers import in_order, single_threaded_workers
 
 __all__ = ["ImageCodecModel", "export_image_model", "Streams", "MEAN_GRID", "Z_CLAMP"]
@@ -101,6 +102,7 @@ class ImageCodecModel(HyperLatentCoding, nn.Module):
         # listed twice in the state.
         object.__setattr__(self, "_net", net)
         self.h_s_int: IntegerNetwork | None = None
+        self.ctx_int: IntegerNetwork | None = None  # the checkerboard context's, if the model has one
         self.z_tables: ChannelTables | None = None
         self.y_coder: BoxCoder | None = None
         self.eval()
@@ -152,6 +154,25 @@ def _calibration_z(net: LatticeHyperprior, images: list[np.ndarray], crop: int =
 
 
 @torch.no_grad()
+def _calibration_context(net: LatticeHyperprior, images: list[np.ndarray], crop: int = 256) -> Tensor:
+    """The context network's integer inputs (anchors' ŷ' on its grid) on the calibration images at
+    every quality."""
+    vs = []
+    for img in images:
+        x = torch.from_numpy(np.array(img[:crop, :crop], dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
+        x = nn.functional.pad(x, (0, (-x.shape[3]) % 64, 0, (-x.shape[2]) % 64), mode="replicate")
+        y = net.g_a(x)
+        for q in range(net.qualities):
+            enc_g, _ = net.gains(torch.tensor([float(q)]))
+            yq = y * enc_g
+            mean, _ = net.hyper_parameters(torch.round(net.h_a(yq)))
+            hard = net.from_blocks(net.lattice.quantize(net.to_blocks(yq - mean), "hard"))
+            anchors = anchor_mask(yq.shape[2], yq.shape[3])
+            vs.append(torch.round((hard + mean) * anchors * CONTEXT_GRID).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP))
+    return torch.cat(vs)
+
+
+@torch.no_grad()
 def export_image_model(net: LatticeHyperprior, calibration_images: list[np.ndarray], path: str | Path,
                        name: str, half: bool = True, extra_meta: dict | None = None) -> str:
     """Freeze a trained model into a shipped model file; returns the file's SHA-256.
@@ -164,6 +185,11 @@ def export_image_model(net: LatticeHyperprior, calibration_images: list[np.ndarr
         net.lattice.snap()  # a learned basis on its dyadic grid: what the file stores is what was measured
     z_cal = _calibration_z(net, calibration_images)
     h_s_int, entropy_arrays, specs = freeze_entropy_model(net.h_s, net.z_density, net.lattice, net.config.M, z_cal)
+    if net.ctx is not None:
+        ctx_arrays, ctx_meta = freeze_context(net.ctx, net.lattice, net.config.M,
+                                              _calibration_context(net, calibration_images))
+        entropy_arrays.update(ctx_arrays)
+        extra_meta = {**(extra_meta or {}), **ctx_meta}
 
     return write_model_file(path, "image", name, net.config.to_dict(), net.state_dict(), h_s_int, entropy_arrays,
                             specs, half, extra_meta)

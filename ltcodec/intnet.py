@@ -39,12 +39,16 @@ class IntLayer:
     padding: int | tuple[int, int]
     output_padding: int | tuple[int, int]
     leaky: bool
+    groups: int = 1  # convolutions only: input and output channels in this many independent groups
 
     def spec(self) -> dict:
         def js(v):
             return list(v) if isinstance(v, tuple) else v
-        return {"kind": self.kind, "stride": js(self.stride), "padding": js(self.padding),
+        spec = {"kind": self.kind, "stride": js(self.stride), "padding": js(self.padding),
                 "output_padding": js(self.output_padding), "leaky": self.leaky}
+        if self.groups != 1:
+            spec["groups"] = self.groups
+        return spec
 
 
 class IntegerNetwork:
@@ -68,7 +72,7 @@ class IntegerNetwork:
         for layer, w, b in zip(self.layers, self._w, self._b):
             af = a.to(torch.float64)
             if layer.kind == "conv":
-                acc = F.conv2d(af, w, b, stride=layer.stride, padding=layer.padding)
+                acc = F.conv2d(af, w, b, stride=layer.stride, padding=layer.padding, groups=layer.groups)
             else:
                 acc = F.conv_transpose2d(af, w, b, stride=layer.stride, padding=layer.padding,
                                          output_padding=layer.output_padding)
@@ -117,8 +121,12 @@ class IntegerNetwork:
         layers = []
         for i, spec in enumerate(specs):
             kw = {f: np.asarray(arrays[f"{prefix}{i}.{f}"], dtype=np.int64) for f in cls.FIELDS}
+            groups = int(spec.get("groups", 1))
+            if groups < 1 or (spec["kind"] != "conv" and groups != 1):
+                raise ValueError("groups are a positive count, of convolutions only")
             layers.append(IntLayer(kind=spec["kind"], stride=_pair(spec["stride"]), padding=_pair(spec["padding"]),
-                                   output_padding=_pair(spec["output_padding"]), leaky=bool(spec["leaky"]), **kw))
+                                   output_padding=_pair(spec["output_padding"]), leaky=bool(spec["leaky"]),
+                                   groups=groups, **kw))
         return cls(layers, input_clamp)
 
 
@@ -169,6 +177,8 @@ def quantize_network(net: nn.Sequential, calibration: Tensor, output_scales: np.
             raise ValueError("integer networks use leaky ReLU with slope 1/8")
         w = conv.weight.double()
         deconv = isinstance(conv, nn.ConvTranspose2d)
+        if deconv and conv.groups != 1:
+            raise ValueError("integer networks have grouped convolutions, not grouped transposed ones")
         axis = (0, 2, 3) if deconv else (1, 2, 3)
         s_w = w.abs().amax(dim=axis).clamp_min(1e-12) / wmax  # per output channel
         shape = (1, -1, 1, 1) if deconv else (-1, 1, 1, 1)
@@ -179,7 +189,8 @@ def quantize_network(net: nn.Sequential, calibration: Tensor, output_scales: np.
             pre = F.conv_transpose2d(x, conv.weight.double(), conv.bias.double(), stride=conv.stride,
                                      padding=conv.padding, output_padding=conv.output_padding)
         else:
-            pre = F.conv2d(x, conv.weight.double(), conv.bias.double(), stride=conv.stride, padding=conv.padding)
+            pre = F.conv2d(x, conv.weight.double(), conv.bias.double(), stride=conv.stride, padding=conv.padding,
+                           groups=conv.groups)
         c_out = pre.shape[1]
         if last:
             ratio = s_in * s_w.numpy() * output_scales
@@ -197,7 +208,7 @@ def quantize_network(net: nn.Sequential, calibration: Tensor, output_scales: np.
             bias=b_int.numpy().astype(np.int64), mult=mult, shift=shift, post=np.asarray(post, np.int64),
             lo=np.asarray(lo, np.int64), hi=np.asarray(hi, np.int64), stride=_pair(conv.stride),
             padding=_pair(conv.padding), output_padding=_pair(getattr(conv, "output_padding", (0, 0))),
-            leaky=leaky))
+            leaky=leaky, groups=conv.groups))
         x = pre if not leaky else F.leaky_relu(pre, 0.125)
         if s_out is not None:
             s_in = s_out

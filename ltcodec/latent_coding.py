@@ -24,9 +24,9 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from torch import Tensor, nn
 
-from .boxcode import BoxCoder, ChannelTables, LatticeCodingSpec, ScaleTables
+from .boxcode import BoxCoder, ChannelTables, CodingError, LatticeCodingSpec, ScaleTables
 from .errors import LtcModelError
-from .image_model import LOG2_SCALE_MAX, LOG2_SCALE_MIN
+from .image_model import CONTEXT_CLAMP, CONTEXT_GRID, LOG2_SCALE_MAX, LOG2_SCALE_MIN
 from .intnet import IntegerNetwork, quantize_network
 
 __all__ = ["Streams", "HyperLatentCoding", "freeze_entropy_model", "model_metadata", "MEAN_GRID", "Z_CLAMP",
@@ -45,8 +45,9 @@ Z_RADIUS = 2048
 @dataclass
 class Streams:
     z_words: np.ndarray
-    y_words: np.ndarray
+    y_words: np.ndarray  # with a checkerboard context: the anchors' blocks
     latent_shape: tuple[int, int]  # (h, w) of y
+    y2_words: np.ndarray | None = None  # with a checkerboard context: the other blocks
 
 
 def model_metadata(blob: bytes) -> dict:
@@ -84,6 +85,12 @@ class HyperLatentCoding:
         model.h_s_int = IntegerNetwork.from_arrays(arrays, "h_s.", json.loads(meta["h_s"]), Z_CLAMP)
         if model.h_s_int.fingerprint(config.N) != meta["h_s_fingerprint"]:
             raise LtcModelError("integer hyper-synthesis failed its self-test")
+        model.ctx_int = None
+        if getattr(config, "context", "none") != "none":
+            check_context_lattice(model.lattice)
+            model.ctx_int = IntegerNetwork.from_arrays(arrays, "ctx.", json.loads(meta["ctx"]), CONTEXT_CLAMP)
+            if model.ctx_int.fingerprint(config.M) != meta["ctx_fingerprint"]:
+                raise LtcModelError("integer context network failed its self-test")
         model.z_tables = ChannelTables.from_arrays(arrays, "z_tables.")
         model.y_coder = BoxCoder(LatticeCodingSpec.from_lattice(model.lattice), ScaleTables.from_arrays(arrays, "y_tables."))
         model.to(memory_format=torch.channels_last)
@@ -118,6 +125,31 @@ class HyperLatentCoding:
         h, w = shape
         return b.reshape(h, w, self.config.M).transpose(2, 0, 1)
 
+    def _anchor_blocks(self, shape: tuple[int, int]) -> np.ndarray:
+        """Per block in block order: whether it lies at a checkerboard anchor (i + j even)."""
+        h, w = shape
+        i, j = np.indices((h, w))
+        return np.repeat(((i + j) % 2 == 0).reshape(-1), self.config.M // self.lattice.dim)
+
+    def context_parameters(self, u: np.ndarray, mean_int: np.ndarray, level_idx: np.ndarray,
+                           shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (1/16 grid) and scale level of every latent element once the anchors are known: the
+        integer context network sees the anchors' ŷ' (from their coordinates ``u``; the other blocks of
+        ``u`` are not read) and moves the parameters of the other positions."""
+        h, w = shape
+        m = self.config.M
+        g = self.lattice.raw_generator_int.numpy()
+        raw = self._unblocks(u.astype(np.int64) @ g.T, shape)  # raw lattice points, exact
+        anchors = ((np.indices((h, w)).sum(0) % 2) == 0)[None]
+        # round(CONTEXT_GRID · ŷ'), half up: ŷ' = raw / den + mean / 16.
+        v = (raw * (CONTEXT_GRID * MEAN_GRID // self.lattice.raw_denominator) + mean_int * CONTEXT_GRID
+             + MEAN_GRID // 2) >> 4
+        v = np.where(anchors, v, 0)
+        out = self.ctx_int(torch.from_numpy(v)[None])[0].numpy()
+        mean2 = np.where(anchors, mean_int, mean_int + out[:m])
+        level2 = np.maximum(np.clip(level_idx + out[m:], LEVEL_MIN, LEVEL_MAX), self.config.scale_floor_level)
+        return mean2, np.where(anchors, level_idx, level2)
+
     @torch.no_grad()
     def _symbols(self, y: Tensor, quality: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
         """What the coder codes for a latent y (1, M, h, w) taken before the quality's encoder gain:
@@ -127,25 +159,41 @@ class HyperLatentCoding:
         z_hat = torch.round(self.h_a(y))[0].to(torch.int64).numpy()
         lh, lw = y.shape[2], y.shape[3]
         mean_int, level_idx = self.hyper(np.clip(z_hat, -Z_CLAMP, Z_CLAMP), (lh, lw))
-        residual = y[0].double().numpy() - mean_int / MEAN_GRID
-        points = self.lattice.closest(torch.from_numpy(self._blocks(residual)))
-        u = self.lattice.coordinates(points).numpy()
+        y_lattice = y[0].double().numpy()
+        u = self._coordinates(y_lattice - mean_int / MEAN_GRID)
+        if getattr(self, "ctx_int", None) is not None:
+            # The anchors' points do not change: the context moves only the other positions' means.
+            mean_int, level_idx = self.context_parameters(u, mean_int, level_idx, (lh, lw))
+            u = self._coordinates(y_lattice - mean_int / MEAN_GRID)
         return z_hat.reshape(z_hat.shape[0], -1), u, self._blocks(level_idx), (lh, lw)
+
+    def _coordinates(self, residual: np.ndarray) -> np.ndarray:
+        """Coordinates u of the closest lattice points to the blocks of ``residual`` (M, h, w)."""
+        points = self.lattice.closest(torch.from_numpy(self._blocks(residual)))
+        return self.lattice.coordinates(points).numpy()
 
     def compress_latent(self, y: Tensor, quality: float) -> Streams:
         """Code a latent y (1, M, h, w), taken before the quality's encoder gain."""
         z, u, levels, shape = self._symbols(y, quality)
-        return Streams(self.z_tables.encode(z), self.y_coder.encode(u, levels), shape)
+        if getattr(self, "ctx_int", None) is None:
+            return Streams(self.z_tables.encode(z), self.y_coder.encode(u, levels), shape)
+        a = self._anchor_blocks(shape)
+        return Streams(self.z_tables.encode(z), self.y_coder.encode(u[a], levels[a]), shape,
+                       self.y_coder.encode(u[~a], levels[~a]))
 
     def latent_bits(self, y: Tensor, quality: float) -> float:
-        """The information content of :meth:`compress_latent`'s two streams, in bits (each stream is
+        """The information content of :meth:`compress_latent`'s streams, in bits (each stream is
         that rounded up to whole 32-bit words): what a rate search needs, at about a third of the cost."""
         return sum(self.stream_bits(y, quality))
 
     def stream_bits(self, y: Tensor, quality: float) -> tuple[float, float]:
-        """The information content of the z and the y stream of :meth:`compress_latent`, in bits."""
-        z, u, levels, _ = self._symbols(y, quality)
-        return self.z_tables.ideal_bits(z), self.y_coder.ideal_bits(u, levels)
+        """The information content of the z and the y streams of :meth:`compress_latent`, in bits."""
+        z, u, levels, shape = self._symbols(y, quality)
+        if getattr(self, "ctx_int", None) is None:
+            return self.z_tables.ideal_bits(z), self.y_coder.ideal_bits(u, levels)
+        a = self._anchor_blocks(shape)
+        return (self.z_tables.ideal_bits(z),
+                self.y_coder.ideal_bits(u[a], levels[a]) + self.y_coder.ideal_bits(u[~a], levels[~a]))
 
     def decode_symbols(self, streams: Streams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The exact integer part of decoding: ẑ, coordinates u (blocks, n), means (M, h, w)."""
@@ -153,7 +201,15 @@ class HyperLatentCoding:
         zh, zw = self.z_shape((lh, lw))
         z_hat = self.z_tables.decode(streams.z_words, zh * zw).reshape(-1, zh, zw)
         mean_int, level_idx = self.hyper(np.clip(z_hat, -Z_CLAMP, Z_CLAMP), (lh, lw))
-        u = self.y_coder.decode(streams.y_words, self._blocks(level_idx))
+        if getattr(self, "ctx_int", None) is None:
+            return z_hat, self.y_coder.decode(streams.y_words, self._blocks(level_idx)), mean_int
+        if streams.y2_words is None:
+            raise CodingError("the model codes the latent in two streams; the second is missing")
+        a = self._anchor_blocks((lh, lw))
+        u = np.zeros((a.size, self.lattice.dim), np.int64)
+        u[a] = self.y_coder.decode(streams.y_words, self._blocks(level_idx)[a])
+        mean_int, level_idx = self.context_parameters(u, mean_int, level_idx, (lh, lw))
+        u[~a] = self.y_coder.decode(streams.y2_words, self._blocks(level_idx)[~a])
         return z_hat, u, mean_int
 
     @torch.no_grad()
@@ -164,6 +220,14 @@ class HyperLatentCoding:
         y_hat = self._unblocks(points, streams.latent_shape) + mean_int / MEAN_GRID
         _, dec_g = self._gains(quality)
         return torch.from_numpy(y_hat.astype(np.float32))[None] * dec_g
+
+
+def check_context_lattice(lattice) -> None:
+    """A context network takes the anchors' ŷ' exactly: on lattices whose unit-volume points are the
+    integer (raw) ones over a denominator dividing 64 (Z^n, E8, …), never through irrational scales."""
+    den = lattice.raw_denominator
+    if lattice.raw_scale != 1.0 or den <= 0 or (CONTEXT_GRID * MEAN_GRID) % den:
+        raise LtcModelError(f"a context needs a lattice with exact points; {lattice.name} has none")
 
 
 def write_model_file(path: str | Path, kind: str, name: str, config: dict, state: dict[str, Tensor],
@@ -194,6 +258,20 @@ def write_model_file(path: str | Path, kind: str, name: str, config: dict, state
     blob = st_save(arrays, metadata=meta)
     Path(path).write_bytes(blob)
     return hashlib.sha256(blob).hexdigest()
+
+
+@torch.no_grad()
+def freeze_context(ctx: nn.Sequential, lattice, M: int, calibration: Tensor) -> tuple[dict[str, np.ndarray], dict]:
+    """Quantize a context network to an exact integer network: its arrays (``ctx.*``) and the metadata
+    that names its layers and fingerprint.  Its outputs are the changes of the mean (1/16 grid) and of
+    the scale level (1/8 of log2 σ')."""
+    check_context_lattice(lattice)
+    scales = np.concatenate([np.full(M, MEAN_GRID, np.float64), np.full(M, 8.0)])
+    reach = np.concatenate([np.full(M, MEAN_LIMIT, np.int64), np.full(M, LEVEL_MAX - LEVEL_MIN, np.int64)])
+    ctx_int = quantize_network(ctx, calibration, scales, np.zeros(2 * M, np.int64), -reach, reach)
+    ctx_int.input_clamp = CONTEXT_CLAMP
+    arrays, specs = ctx_int.to_arrays("ctx.")
+    return arrays, {"ctx": specs, "ctx_fingerprint": ctx_int.fingerprint(M)}
 
 
 @torch.no_grad()

@@ -49,7 +49,7 @@ def quality_lambda(lambdas: tuple[float, ...], quality: float) -> float:
 
 
 def prepare_refinement(m) -> None:
-    """Load the float h_s and z density kept for training into the model's network (once); a model
+    """Load the float h_s, z density and context kept for training into the model's network (once); a model
     file without them (written with ``training_state=False``) cannot refine: :class:`LtcModelError`."""
     net = m._net
     if getattr(net, "_float_hyper_loaded", False):
@@ -58,7 +58,7 @@ def prepare_refinement(m) -> None:
     if not state:
         raise LtcModelError(f"model {m.name} keeps no float hyperprior, which refinement needs")
     missing, unexpected = net.load_state_dict(state, strict=False)
-    if unexpected or any(k.startswith(("h_s.", "z_density.")) for k in missing):
+    if unexpected or any(k.startswith(("h_s.", "z_density.", "ctx.")) for k in missing):
         raise LtcModelError(f"model {m.name}: its float hyperprior does not match its architecture")
     net._float_hyper_loaded = True
 
@@ -68,10 +68,9 @@ def _objective(net, x: Tensor, y: Tensor, dec_g: Tensor, lam: float, px_mask: Te
     """(relaxed objective to descend, hard objective of the coded latent), per pixel of the interior."""
     z = net.h_a(y)
     z_hat = z + (torch.round(z) - z).detach()
-    mean, log2_scale = net.hyper_parameters(z_hat)
+    hard, mean, log2_scale = net.quantized_latent(y, z_hat, "ste")
     residual = net.to_blocks(y - mean)
     scale = net.to_blocks(torch.exp2(log2_scale))
-    hard = net.lattice.quantize(residual, "ste")
     blocks = net.to_blocks(lat_mask.expand_as(y))[..., 0]  # 1 where a block is the tile's own
     floor = net.config.likelihood_floor
     pixels = px_mask.sum()

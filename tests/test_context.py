@@ -55,3 +55,71 @@ def test_an_unknown_context_is_refused():
 
 def test_anchors_are_the_even_positions():
     assert anchor_mask(2, 3)[0, 0].tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+
+
+def _context_model(tmp_path, scale=0.05):
+    from conftest import smooth_image
+    from ltcodec.image_codec import ImageCodecModel, export_image_model
+
+    plain, ctx = _pair(5)
+    with torch.no_grad():
+        for net in (plain, ctx):
+            net.enc_gain.add_(3.0)
+        ctx.ctx[2].weight.normal_(0, scale)
+        ctx.ctx[2].bias.normal_(0, 0.5)
+    path = tmp_path / "ctx.safetensors"
+    export_image_model(ctx, [smooth_image(64, 64, s) for s in range(3)], path, "ctx")
+    return ImageCodecModel.from_file(path), ctx, path
+
+
+def test_a_context_model_codes_two_streams_exactly_and_refuses_a_file_without_the_second(tmp_path):
+    import numpy as np
+
+    from conftest import smooth_image
+    from ltcodec.container import read_container, write_container
+    from ltcodec.errors import LtcFormatError
+    from ltcodec.image import decode_image, decoded_integers, encode_image
+    from ltcodec.image_codec import _calibration_context
+
+    model, net, _ = _context_model(tmp_path)
+    assert model.ctx_int is not None and model.ctx_int.layers[0].groups == 8
+    img = smooth_image(90, 70, 4)
+    data = encode_image(img, quality=6, model=model)
+    assert decode_image(data, model=model).size == (90, 70)
+    # The integers decoded are the ones coded: anchors first, the rest under the context's parameters.
+    z, u, _, _ = model._symbols(model.analysis(np.asarray(img)), 6.0)
+    assert decoded_integers(data, model=model) == z.astype("<i8").tobytes() + u.astype("<i8").tobytes()
+    # The integer context network tracks the float one it was frozen from, on inputs like its calibration.
+    v = _calibration_context(net, [smooth_image(64, 64, 7)])
+    with torch.no_grad():
+        want = net.ctx.double()(v.double())
+    got = model.ctx_int(v.long()).double()
+    torch.testing.assert_close(got[:, :16] / 16, want[:, :16], atol=0.03 * want.abs().max() + 0.1, rtol=0)
+    c = read_container(data, {b"ZSTR", b"YSTR", b"YST2", b"ALPH", b"iCCP", b"eXIf"})
+    assert [t for t, _ in c.chunks] == [b"ZSTR", b"YSTR", b"YST2"]
+    one = write_container(c.head, c.model, [(t, p) for t, p in c.chunks if t != b"YST2"])
+    with pytest.raises(LtcFormatError, match="two expected"):
+        decode_image(one, model=model)
+
+
+def test_a_context_needs_a_lattice_with_exact_points(tmp_path):
+    from conftest import smooth_image
+    from ltcodec.errors import LtcModelError
+    from ltcodec.image_codec import export_image_model
+
+    torch.manual_seed(0)
+    net = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="d4", context="checkerboard"))
+    with pytest.raises(LtcModelError, match="exact points"):
+        export_image_model(net, [smooth_image(64, 64, 0)], tmp_path / "d4.safetensors", "d4")
+
+
+def test_refinement_descends_through_the_context_and_its_files_decode(tmp_path):
+    from conftest import smooth_image
+    from ltcodec.image import decode_image, encode_image
+
+    model, net, _ = _context_model(tmp_path)
+    img = smooth_image(64, 64, 2)
+    data = encode_image(img, quality=4, model=model, refine=2)
+    assert decode_image(data, model=model).size == (64, 64)
+    # The float context was loaded for the search (stored in half precision, as the transforms are).
+    torch.testing.assert_close(model._net.ctx[2].weight, net.ctx[2].weight.half().float(), rtol=0, atol=0)
