@@ -186,3 +186,22 @@ def test_a_checkpoint_gives_its_moving_average_or_its_training_weights(tmp_path)
         net, state = load_trained(tmp_path / path, ema=ema)
         assert torch.equal(net.state_dict()[key], expected[key])
         assert state["exported_weights"] == kind and state["step"] == 7
+
+
+def test_the_corpus_skips_work_in_progress_and_files_gone_since_listed(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_audio, "CACHE", tmp_path / "cache")
+    _corpus(tmp_path / "data")
+    work = tmp_path / "data" / ".work" / "x" / "music"  # a corpus builder's unpacking
+    work.mkdir(parents=True)
+    sf.write(work / "raw.flac", np.zeros((48000, 1)), 24000)
+    real = train_audio._cached_signals
+
+    def vanishing(path, rate, cache_dir):
+        if path.name == "1.flac" and "speech" in path.parts:
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real(path, rate, cache_dir)
+
+    monkeypatch.setattr(train_audio, "_cached_signals", vanishing)
+    corpus = train_audio.load_corpus([tmp_path / "data"], 24000)
+    assert len(corpus["speech"]) == 1  # the other one vanished: skipped, not fatal
+    assert len(corpus["music"]) == 4  # two stereo files, mid and side each; nothing from .work

@@ -123,14 +123,17 @@ def load_corpus(folders: list[Path], rate: int, min_seconds: float = 1.5) -> dic
     for folder in folders:
         if not folder.exists():
             continue
-        files = (p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and ".part." not in p.name)
+        # Hidden folders hold a corpus builder's work in progress (fetch-debian-media.sh unpacks there),
+        # whose files come and go.
+        files = (p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and ".part." not in p.name
+                 and not any(part.startswith(".") for part in p.relative_to(folder).parts))
         for path in sorted(files):
             kind = "speech" if "speech" in path.parts else "music" if "music" in path.parts else None
             if kind is None:
                 continue
             try:
                 sigs = _cached_signals(path, rate, cache_dir)
-            except (RuntimeError, ValueError, sf.LibsndfileError) as e:
+            except (OSError, RuntimeError, ValueError, sf.LibsndfileError) as e:  # OSError: gone since listed
                 print(f"skipped {path}: {e}", flush=True)
                 continue
             corpus[kind] += [s for s in sigs if len(s) >= min_seconds * rate]

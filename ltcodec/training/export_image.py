@@ -199,6 +199,10 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         + (f", floored at σ' = {2 ** (config.scale_floor_level / 8):.3f} (level {config.scale_floor_level}, "
            "fitted at export on training images: fewer bits at the lowest qualities, same pixels)."
            if config.scale_floor_level > int(LOG2_SCALE_MIN * 8) else "."),
+        *(["* Checkerboard context: the anchor half of the latent positions (row + column even) is coded "
+           "first under the hyperprior alone; an exact integer network (5×5 grouped convolution, then 1×1) "
+           "sees the decoded anchors and moves the mean and scale of the other half, coded in a second stream."]
+          if config.context == "checkerboard" else []),
         f"* One model for qualities 1–{len(config.lambdas)}: per-quality log2 gain vectors on the latent "
         f"(encoder and decoder), λ = {', '.join(str(l) for l in config.lambdas)} (loss λ·255²·MSE + bpp).",
         f"* {params / 1e6:.2f} M trainable parameters (float weights stored in fp16 where they are conv kernels).", "",
