@@ -102,7 +102,6 @@ class ImageCodecModel(HyperLatentCoding, nn.Module):
         # listed twice in the state.
         object.__setattr__(self, "_net", net)
         self.h_s_int: IntegerNetwork | None = None
-        self.ctx_int: IntegerNetwork | None = None  # the checkerboard context's, if the model has one
         self.z_tables: ChannelTables | None = None
         self.y_coder: BoxCoder | None = None
         self.eval()

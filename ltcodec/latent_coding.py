@@ -61,6 +61,12 @@ def model_metadata(blob: bytes) -> dict:
 class HyperLatentCoding:
     """Mixed into a codec model class that defines ``kind``, ``config_class`` and ``__init__(config, name, sha)``."""
 
+    #: The exact integer network of a checkerboard context, for models that have one.
+    ctx_int: IntegerNetwork | None = None
+    #: Latent rows the context network runs on at a time (plus its reach above and below): memory
+    #: stays bounded on large images, and the result is exactly the whole latent's.
+    context_band = 64
+
     @classmethod
     def from_bytes(cls, blob: bytes, name: str | None = None):
         """Load a shipped model file: float transforms, the self-tested integer h_s and the tables."""
@@ -85,12 +91,13 @@ class HyperLatentCoding:
         model.h_s_int = IntegerNetwork.from_arrays(arrays, "h_s.", json.loads(meta["h_s"]), Z_CLAMP)
         if model.h_s_int.fingerprint(config.N) != meta["h_s_fingerprint"]:
             raise LtcModelError("integer hyper-synthesis failed its self-test")
-        model.ctx_int = None
         if getattr(config, "context", "none") != "none":
             check_context_lattice(model.lattice)
             model.ctx_int = IntegerNetwork.from_arrays(arrays, "ctx.", json.loads(meta["ctx"]), CONTEXT_CLAMP)
             if model.ctx_int.fingerprint(config.M) != meta["ctx_fingerprint"]:
                 raise LtcModelError("integer context network failed its self-test")
+            if any(l.kind != "conv" or l.stride != 1 or l.weight.shape[2] % 2 == 0 for l in model.ctx_int.layers):
+                raise LtcModelError("a context network is made of odd-sized stride-1 convolutions")
         model.z_tables = ChannelTables.from_arrays(arrays, "z_tables.")
         model.y_coder = BoxCoder(LatticeCodingSpec.from_lattice(model.lattice), ScaleTables.from_arrays(arrays, "y_tables."))
         model.to(memory_format=torch.channels_last)
@@ -125,27 +132,40 @@ class HyperLatentCoding:
         h, w = shape
         return b.reshape(h, w, self.config.M).transpose(2, 0, 1)
 
+    @staticmethod
+    def _anchors(shape: tuple[int, int]) -> np.ndarray:
+        """(h, w): whether each latent position is a checkerboard anchor (row + column even)."""
+        return np.indices(shape).sum(0) % 2 == 0
+
     def _anchor_blocks(self, shape: tuple[int, int]) -> np.ndarray:
-        """Per block in block order: whether it lies at a checkerboard anchor (i + j even)."""
-        h, w = shape
-        i, j = np.indices((h, w))
-        return np.repeat(((i + j) % 2 == 0).reshape(-1), self.config.M // self.lattice.dim)
+        """Per block in block order: whether it lies at a checkerboard anchor."""
+        return np.repeat(self._anchors(shape).reshape(-1), self.config.M // self.lattice.dim)
+
+    def _context_network(self, v: np.ndarray) -> np.ndarray:
+        """The integer context network on (M, h, w), a band of :attr:`context_band` rows at a time."""
+        reach = sum((l.weight.shape[2] - 1) // 2 for l in self.ctx_int.layers)  # stride-1 layers
+        h = v.shape[1]
+        out = []
+        for r0 in range(0, h, self.context_band):
+            r1 = min(r0 + self.context_band, h)
+            a0, a1 = max(r0 - reach, 0), min(r1 + reach, h)
+            band = self.ctx_int(torch.from_numpy(np.ascontiguousarray(v[:, a0:a1]))[None])[0].numpy()
+            out.append(band[:, r0 - a0: r1 - a0])
+        return np.concatenate(out, axis=1)
 
     def context_parameters(self, u: np.ndarray, mean_int: np.ndarray, level_idx: np.ndarray,
                            shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Mean (1/16 grid) and scale level of every latent element once the anchors are known: the
         integer context network sees the anchors' ŷ' (from their coordinates ``u``; the other blocks of
         ``u`` are not read) and moves the parameters of the other positions."""
-        h, w = shape
         m = self.config.M
         g = self.lattice.raw_generator_int.numpy()
         raw = self._unblocks(u.astype(np.int64) @ g.T, shape)  # raw lattice points, exact
-        anchors = ((np.indices((h, w)).sum(0) % 2) == 0)[None]
+        anchors = self._anchors(shape)[None]
         # round(CONTEXT_GRID · ŷ'), half up: ŷ' = raw / den + mean / 16.
         v = (raw * (CONTEXT_GRID * MEAN_GRID // self.lattice.raw_denominator) + mean_int * CONTEXT_GRID
              + MEAN_GRID // 2) >> 4
-        v = np.where(anchors, v, 0)
-        out = self.ctx_int(torch.from_numpy(v)[None])[0].numpy()
+        out = self._context_network(np.where(anchors, v, 0))
         mean2 = np.where(anchors, mean_int, mean_int + out[:m])
         level2 = np.maximum(np.clip(level_idx + out[m:], LEVEL_MIN, LEVEL_MAX), self.config.scale_floor_level)
         return mean2, np.where(anchors, level_idx, level2)
@@ -161,7 +181,7 @@ class HyperLatentCoding:
         mean_int, level_idx = self.hyper(np.clip(z_hat, -Z_CLAMP, Z_CLAMP), (lh, lw))
         y_lattice = y[0].double().numpy()
         u = self._coordinates(y_lattice - mean_int / MEAN_GRID)
-        if getattr(self, "ctx_int", None) is not None:
+        if self.ctx_int is not None:
             # The anchors' points do not change: the context moves only the other positions' means.
             mean_int, level_idx = self.context_parameters(u, mean_int, level_idx, (lh, lw))
             u = self._coordinates(y_lattice - mean_int / MEAN_GRID)
@@ -175,7 +195,7 @@ class HyperLatentCoding:
     def compress_latent(self, y: Tensor, quality: float) -> Streams:
         """Code a latent y (1, M, h, w), taken before the quality's encoder gain."""
         z, u, levels, shape = self._symbols(y, quality)
-        if getattr(self, "ctx_int", None) is None:
+        if self.ctx_int is None:
             return Streams(self.z_tables.encode(z), self.y_coder.encode(u, levels), shape)
         a = self._anchor_blocks(shape)
         return Streams(self.z_tables.encode(z), self.y_coder.encode(u[a], levels[a]), shape,
@@ -189,7 +209,7 @@ class HyperLatentCoding:
     def stream_bits(self, y: Tensor, quality: float) -> tuple[float, float]:
         """The information content of the z and the y streams of :meth:`compress_latent`, in bits."""
         z, u, levels, shape = self._symbols(y, quality)
-        if getattr(self, "ctx_int", None) is None:
+        if self.ctx_int is None:
             return self.z_tables.ideal_bits(z), self.y_coder.ideal_bits(u, levels)
         a = self._anchor_blocks(shape)
         return (self.z_tables.ideal_bits(z),
@@ -201,7 +221,7 @@ class HyperLatentCoding:
         zh, zw = self.z_shape((lh, lw))
         z_hat = self.z_tables.decode(streams.z_words, zh * zw).reshape(-1, zh, zw)
         mean_int, level_idx = self.hyper(np.clip(z_hat, -Z_CLAMP, Z_CLAMP), (lh, lw))
-        if getattr(self, "ctx_int", None) is None:
+        if self.ctx_int is None:
             return z_hat, self.y_coder.decode(streams.y_words, self._blocks(level_idx)), mean_int
         if streams.y2_words is None:
             raise CodingError("the model codes the latent in two streams; the second is missing")

@@ -123,3 +123,13 @@ def test_refinement_descends_through_the_context_and_its_files_decode(tmp_path):
     assert decode_image(data, model=model).size == (64, 64)
     # The float context was loaded for the search (stored in half precision, as the transforms are).
     torch.testing.assert_close(model._net.ctx[2].weight, net.ctx[2].weight.half().float(), rtol=0, atol=0)
+
+
+def test_the_context_network_in_bands_is_exactly_the_whole_one(tmp_path):
+    import numpy as np
+
+    model, _, _ = _context_model(tmp_path)
+    v = np.random.default_rng(0).integers(-300, 300, (16, 23, 9))
+    whole = model.ctx_int(torch.from_numpy(v)[None])[0].numpy()
+    model.context_band = 4  # 6 bands, each with its 2 rows of reach on either side
+    assert np.array_equal(model._context_network(v), whole)
