@@ -139,35 +139,32 @@ class ImageCodecModel(HyperLatentCoding, nn.Module):
 # Export
 # ----------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def _calibration_z(net: LatticeHyperprior, images: list[np.ndarray], crop: int = 256) -> Tensor:
-    zs = []
+def _calibration_latents(net: LatticeHyperprior, images: list[np.ndarray], crop: int = 256):
+    """y' (after each quality's encoder gain) of a crop of each calibration image, at every quality."""
     for img in images:
         x = torch.from_numpy(np.array(img[:crop, :crop], dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
         x = nn.functional.pad(x, (0, (-x.shape[3]) % 64, 0, (-x.shape[2]) % 64), mode="replicate")
         y = net.g_a(x)
         for q in range(net.qualities):
             enc_g, _ = net.gains(torch.tensor([float(q)]))
-            zs.append(torch.round(net.h_a(y * enc_g)).clamp(-Z_CLAMP, Z_CLAMP))
-    return torch.cat(zs)
+            yield y * enc_g
 
 
 @torch.no_grad()
-def _calibration_context(net: LatticeHyperprior, images: list[np.ndarray], crop: int = 256) -> Tensor:
+def _calibration_z(net: LatticeHyperprior, images: list[np.ndarray]) -> Tensor:
+    return torch.cat([torch.round(net.h_a(yq)).clamp(-Z_CLAMP, Z_CLAMP) for yq in _calibration_latents(net, images)])
+
+
+@torch.no_grad()
+def _calibration_context(net: LatticeHyperprior, images: list[np.ndarray]) -> Tensor:
     """The context network's integer inputs (anchors' ŷ' on its grid) on the calibration images at
     every quality."""
     vs = []
-    for img in images:
-        x = torch.from_numpy(np.array(img[:crop, :crop], dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
-        x = nn.functional.pad(x, (0, (-x.shape[3]) % 64, 0, (-x.shape[2]) % 64), mode="replicate")
-        y = net.g_a(x)
-        for q in range(net.qualities):
-            enc_g, _ = net.gains(torch.tensor([float(q)]))
-            yq = y * enc_g
-            mean, _ = net.hyper_parameters(torch.round(net.h_a(yq)))
-            hard = net.from_blocks(net.lattice.quantize(net.to_blocks(yq - mean), "hard"))
-            anchors = anchor_mask(yq.shape[2], yq.shape[3])
-            vs.append(torch.round((hard + mean) * anchors * CONTEXT_GRID).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP))
+    for yq in _calibration_latents(net, images):
+        mean, _ = net.hyper_parameters(torch.round(net.h_a(yq)))
+        hard = net.from_blocks(net.lattice.quantize(net.to_blocks(yq - mean), "hard"))
+        anchors = anchor_mask(yq.shape[2], yq.shape[3])
+        vs.append(torch.round((hard + mean) * anchors * CONTEXT_GRID).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP))
     return torch.cat(vs)
 
 
