@@ -423,7 +423,9 @@ class BoxCoder:
                 for j, r in sorted(escapes):
                     v[j] = decode_escape(dec, r)
                 coords[:, i] = v - k
-        except (RuntimeError, ValueError, OverflowError, AssertionError) as e:  # constriction asserts on invalid data
+        # constriction asserts on invalid data; absurd escaped values from damaged data make the exact
+        # offsets of later coordinates wrap around and point outside the offset tables (IndexError).
+        except (RuntimeError, ValueError, OverflowError, AssertionError, IndexError) as e:
             raise CodingError(f"entropy-coded data does not decode: {e}") from None
         return coords
 

@@ -162,7 +162,7 @@ def test_corrupt_payload_and_wrong_model_are_typed_errors(picture):
     # A file whose model digest is unknown
     from ltcodec.container import read_container, write_container, ModelId
 
-    c = read_container(bytes(data), frozenset({b"ZSTR", b"YSTR"}))
+    c = read_container(bytes(data), frozenset({b"ZSTR", b"YSTR", b"YST2"}))
     other = write_container(c.head, ModelId(c.model.name, b"\0" * 32), c.chunks)
     with pytest.raises(LtcModelError, match="sha256"):
         decode_image(other)
@@ -170,7 +170,8 @@ def test_corrupt_payload_and_wrong_model_are_typed_errors(picture):
     with pytest.raises(LtcModelError, match="not installed"):
         decode_image(missing)
     # Streams swapped (valid CRCs, wrong content) either fail cleanly or decode to some image
-    swapped = write_container(c.head, c.model, [(b"ZSTR", c.chunks[1][1]), (b"YSTR", c.chunks[0][1])])
+    swapped = write_container(c.head, c.model, [(b"ZSTR", c.chunks[1][1]), (b"YSTR", c.chunks[0][1]),
+                                                *c.chunks[2:]])
     try:
         decode_image(swapped)
     except LtcFormatError:
@@ -195,11 +196,11 @@ def test_corrupted_streams_with_valid_crcs_raise_only_typed_errors():
     from ltcodec.container import read_container, write_container
 
     data = encode_image(smooth_image(40, 24, 4), quality=5)
-    c = read_container(data, frozenset({b"ZSTR", b"YSTR"}))
+    c = read_container(data, frozenset({b"ZSTR", b"YSTR", b"YST2"}))  # YST2: a model with a context
     rng = np.random.default_rng(0)
     for trial in range(30):
         chunks = [(t, bytearray(p)) for t, p in c.chunks]
-        t, payload = chunks[trial % 2]
+        t, payload = chunks[trial % len(chunks)]
         for _ in range(1 + trial % 3):
             payload[rng.integers(len(payload))] ^= 1 << int(rng.integers(8))
         bad = write_container(c.head, c.model, [(t, bytes(p)) for t, p in chunks])
