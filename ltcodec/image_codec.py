@@ -161,10 +161,10 @@ def _calibration_context(net: LatticeHyperprior, images: list[np.ndarray]) -> Te
     every quality."""
     vs = []
     for yq in _calibration_latents(net, images):
-        mean, _ = net.hyper_parameters(torch.round(net.h_a(yq)))
-        hard = net.from_blocks(net.lattice.quantize(net.to_blocks(yq - mean), "hard"))
+        hard, mean, _ = net.quantized_latent(yq, torch.round(net.h_a(yq)))  # anchors: as the context sees them
         anchors = anchor_mask(yq.shape[2], yq.shape[3])
-        vs.append(torch.round((hard + mean) * anchors * CONTEXT_GRID).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP))
+        v = (net.from_blocks(hard) + mean) * anchors * CONTEXT_GRID
+        vs.append(torch.round(v).clamp(-CONTEXT_CLAMP, CONTEXT_CLAMP))
     return torch.cat(vs)
 
 

@@ -195,11 +195,15 @@ class HyperLatentCoding:
     def compress_latent(self, y: Tensor, quality: float) -> Streams:
         """Code a latent y (1, M, h, w), taken before the quality's encoder gain."""
         z, u, levels, shape = self._symbols(y, quality)
+        words = [self.y_coder.encode(*part) for part in self._stream_parts(u, levels, shape)]
+        return Streams(self.z_tables.encode(z), words[0], shape, words[1] if len(words) > 1 else None)
+
+    def _stream_parts(self, u: np.ndarray, levels: np.ndarray, shape: tuple[int, int]):
+        """(coordinates, levels) of each y stream: all blocks, or with a context the anchors' then the rest."""
         if self.ctx_int is None:
-            return Streams(self.z_tables.encode(z), self.y_coder.encode(u, levels), shape)
+            return [(u, levels)]
         a = self._anchor_blocks(shape)
-        return Streams(self.z_tables.encode(z), self.y_coder.encode(u[a], levels[a]), shape,
-                       self.y_coder.encode(u[~a], levels[~a]))
+        return [(u[a], levels[a]), (u[~a], levels[~a])]
 
     def latent_bits(self, y: Tensor, quality: float) -> float:
         """The information content of :meth:`compress_latent`'s streams, in bits (each stream is
@@ -209,11 +213,8 @@ class HyperLatentCoding:
     def stream_bits(self, y: Tensor, quality: float) -> tuple[float, float]:
         """The information content of the z and the y streams of :meth:`compress_latent`, in bits."""
         z, u, levels, shape = self._symbols(y, quality)
-        if self.ctx_int is None:
-            return self.z_tables.ideal_bits(z), self.y_coder.ideal_bits(u, levels)
-        a = self._anchor_blocks(shape)
         return (self.z_tables.ideal_bits(z),
-                self.y_coder.ideal_bits(u[a], levels[a]) + self.y_coder.ideal_bits(u[~a], levels[~a]))
+                sum(self.y_coder.ideal_bits(*part) for part in self._stream_parts(u, levels, shape)))
 
     def decode_symbols(self, streams: Streams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The exact integer part of decoding: ẑ, coordinates u (blocks, n), means (M, h, w)."""
