@@ -370,3 +370,31 @@ def test_a_run_takes_on_a_context_from_another_runs_weights_and_keeps_it(tmp_pat
     assert "checkerboard" in history_line(change)
     assert any(k.startswith("ctx.") for k in state["model"]) and any(k.startswith("ctx.") for k in state["ema"])
     assert state["model"]["ctx.2.weight"].abs().sum() > 0  # it trained
+
+
+def test_a_context_fitted_alone_is_held_fixed_and_shipped_as_fitted(tmp_path):
+    from ltcodec.training.card import history_line
+    from ltcodec.training.image import main
+
+    base, out = tmp_path / "base", tmp_path / "ctx"
+    main(_tiny_run(tmp_path, base) + ["--steps", "2"])
+    with pytest.raises(SystemExit, match="no context"):
+        main(_tiny_run(tmp_path, base) + ["--steps", "3", "--resume", "--fit-context", "2"])
+    main(_tiny_run(tmp_path, out) + ["--steps", "3", "--init", str(base / "last.ckpt"), "--warmup", "1",
+                                     "--context", "checkerboard"])
+    before = torch.load(out / "last.ckpt", weights_only=False)
+    main(_tiny_run(tmp_path, out) + ["--steps", "5", "--resume", "--fit-context", "3", "--fit-crop", "64",
+                                     "--fit-lr", "0.01"])
+    fitted = torch.load(out / "last.ckpt", weights_only=False)
+    change = {"step": 3, "context_fit_steps": 3, "crop": 64, "lr": 0.01}
+    assert change in fitted["history"] and fitted["context_fixed"]
+    assert "3 steps on 64² crops" in history_line(change)
+    ctx = [k for k in fitted["model"] if k.startswith("ctx.")]
+    assert not torch.equal(fitted["model"]["ctx.2.weight"], before["model"]["ctx.2.weight"])  # it learned
+    for k in ctx:  # the average ships what was fitted, and the two steps after it left it alone
+        assert torch.equal(fitted["model"][k], fitted["ema"][k])
+    assert not torch.equal(fitted["model"]["g_a.0.weight"], before["model"]["g_a.0.weight"])  # the rest trained
+    main(_tiny_run(tmp_path, out) + ["--steps", "6", "--resume"])  # kept fixed without the option
+    again = torch.load(out / "last.ckpt", weights_only=False)
+    assert again["context_fixed"] and all(torch.equal(again["model"][k], fitted["model"][k]) for k in ctx)
+    assert [h for h in again["history"] if "context_fit_steps" in h] == [change]

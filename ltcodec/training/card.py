@@ -31,7 +31,7 @@ def weights_line(state: dict) -> str:
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
 CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "latent_from", "crop_from",
                "init_from", "rate_from", "mel_weight_from", "target_kbps_from",
-               "likelihood_floor_from", "quality_weighting_from", "context_from")
+               "likelihood_floor_from", "quality_weighting_from", "context_from", "context_fit_steps")
 
 
 def is_change(record: dict) -> bool:
@@ -104,6 +104,10 @@ def history_line(change: dict) -> str:
         return (f"* Entropy model changed at step {change['step']:,} from the {change['context_from']} context to the "
                 f"{change['context']} one, its network starting at zero so that it computed the same (`--context` "
                 "with `--init`).")
+    if "context_fit_steps" in change:
+        return (f"* Context network fitted alone at step {change['step']:,}: {change['context_fit_steps']:,} steps "
+                f"on {change.get('crop', 256)}² crops, the other weights (their moving average) frozen, Adam from "
+                f"{change.get('lr', 1e-3):g} decaying to 0; then held fixed while the rest trains (`--fit-context`).")
     if "crop_from" in change:
         return (f"* Training crops changed at step {change['step']:,} from {change['crop_from']}² in batches of "
                 f"{change.get('batch_from', 8)} to {change['crop']}² in batches of {change.get('batch', 8)} "

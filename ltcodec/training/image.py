@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..image_model import CONTEXTS, LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior
+from ..entropy import box_likelihood
+from ..image_model import (CONTEXTS, LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior,
+                           rate_points)
 from .card import (RecipeChanges, changed_setting, is_change, recorded_history, recorded_settings, resumed_setting,
                    seed_from_card)
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, gain_optimizer, learning_rate_change,
@@ -78,6 +80,48 @@ def rd_loss(model: LatticeHyperprior, x: torch.Tensor, quality: torch.Tensor,
     extra = 0.1 * penalty() if penalty is not None else torch.zeros(())
     return {"loss": per_sample.mean() + extra, "mse": mse.mean(), "bpp": bpp.mean(), "per_sample": per_sample,
             "penalty": extra}
+
+
+def fit_context(model: LatticeHyperprior, images: list[np.ndarray], rng: np.random.Generator, steps: int,
+                crop: int, batch: int, lr: float) -> list[float]:
+    """Train ``model``'s context network alone, everything else frozen, on ``crop``² crops; returns the
+    loss of every 100th step.
+
+    The transforms train on 128² crops, whose 8×8 latents are mostly border for a 5×5 context (zeros
+    beyond the edge), and beside them the context learned slowly: 13 k steps of the joint run had it
+    save 1.8% of quality 2's bits on Kodak, 600 steps alone on 256² crops 6.5% more.  The loss is each
+    sample's log bits of y, so that every quality counts by its relative saving, as in a BD-rate; the
+    learning rate decays to zero along a cosine, so that no late step's noise stays in the weights.
+    """
+    ctx = list(model.ctx.parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in ctx:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(ctx, lr=lr)
+    losses = []
+    for s in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * s / steps))
+        x = sample_batch(images, rng, batch, crop)
+        quality = torch.from_numpy(rng.integers(0, len(model.config.lambdas), batch)).float()
+        with torch.no_grad():
+            enc_g, _ = model.gains(quality)
+            y = model.g_a(x) * enc_g
+            z_hat = torch.round(model.h_a(y))
+        hard, mean, log2_scale = model.quantized_latent(y, z_hat, "ste")
+        lik = box_likelihood(rate_points(model.lattice, model.to_blocks(y - mean), hard, "hard"),
+                             model.lattice.diagonal, model.to_blocks(torch.exp2(log2_scale)),
+                             model.config.likelihood_floor)
+        loss = torch.log2(-torch.log2(lik).flatten(1).sum(1)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if s % 100 == 0:
+            losses.append(loss.item())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return losses
 
 
 @torch.no_grad()
@@ -240,6 +284,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="the latent's entropy model: the hyperprior alone (none, the default) or with a "
                         "checkerboard context; a run takes one on with --init (its network starts at zero), "
                         "and keeps it")
+    p.add_argument("--fit-context", type=int, default=0, metavar="STEPS",
+                   help="first fit the context network alone for this many steps on --fit-crop crops, the "
+                        "moving average's other weights frozen (fit_context), then hold it fixed while the "
+                        "rest trains; a resumed run may refit it")
+    p.add_argument("--fit-crop", type=int, default=256)
+    p.add_argument("--fit-lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
@@ -359,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
             "ema_decay": args.ema_decay, "lr": args.lr if not args.lr_drop_at else lr_at(step),
             "crop": args.crop, "batch": args.batch, "warmup": warmup, "rate": rate,
             "quality_weighting": weighting, "quality_losses": quality_losses.state(),
+            "context_fixed": context_fixed,
         })
 
     average = WeightAverage(model, args.ema_decay, state.get("ema") if state is not None else None)
@@ -368,6 +419,30 @@ def main(argv: list[str] | None = None) -> None:
 
     def cpu_total() -> float:
         return cpu_base + time.process_time() - cpu_start
+
+    # A context fitted alone stays as fitted: the joint run's 128² crops would pull it back to their borders.
+    context_fixed = bool(state.get("context_fixed", False)) if state is not None else False
+    if args.fit_context:
+        if model.ctx is None:
+            raise SystemExit("--fit-context: the model has no context network (--context)")
+        averaged = LatticeHyperprior(config).to(memory_format=torch.channels_last)
+        averaged.load_state_dict(average.state)
+        losses = fit_context(averaged, images, np.random.default_rng([args.seed, step]), args.fit_context,
+                             args.fit_crop, args.batch, args.fit_lr)
+        print(f"context fitted: log2 bits {losses[0]:.4f} → {losses[-1]:.4f} (every 100th step)", flush=True)
+        fitted = averaged.ctx.state_dict()
+        with torch.no_grad():
+            model.ctx.load_state_dict(fitted)
+            for k, v in fitted.items():
+                average.state[f"ctx.{k}"].copy_(v)
+        for p_ in model.ctx.parameters():
+            opt.state.pop(p_, None)
+        changes.add({"step": step, "context_fit_steps": args.fit_context, "crop": args.fit_crop,
+                     "lr": args.fit_lr}, "context fit")
+        context_fixed = True
+    if context_fixed:
+        for p_ in model.ctx.parameters():
+            p_.requires_grad_(False)
 
     model.train()
     last_ckpt = time.time()
