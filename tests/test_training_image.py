@@ -398,3 +398,7 @@ def test_a_context_fitted_alone_is_held_fixed_and_shipped_as_fitted(tmp_path):
     again = torch.load(out / "last.ckpt", weights_only=False)
     assert again["context_fixed"] and all(torch.equal(again["model"][k], fitted["model"][k]) for k in ctx)
     assert [h for h in again["history"] if "context_fit_steps" in h] == [change]
+    follow = tmp_path / "follow"  # a run started from these weights goes on holding the fitted context
+    main(_tiny_run(tmp_path, follow) + ["--steps", "7", "--init", str(out / "last.ckpt"), "--warmup", "1"])
+    on = torch.load(follow / "last.ckpt", weights_only=False)
+    assert on["context_fixed"] and all(torch.equal(on["model"][k], again["ema"][k]) for k in ctx)

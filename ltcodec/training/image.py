@@ -421,7 +421,12 @@ def main(argv: list[str] | None = None) -> None:
         return cpu_base + time.process_time() - cpu_start
 
     # A context fitted alone stays as fitted: the joint run's 128² crops would pull it back to their borders.
-    context_fixed = bool(state.get("context_fixed", False)) if state is not None else False
+    # A run started from a model file whose history fitted it goes on holding it.
+    if state is not None:
+        context_fixed = bool(state.get("context_fixed", False))
+    else:
+        context_fixed = init is not None and init.config.context == config.context and any(
+            "context_fit_steps" in change for change in init.history)
     if args.fit_context:
         if model.ctx is None:
             raise SystemExit("--fit-context: the model has no context network (--context)")
@@ -440,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         changes.add({"step": step, "context_fit_steps": args.fit_context, "crop": args.fit_crop,
                      "lr": args.fit_lr}, "context fit")
         context_fixed = True
+        checkpoint()
     if context_fixed:
         for p_ in model.ctx.parameters():
             p_.requires_grad_(False)
