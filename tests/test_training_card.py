@@ -47,7 +47,7 @@ def test_every_kind_of_change_has_a_card_line():
                 "latent_from": 128, "crop_from": 128, "init_from": "ltc-image-e8.safetensors", "rate_from": "noise",
                 "mel_weight_from": 0.0, "target_kbps_from": [4.0, 6.0],
                 "likelihood_floor_from": 1e-9, "quality_weighting_from": "sum", "context_from": "none",
-                "context_fit_steps": 600}
+                "context_fit_steps": 600, "entropy_fit_steps": 600}
     assert set(examples) == set(CHANGE_KEYS)
     for key, before in examples.items():
         change = {"step": 1, key: before, key.removesuffix("_from"): before}

@@ -372,33 +372,35 @@ def test_a_run_takes_on_a_context_from_another_runs_weights_and_keeps_it(tmp_pat
     assert state["model"]["ctx.2.weight"].abs().sum() > 0  # it trained
 
 
-def test_a_context_fitted_alone_is_held_fixed_and_shipped_as_fitted(tmp_path):
+def test_an_entropy_model_fitted_alone_is_held_fixed_and_shipped_as_fitted(tmp_path):
     from ltcodec.training.card import history_line
-    from ltcodec.training.image import main
+    from ltcodec.training.image import held_parts, main
 
     base, out = tmp_path / "base", tmp_path / "ctx"
     main(_tiny_run(tmp_path, base) + ["--steps", "2"])
-    with pytest.raises(SystemExit, match="no context"):
-        main(_tiny_run(tmp_path, base) + ["--steps", "3", "--resume", "--fit-context", "2"])
     main(_tiny_run(tmp_path, out) + ["--steps", "3", "--init", str(base / "last.ckpt"), "--warmup", "1",
                                      "--context", "checkerboard"])
     before = torch.load(out / "last.ckpt", weights_only=False)
-    main(_tiny_run(tmp_path, out) + ["--steps", "5", "--resume", "--fit-context", "3", "--fit-crop", "64",
+    main(_tiny_run(tmp_path, out) + ["--steps", "5", "--resume", "--fit-entropy", "3", "--fit-crop", "64",
                                      "--fit-lr", "0.01"])
     fitted = torch.load(out / "last.ckpt", weights_only=False)
-    change = {"step": 3, "context_fit_steps": 3, "crop": 64, "lr": 0.01}
-    assert change in fitted["history"] and fitted["context_fixed"]
-    assert "3 steps on 64² crops" in history_line(change)
-    ctx = [k for k in fitted["model"] if k.startswith("ctx.")]
-    assert not torch.equal(fitted["model"]["ctx.2.weight"], before["model"]["ctx.2.weight"])  # it learned
-    for k in ctx:  # the average ships what was fitted, and the two steps after it left it alone
+    parts = ["h_a", "h_s", "z_density", "ctx"]
+    change = {"step": 3, "entropy_fit_steps": 3, "parts": parts, "crop": 64, "lr": 0.01}
+    assert change in fitted["history"] and fitted["fixed_parts"] == parts
+    assert "3 steps on 64² crops" in history_line(change) and "hyper-synthesis" in history_line(change)
+    held = [k for k in fitted["model"] if k.startswith(tuple(f"{name}." for name in parts))]
+    for k in ("ctx.2.weight", "h_s.0.weight"):  # they learned
+        assert not torch.equal(fitted["model"][k], before["model"][k])
+    for k in held:  # the average ships what was fitted, and the two steps after it left it alone
         assert torch.equal(fitted["model"][k], fitted["ema"][k])
     assert not torch.equal(fitted["model"]["g_a.0.weight"], before["model"]["g_a.0.weight"])  # the rest trained
     main(_tiny_run(tmp_path, out) + ["--steps", "6", "--resume"])  # kept fixed without the option
     again = torch.load(out / "last.ckpt", weights_only=False)
-    assert again["context_fixed"] and all(torch.equal(again["model"][k], fitted["model"][k]) for k in ctx)
-    assert [h for h in again["history"] if "context_fit_steps" in h] == [change]
-    follow = tmp_path / "follow"  # a run started from these weights goes on holding the fitted context
+    assert again["fixed_parts"] == parts and all(torch.equal(again["model"][k], fitted["model"][k]) for k in held)
+    assert [h for h in again["history"] if "entropy_fit_steps" in h] == [change]
+    follow = tmp_path / "follow"  # a run started from these weights goes on holding the fitted parts
     main(_tiny_run(tmp_path, follow) + ["--steps", "7", "--init", str(out / "last.ckpt"), "--warmup", "1"])
     on = torch.load(follow / "last.ckpt", weights_only=False)
-    assert on["context_fixed"] and all(torch.equal(on["model"][k], again["ema"][k]) for k in ctx)
+    assert on["fixed_parts"] == parts and all(torch.equal(on["model"][k], again["ema"][k]) for k in held)
+    # an earlier record fitted the context alone
+    assert held_parts([{"step": 1, "context_fit_steps": 5}, change]) == ["ctx", "h_a", "h_s", "z_density"]

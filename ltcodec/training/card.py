@@ -31,7 +31,8 @@ def weights_line(state: dict) -> str:
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
 CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "latent_from", "crop_from",
                "init_from", "rate_from", "mel_weight_from", "target_kbps_from",
-               "likelihood_floor_from", "quality_weighting_from", "context_from", "context_fit_steps")
+               "likelihood_floor_from", "quality_weighting_from", "context_from", "context_fit_steps",
+               "entropy_fit_steps")
 
 
 def is_change(record: dict) -> bool:
@@ -104,10 +105,18 @@ def history_line(change: dict) -> str:
         return (f"* Entropy model changed at step {change['step']:,} from the {change['context_from']} context to the "
                 f"{change['context']} one, its network starting at zero so that it computed the same (`--context` "
                 "with `--init`).")
+    if "entropy_fit_steps" in change:
+        parts = {"h_a": "hyper-analysis", "h_s": "hyper-synthesis", "z_density": "hyper-latent density",
+                 "ctx": "context"}
+        names = ", ".join(parts.get(p, p) for p in change.get("parts", ()))
+        return (f"* Entropy model ({names}) fitted alone at step {change['step']:,}: {change['entropy_fit_steps']:,} "
+                f"steps on {change.get('crop', 256)}² crops for the bits alone, the transforms and gains (their "
+                f"moving average) frozen, Adam from {change.get('lr', 1e-4):g} (a context ten times that) "
+                "decaying to 0; then held fixed while the rest trains (`--fit-entropy`).")
     if "context_fit_steps" in change:
         return (f"* Context network fitted alone at step {change['step']:,}: {change['context_fit_steps']:,} steps "
                 f"on {change.get('crop', 256)}² crops, the other weights (their moving average) frozen, Adam from "
-                f"{change.get('lr', 1e-3):g} decaying to 0; then held fixed while the rest trains (`--fit-context`).")
+                f"{change.get('lr', 1e-3):g} decaying to 0; then held fixed while the rest trains (the `--fit-entropy` of then).")
     if "crop_from" in change:
         return (f"* Training crops changed at step {change['step']:,} from {change['crop_from']}² in batches of "
                 f"{change.get('batch_from', 8)} to {change['crop']}² in batches of {change.get('batch', 8)} "
