@@ -116,7 +116,7 @@ def history_line(change: dict) -> str:
     if "context_fit_steps" in change:
         return (f"* Context network fitted alone at step {change['step']:,}: {change['context_fit_steps']:,} steps "
                 f"on {change.get('crop', 256)}² crops, the other weights (their moving average) frozen, Adam from "
-                f"{change.get('lr', 1e-3):g} decaying to 0; then held fixed while the rest trains (the `--fit-entropy` of then).")
+                f"{change.get('lr', 1e-3):g} decaying to 0; then held fixed while the rest trains (`--fit-context`, since folded into `--fit-entropy`).")
     if "crop_from" in change:
         return (f"* Training crops changed at step {change['step']:,} from {change['crop_from']}² in batches of "
                 f"{change.get('batch_from', 8)} to {change['crop']}² in batches of {change.get('batch', 8)} "
