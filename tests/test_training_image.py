@@ -385,7 +385,7 @@ def test_an_entropy_model_fitted_alone_is_held_fixed_and_shipped_as_fitted(tmp_p
                                      "--fit-lr", "0.01"])
     fitted = torch.load(out / "last.ckpt", weights_only=False)
     parts = ["h_a", "h_s", "z_density", "ctx"]
-    change = {"step": 3, "entropy_fit_steps": 3, "parts": parts, "crop": 64, "lr": 0.01}
+    change = {"step": 3, "entropy_fit_steps": 3, "parts": parts, "crop": 64, "lr": 0.01, "ctx_factor": 10.0}
     assert change in fitted["history"] and fitted["fixed_parts"] == parts
     assert "3 steps on 64² crops" in history_line(change) and "hyper-synthesis" in history_line(change)
     held = [k for k in fitted["model"] if k.startswith(tuple(f"{name}." for name in parts))]

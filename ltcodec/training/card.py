@@ -111,12 +111,14 @@ def history_line(change: dict) -> str:
         names = ", ".join(parts.get(p, p) for p in change.get("parts", ()))
         return (f"* Entropy model ({names}) fitted alone at step {change['step']:,}: {change['entropy_fit_steps']:,} "
                 f"steps on {change.get('crop', 256)}² crops for the bits alone, the transforms and gains (their "
-                f"moving average) frozen, Adam from {change.get('lr', 1e-4):g} (a context ten times that) "
-                "decaying to 0; then held fixed while the rest trains (`--fit-entropy`).")
+                f"moving average) frozen, Adam from {change.get('lr', 1e-4):g} (a context "
+                f"{change.get('ctx_factor', 10.0):g} times that) decaying to 0; then held fixed while the rest "
+                "trains (`--fit-entropy`).")
     if "context_fit_steps" in change:
         return (f"* Context network fitted alone at step {change['step']:,}: {change['context_fit_steps']:,} steps "
                 f"on {change.get('crop', 256)}² crops, the other weights (their moving average) frozen, Adam from "
-                f"{change.get('lr', 1e-3):g} decaying to 0; then held fixed while the rest trains (`--fit-context`, since folded into `--fit-entropy`).")
+                f"{change.get('lr', 1e-3):g} decaying to 0; then held fixed while the rest trains (`--fit-context`, "
+                "since folded into `--fit-entropy`).")
     if "crop_from" in change:
         return (f"* Training crops changed at step {change['step']:,} from {change['crop_from']}² in batches of "
                 f"{change.get('batch_from', 8)} to {change['crop']}² in batches of {change.get('batch', 8)} "

@@ -197,7 +197,10 @@ def held_parts(history: Sequence[dict]) -> list[str]:
     """The parts of the model that a run's recipe changes fitted alone and hold fixed (``--fit-entropy``)."""
     parts: list[str] = []
     for change in history:
-        new = change.get("parts", []) if "entropy_fit_steps" in change else ["ctx"] if "context_fit_steps" in change else []
+        if "entropy_fit_steps" in change:
+            new = change.get("parts", [])
+        else:
+            new = ["ctx"] if "context_fit_steps" in change else []
         parts += [name for name in new if name not in parts]
     return parts
 
@@ -463,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
                 for p_ in getattr(model, name).parameters():
                     opt.state.pop(p_, None)
         changes.add({"step": step, "entropy_fit_steps": args.fit_entropy, "parts": parts, "crop": args.fit_crop,
-                     "lr": args.fit_lr}, "entropy model fit")
+                     "lr": args.fit_lr, "ctx_factor": args.gain_lr_factor}, "entropy model fit")
         fixed = parts
         checkpoint()
     for name in fixed:
