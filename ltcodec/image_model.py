@@ -195,7 +195,13 @@ class LatticeHyperprior(nn.Module):
         entropy model the true gradient.
         """
         enc_g, dec_g = self.gains(quality)
-        y = self.g_a(x) * enc_g
+        bits_y, bits_z, hard, mean = self.latent_rate(self.g_a(x) * enc_g, rate)
+        x_hat = self.g_s((self.from_blocks(hard) + mean) * dec_g)
+        return {"x_hat": x_hat, "bits_y": bits_y, "bits_z": bits_z}
+
+    def latent_rate(self, y: Tensor, rate: str = "noise") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The rate half of :meth:`forward` for y' (after the encoder gain): bits of y' and of z per image,
+        the lattice points of y' − μ' (straight-through, in blocks) and the mean μ' they sit around."""
         z = self.h_a(y)
         z_noisy = z + torch.rand_like(z) - 0.5
         z_hat = z + (torch.round(z) - z).detach()
@@ -205,11 +211,7 @@ class LatticeHyperprior(nn.Module):
         lik_y = box_likelihood(rate_points(self.lattice, residual, hard, rate), self.lattice.diagonal, scale,
                                self.config.likelihood_floor)
         lik_z = self.z_density.likelihood(z_noisy)
-        y_hat = (self.from_blocks(hard) + mean) * dec_g
-        x_hat = self.g_s(y_hat)
-        bits_y = -torch.log2(lik_y).flatten(1).sum(1)
-        bits_z = -torch.log2(lik_z).flatten(1).sum(1)
-        return {"x_hat": x_hat, "bits_y": bits_y, "bits_z": bits_z}
+        return -torch.log2(lik_y).flatten(1).sum(1), -torch.log2(lik_z).flatten(1).sum(1), hard, mean
 
     def quantized_latent(self, y: Tensor, z_hat: Tensor, mode: str = "hard",
                          floor: bool = True) -> tuple[Tensor, Tensor, Tensor]:

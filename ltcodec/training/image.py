@@ -24,9 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..entropy import box_likelihood
-from ..image_model import (CONTEXTS, LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior,
-                           rate_points)
+from ..image_model import CONTEXTS, LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior
 from .card import (RecipeChanges, changed_setting, is_change, recorded_history, recorded_settings, resumed_setting,
                    seed_from_card)
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, gain_optimizer, learning_rate_change,
@@ -118,15 +116,8 @@ def fit_entropy_model(model: LatticeHyperprior, images: list[np.ndarray], rng: n
         with torch.no_grad():
             enc_g, _ = model.gains(quality)
             y = model.g_a(x) * enc_g
-        z = model.h_a(y)
-        z_hat = z + (torch.round(z) - z).detach()
-        hard, mean, log2_scale = model.quantized_latent(y, z_hat, "ste")
-        lik_y = box_likelihood(rate_points(model.lattice, model.to_blocks(y - mean), hard, "hard"),
-                               model.lattice.diagonal, model.to_blocks(torch.exp2(log2_scale)),
-                               model.config.likelihood_floor)
-        lik_z = model.z_density.likelihood(z + torch.rand_like(z) - 0.5)
-        bits = -torch.log2(lik_y).flatten(1).sum(1) - torch.log2(lik_z).flatten(1).sum(1)
-        loss = torch.log2(bits).mean()
+        bits_y, bits_z, _, _ = model.latent_rate(y, "hard")
+        loss = torch.log2(bits_y + bits_z).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -448,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     # An entropy model fitted alone stays as fitted: the joint run's 128² crops would pull it back to their
     # borders.  A run started from a model file whose history fitted it goes on holding it.
     if state is not None:
-        fixed = list(state.get("fixed_parts", ["ctx"] if state.get("context_fixed") else []))
+        fixed = list(state.get("fixed_parts", []))
     else:
         fixed = held_parts(init.history) if init is not None and init.config.context == config.context else []
     if args.fit_entropy:
