@@ -382,14 +382,16 @@ def test_an_entropy_model_fitted_alone_is_held_fixed_and_shipped_as_fitted(tmp_p
                                      "--context", "checkerboard"])
     before = torch.load(out / "last.ckpt", weights_only=False)
     main(_tiny_run(tmp_path, out) + ["--steps", "5", "--resume", "--fit-entropy", "3", "--fit-crop", "64",
-                                     "--fit-lr", "0.01"])
+                                     "--fit-batch", "4", "--fit-lr", "0.01"])
     fitted = torch.load(out / "last.ckpt", weights_only=False)
     parts = ["h_a", "h_s", "z_density", "ctx"]
-    change = {"step": 3, "entropy_fit_steps": 3, "parts": parts, "crop": 64, "lr": 0.01, "ctx_factor": 10.0}
+    change = {"step": 3, "entropy_fit_steps": 3, "parts": parts, "crop": 64, "batch": 4, "lr": 0.01,
+              "ctx_factor": 10.0}
     assert change in fitted["history"] and fitted["fixed_parts"] == parts
-    assert "3 steps on 64² crops" in history_line(change) and "hyper-synthesis" in history_line(change)
+    assert "3 steps on 64² crops in batches of 4" in history_line(change)
+    assert "hyper-synthesis" in history_line(change)
     held = [k for k in fitted["model"] if k.startswith(tuple(f"{name}." for name in parts))]
-    for k in ("ctx.2.weight", "h_s.0.weight"):  # they learned
+    for k in ("ctx.2.weight", "h_s.4.weight"):  # they learned (h_s.0 sees ẑ, all zero in so small a model)
         assert not torch.equal(fitted["model"][k], before["model"][k])
     for k in held:  # the average ships what was fitted, and the two steps after it left it alone
         assert torch.equal(fitted["model"][k], fitted["ema"][k])
@@ -404,3 +406,26 @@ def test_an_entropy_model_fitted_alone_is_held_fixed_and_shipped_as_fitted(tmp_p
     assert on["fixed_parts"] == parts and all(torch.equal(on["model"][k], again["ema"][k]) for k in held)
     # an earlier record fitted the context alone
     assert held_parts([{"step": 1, "context_fit_steps": 5}, change]) == ["ctx", "h_a", "h_s", "z_density"]
+
+
+def test_a_run_refits_its_entropy_model_every_so_many_steps(tmp_path):
+    import json
+
+    from ltcodec.training.image import last_fit_step, main
+
+    out = tmp_path / "run"
+    main(_tiny_run(tmp_path, out) + ["--steps", "2", "--context", "checkerboard"])
+    main(_tiny_run(tmp_path, out) + ["--steps", "3", "--resume", "--refit-every", "2"])  # nothing fixed yet
+    assert last_fit_step(torch.load(out / "last.ckpt", weights_only=False)["history"]) == 0
+    main(_tiny_run(tmp_path, out) + ["--steps", "4", "--resume", "--fit-entropy", "2", "--fit-crop", "64",
+                                     "--fit-batch", "2"])
+    first = torch.load(out / "last.ckpt", weights_only=False)
+    main(_tiny_run(tmp_path, out) + ["--steps", "11", "--resume", "--refit-every", "3", "--refit-steps", "2",
+                                     "--fit-crop", "64", "--fit-batch", "2", "--fit-lr", "0.01"])
+    run = torch.load(out / "last.ckpt", weights_only=False)
+    fits = [(c["step"], c["entropy_fit_steps"]) for c in run["history"] if "entropy_fit_steps" in c]
+    assert fits == [(3, 2), (6, 2), (9, 2)] and last_fit_step(run["history"]) == 9
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "entropy_fit_steps" in r] == [3, 6, 9]  # each written once
+    assert not torch.equal(run["model"]["h_s.4.weight"], first["model"]["h_s.4.weight"])  # refitted
+    assert all(torch.equal(run["model"][k], run["ema"][k]) for k in run["model"] if k.startswith("h_s."))

@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--target-kbps needs {len(config.target_kbps)} values, one per quality of the model")
         retarget = {"target_kbps_from": list(config.target_kbps), "target_kbps": list(args.target_kbps)}
         config = replace(config, target_kbps=tuple(args.target_kbps))
+    torch.manual_seed(args.seed)  # before the model: a fresh run's initial weights come from its seed
     model = AudioLatticeCodec(config)
     if widen_from is not None:
         gen = torch.Generator().manual_seed(args.seed)

@@ -56,8 +56,10 @@ class RecipeChanges:
         print(f"{what} changed: {json.dumps(change)}", flush=True)
 
     def write_new(self, log) -> None:
+        """Write the changes made since the last call to the training log."""
         for change in self.new:
             log.write(json.dumps(change) + "\n")
+        self.new = []
 
 
 def resumed_setting(state: dict | None, key: str, default, requested, step: int) -> tuple:
@@ -110,7 +112,8 @@ def history_line(change: dict) -> str:
                  "ctx": "context"}
         names = ", ".join(parts.get(p, p) for p in change.get("parts", ()))
         return (f"* Entropy model ({names}) fitted alone at step {change['step']:,}: {change['entropy_fit_steps']:,} "
-                f"steps on {change.get('crop', 256)}² crops for the bits alone, the transforms and gains (their "
+                f"steps on {change.get('crop', 256)}² crops in batches of {change.get('batch', 8)} for the bits alone, the "
+                f"transforms and gains (their "
                 f"moving average) frozen, Adam from {change.get('lr', 1e-4):g} (a context "
                 f"{change.get('ctx_factor', 10.0):g} times that) decaying to 0; then held fixed while the rest "
                 "trains (`--fit-entropy`).")

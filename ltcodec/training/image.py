@@ -184,6 +184,11 @@ def load_init(path: Path) -> Init:
                 config, tuple(state.get("history", ())))
 
 
+def last_fit_step(history: Sequence[dict]) -> int:
+    """The step of the last fit of the entropy model alone in a run's recipe changes (0 if none)."""
+    return max((c["step"] for c in history if "entropy_fit_steps" in c or "context_fit_steps" in c), default=0)
+
+
 def held_parts(history: Sequence[dict]) -> list[str]:
     """The parts of the model that a run's recipe changes fitted alone and hold fixed (``--fit-entropy``)."""
     parts: list[str] = []
@@ -305,6 +310,11 @@ def main(argv: list[str] | None = None) -> None:
                         "--fit-crop crops, the moving average's transforms frozen (fit_entropy_model), then hold "
                         "it fixed while the rest trains; a resumed run may refit it")
     p.add_argument("--fit-crop", type=int, default=256)
+    p.add_argument("--fit-batch", type=int, default=8, help="the fit's batch (not --batch: the fit's crops are its own)")
+    p.add_argument("--refit-every", type=int, default=0, metavar="STEPS",
+                   help="refit a fixed entropy model whenever the transforms have trained this many steps since "
+                        "its last fit (for --refit-steps steps; 0: only when --fit-entropy asks)")
+    p.add_argument("--refit-steps", type=int, default=600)
     p.add_argument("--fit-lr", type=float, default=1e-4, help="(the context's: times --gain-lr-factor)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -337,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
             config = replace(init.config, N=args.N, M=args.M, lattice=args.lattice,
                              context=args.context or init.config.context)
             seed_from_card(args.init.with_suffix(".md"), log_path)
+    torch.manual_seed(args.seed)  # before the model: a fresh run's initial weights come from its seed
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
     # A learned lattice's basis is a handful of numbers too: it learns at the gains' rate.  So does a
     # context network: it starts at zero beside transforms that have trained for long (at the base rate
@@ -442,11 +453,13 @@ def main(argv: list[str] | None = None) -> None:
         fixed = list(state.get("fixed_parts", []))
     else:
         fixed = held_parts(init.history) if init is not None and init.config.context == config.context else []
-    if args.fit_entropy:
+    def fit_entropy(steps: int) -> list[str]:
+        """Fit the entropy model alone on the moving average's transforms, put it into both the training
+        weights and their average, drop its optimizer state, record it and checkpoint: the parts now fixed."""
         averaged = LatticeHyperprior(config).to(memory_format=torch.channels_last)
         averaged.load_state_dict(average.state)
-        losses = fit_entropy_model(averaged, images, np.random.default_rng([args.seed, step]), args.fit_entropy,
-                                   args.fit_crop, args.batch, args.fit_lr, args.gain_lr_factor)
+        losses = fit_entropy_model(averaged, images, np.random.default_rng([args.seed, step]), steps,
+                                   args.fit_crop, args.fit_batch, args.fit_lr, args.gain_lr_factor)
         print(f"entropy model fitted: log2 bits {losses[0]:.4f} → {losses[-1]:.4f} (every 100th step)", flush=True)
         parts = [name for name in ENTROPY_PARTS if getattr(model, name, None) is not None]
         with torch.no_grad():
@@ -456,9 +469,13 @@ def main(argv: list[str] | None = None) -> None:
                     average.state[f"{name}.{k}"].copy_(v)
                 for p_ in getattr(model, name).parameters():
                     opt.state.pop(p_, None)
-        changes.add({"step": step, "entropy_fit_steps": args.fit_entropy, "parts": parts, "crop": args.fit_crop,
-                     "lr": args.fit_lr, "ctx_factor": args.gain_lr_factor}, "entropy model fit")
-        fixed = parts
+        changes.add({"step": step, "entropy_fit_steps": steps, "parts": parts, "crop": args.fit_crop,
+                     "batch": args.fit_batch, "lr": args.fit_lr, "ctx_factor": args.gain_lr_factor},
+                    "entropy model fit")
+        return parts
+
+    if args.fit_entropy:
+        fixed = fit_entropy(args.fit_entropy)
         checkpoint()
     for name in fixed:
         for p_ in getattr(model, name).parameters():
@@ -506,6 +523,11 @@ def main(argv: list[str] | None = None) -> None:
                 save_checkpoint(args.out / f"step-{step:07d}.ckpt", torch.load(ckpt_path, weights_only=False))
                 last_ckpt = time.time()
             if time.time() - last_ckpt > args.ckpt_minutes * 60:
+                checkpoint()
+                last_ckpt = time.time()
+            if fixed and args.refit_every and step - last_fit_step(changes.history) >= args.refit_every:
+                fixed = fit_entropy(args.refit_steps)
+                changes.write_new(log)
                 checkpoint()
                 last_ckpt = time.time()
         checkpoint()
