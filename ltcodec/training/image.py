@@ -453,6 +453,7 @@ def main(argv: list[str] | None = None) -> None:
         fixed = list(state.get("fixed_parts", []))
     else:
         fixed = held_parts(init.history) if init is not None and init.config.context == config.context else []
+
     def fit_entropy(steps: int) -> list[str]:
         """Fit the entropy model alone on the moving average's transforms, put it into both the training
         weights and their average, drop its optimizer state, record it and checkpoint: the parts now fixed."""
