@@ -26,14 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ltcodec.image_model import LatticeHyperprior
 from ltcodec.training.image import ENTROPY_PARTS, evaluate
 
 from .bdrate import bd_rate
 from .host import machine
-from .latent_usage import load_network
+from .latent_usage import first_images, load_network
 
 
 def with_entropy_model(net: LatticeHyperprior, donor: LatticeHyperprior) -> LatticeHyperprior:
@@ -83,10 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    files = sorted(args.set.glob("*.png"))[: args.limit]
-    if not files:
-        raise SystemExit(f"no PNG images in {args.set}")
-    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    files, images = first_images(args.set, args.limit)
     loaded = [load_network(path) for path in args.models]
     nets, names = [net for net, _ in loaded], [desc for _, desc in loaded]
     if args.entropy_from is not None:

@@ -51,6 +51,14 @@ def load_network(path: Path) -> tuple[LatticeHyperprior, str]:
     return net, f"checkpoint `{path.name}` at step {state['step']:,} (moving average)"
 
 
+def first_images(folder: Path, limit: int) -> tuple[list[Path], list[np.ndarray]]:
+    """The first ``limit`` PNG images of a folder (by name) as RGB arrays, and their files."""
+    files = sorted(folder.glob("*.png"))[:limit]
+    if not files:
+        raise SystemExit(f"no PNG images in {folder}")
+    return files, [np.asarray(Image.open(f).convert("RGB")) for f in files]
+
+
 def channels_for_share(bits: np.ndarray, share: float) -> int:
     """The fewest channels that together carry ``share`` of the bits."""
     ordered = np.sort(bits)[::-1]
@@ -127,10 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    files = sorted(args.set.glob("*.png"))[: args.images]
-    if not files:
-        raise SystemExit(f"no PNG images in {args.set}")
-    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    files, images = first_images(args.set, args.images)
     net, what = load_network(args.weights.expanduser())
     coder = load_image_model(str(args.weights.expanduser())) if args.weights.suffix == ".safetensors" else None
     rows = measure(net, images, coder)
