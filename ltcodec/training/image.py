@@ -456,7 +456,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def fit_entropy(steps: int) -> list[str]:
         """Fit the entropy model alone on the moving average's transforms, put it into both the training
-        weights and their average, drop its optimizer state, record it and checkpoint: the parts now fixed."""
+        weights and their average, drop its optimizer state and record it; returns the parts now fixed (the
+        caller checkpoints)."""
         averaged = LatticeHyperprior(config).to(memory_format=torch.channels_last)
         averaged.load_state_dict(average.state)
         losses = fit_entropy_model(averaged, images, np.random.default_rng([args.seed, step]), steps,
