@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,10 +47,7 @@ def with_entropy_model(net: LatticeHyperprior, donor: LatticeHyperprior) -> Latt
 
 def compare(nets: list[LatticeHyperprior], images: list[np.ndarray]) -> list[dict]:
     """Rows per model: its curve and its BD-rate (%) against the first model's curve."""
-    out = []
-    for net in nets:
-        rows = evaluate(net, images)
-        out.append({"rows": rows})
+    out = [{"rows": evaluate(net, images)} for net in nets]
     ref = out[0]["rows"]
     for entry in out:
         entry["bd_rate_vs_first"] = bd_rate([r["bpp"] for r in ref], [r["psnr"] for r in ref],
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         nets[1:] = [with_entropy_model(net, donor) for net in nets[1:]]
         names[1:] = [f"{name} with the entropy model of {donor_name}" for name in names[1:]]
     results = compare(nets, images)
-    command = "python -m bench.checkpoints " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m bench.checkpoints " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(names, results, len(images), command, datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     print(text, end="")
     if args.json is not None:
