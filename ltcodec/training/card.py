@@ -114,9 +114,8 @@ def history_line(change: dict) -> str:
         return (f"* Entropy model ({names}) fitted alone at step {change['step']:,}: {change['entropy_fit_steps']:,} "
                 f"steps on {change.get('crop', 256)}² crops in batches of {change.get('batch', 8)} for the bits "
                 f"alone, the transforms and gains (their moving average) frozen, Adam from {change.get('lr', 1e-4):g} "
-                f"(a context "
-                f"{change.get('ctx_factor', 10.0):g} times that) decaying to 0; then held fixed while the rest "
-                "trains (`--fit-entropy`, `--refit-every`).")
+                f"(a context {change.get('ctx_factor', 10.0):g} times that) decaying to 0; then held fixed while "
+                "the rest trains (`--fit-entropy`, `--refit-every`).")
     if "context_fit_steps" in change:
         return (f"* Context network fitted alone at step {change['step']:,}: {change['context_fit_steps']:,} steps "
                 f"on {change.get('crop', 256)}² crops, the other weights (their moving average) frozen, Adam from "
