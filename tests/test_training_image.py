@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ltcodec.image_model import ImageModelConfig, LatticeHyperprior
-from ltcodec.training.image import widen_latent
+from ltcodec.training.image import latent_positions, widen_latent
 
 
 def test_widened_latent_starts_as_the_same_codec():
@@ -429,3 +429,55 @@ def test_a_run_refits_its_entropy_model_every_so_many_steps(tmp_path):
     assert [r["step"] for r in logged if "entropy_fit_steps" in r] == [3, 6, 9]  # each written once
     assert not torch.equal(run["model"]["h_s.4.weight"], first["model"]["h_s.4.weight"])  # refitted
     assert all(torch.equal(run["model"][k], run["ema"][k]) for k in run["model"] if k.startswith("h_s."))
+
+
+def test_a_latent_with_a_context_widens_group_by_group_as_the_same_codec():
+    torch.manual_seed(0)
+    narrow = LatticeHyperprior(ImageModelConfig(N=16, M=64, lattice="e8", context="checkerboard"))
+    with torch.no_grad():  # a context that computes something (a new one starts at zero)
+        for p in narrow.ctx.parameters():
+            p.normal_(0, 0.05)
+    wide = LatticeHyperprior(ImageModelConfig(N=16, M=128, lattice="e8", context="checkerboard"))
+    wide.load_state_dict(widen_latent(narrow.state_dict(), 128))
+    pos = latent_positions(64, 128, 8)
+    assert pos[:8].tolist() == list(range(8)) and pos[8].item() == 16  # each group keeps its own blocks
+    x = torch.rand(1, 3, 128, 128)
+    for q in (0.0, 4.0, 7.0):
+        a, b = narrow.estimate(x, torch.tensor([q])), wide.estimate(x, torch.tensor([q]))
+        assert torch.allclose(a["x_hat"], b["x_hat"], atol=1e-6)
+        assert torch.equal(a["bits_z"], b["bits_z"])
+        assert b["bits_y"] >= a["bits_y"] - 1e-3
+        y_a = narrow.hard_latent(x, torch.tensor([q]))
+        y_b = wide.hard_latent(x, torch.tensor([q]))
+        old = wide.from_blocks(y_b["hard"])[:, pos]
+        assert torch.equal(narrow.from_blocks(y_a["hard"]), old)  # the old channels code as they did
+        assert torch.allclose(narrow.from_blocks(y_a["scale"]), wide.from_blocks(y_b["scale"])[:, pos])
+    with pytest.raises(ValueError, match="whole lattice blocks"):
+        widen_latent(narrow.state_dict(), 72)
+
+
+def test_widening_the_latent_releases_a_fitted_entropy_model():
+    from ltcodec.training.image import held_parts
+
+    fit = {"step": 5, "entropy_fit_steps": 3, "parts": ["h_a", "h_s", "z_density", "ctx"]}
+    assert held_parts([fit]) == fit["parts"]
+    assert held_parts([fit, {"step": 7, "latent_from": 192, "latent": 320}]) == []
+    assert held_parts([fit, {"step": 7, "latent_from": 192, "latent": 320}, dict(fit, step=9)]) == fit["parts"]
+
+
+def test_a_run_widening_its_latent_trains_its_entropy_model_again(tmp_path):
+    from ltcodec.training.image import main
+
+    base, wide = tmp_path / "base", tmp_path / "wide"
+    main(_tiny_run(tmp_path, base) + ["--steps", "2", "--M", "64", "--context", "checkerboard"])
+    main(_tiny_run(tmp_path, base) + ["--steps", "3", "--M", "64", "--resume", "--fit-entropy", "1",
+                                      "--fit-crop", "64", "--fit-batch", "2"])
+    fitted = torch.load(base / "last.ckpt", weights_only=False)
+    assert fitted["fixed_parts"] == ["h_a", "h_s", "z_density", "ctx"]
+    main(_tiny_run(tmp_path, wide) + ["--steps", "5", "--M", "128", "--init", str(base / "last.ckpt"),
+                                      "--warmup", "1"])
+    run = torch.load(wide / "last.ckpt", weights_only=False)
+    assert {"step": 3, "latent_from": 64, "latent": 128} in run["history"]
+    assert run["fixed_parts"] == [] and run["model"]["h_s.4.weight"].shape[0] == 256
+    old = torch.cat([latent_positions(64, 128, 8), latent_positions(64, 128, 8) + 128])
+    assert not torch.equal(run["model"]["h_s.4.weight"][old], fitted["ema"]["h_s.4.weight"])  # it trains

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..image_model import CONTEXTS, LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior
+from ..image_model import CONTEXT_GROUPS, CONTEXTS, LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior
 from .card import (RecipeChanges, changed_setting, is_change, recorded_history, recorded_settings, resumed_setting,
                    seed_from_card)
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, gain_optimizer, learning_rate_change,
@@ -190,10 +190,16 @@ def last_fit_step(history: Sequence[dict]) -> int:
 
 
 def held_parts(history: Sequence[dict]) -> list[str]:
-    """The parts of the model that a run's recipe changes fitted alone and hold fixed (``--fit-entropy``)."""
+    """The parts of the model that a run's recipe changes fitted alone and hold fixed (``--fit-entropy``).
+
+    Widening the latent or changing the context releases them: the new channels, or the new network, have
+    to be learned by the entropy model, which trains with the rest until it is fitted again.
+    """
     parts: list[str] = []
     for change in history:
-        if "entropy_fit_steps" in change:
+        if "latent_from" in change or "context_from" in change:
+            parts, new = [], []
+        elif "entropy_fit_steps" in change:
             new = change.get("parts", [])
         else:
             new = ["ctx"] if "context_fit_steps" in change else []
@@ -222,12 +228,27 @@ def refit_gains(gains: torch.Tensor, old: Sequence[float], new: Sequence[float])
     return torch.from_numpy(out).to(gains.dtype)
 
 
-def widen_latent(weights: dict[str, torch.Tensor], M: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Pad a model's latent from its M₀ channels to M (a multiple of a wider lattice's dimension).
+def latent_positions(m0: int, M: int, groups: int) -> torch.Tensor:
+    """Where each of a latent's M₀ channels goes in a latent widened to M: appended after them without a
+    context network, or with one whose 5×5 convolution has ``groups`` groups, kept in its group (the
+    first M₀/groups of M/groups places of each), so that every old channel keeps the companions its
+    context sees."""
+    c = torch.arange(m0)
+    if groups == 1:
+        return c
+    size0, size = m0 // groups, M // groups
+    return (c // size0) * size + c % size0
 
-    The new channels start small in g_a and invisible to g_s, h_a and the hyper-mean, with the smallest
-    scale, so the widened model starts as the same function at nearly the same rate; training then
-    decides what they carry.  Used when a lattice's dimension does not divide M₀ (Leech: 128 → 144).
+
+def widen_latent(weights: dict[str, torch.Tensor], M: int, seed: int = 0, lattice_dim: int = 8
+                 ) -> dict[str, torch.Tensor]:
+    """Widen a model's latent from its M₀ channels to M (more room for detail at high rates, or a
+    multiple of a wider lattice's dimension: Leech 128 → 144).
+
+    The new channels start small in g_a and invisible to g_s, h_a, the hyper-mean and the context, with
+    the smallest scale, so the widened model starts as the same function at nearly the same rate; training
+    then decides what they carry.  With a checkerboard context (grouped 5×5 convolution) each group widens
+    in place, whole lattice blocks at a time (:func:`latent_positions`); its hidden units likewise.
     """
     w = dict(weights)
     m0 = w["g_a.6.weight"].shape[0]
@@ -236,26 +257,41 @@ def widen_latent(weights: dict[str, torch.Tensor], M: int, seed: int = 0) -> dic
         return w
     if extra < 0:
         raise ValueError(f"cannot narrow the latent from {m0} to {M} channels")
+    groups = CONTEXT_GROUPS if "ctx.0.weight" in w else 1
+    if groups > 1 and (m0 % (groups * lattice_dim) or M % (groups * lattice_dim)):
+        raise ValueError(f"a latent with a context widens by whole lattice blocks per group: {m0} and {M} "
+                         f"must be multiples of {groups * lattice_dim}")
+    pos = latent_positions(m0, M, groups)
     gen = torch.Generator().manual_seed(seed)
 
-    def pad(t: torch.Tensor, dim: int, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
+    def place(t: torch.Tensor, dim: int, where: torch.Tensor, size: int,
+              fill: torch.Tensor | float = 0.0) -> torch.Tensor:
         shape = list(t.shape)
-        shape[dim] = extra
-        new = fill if isinstance(fill, torch.Tensor) else torch.full(shape, float(fill), dtype=t.dtype)
-        return torch.cat([t, new.to(t.dtype)], dim)
+        shape[dim] = size
+        out = fill.clone() if isinstance(fill, torch.Tensor) else torch.full(shape, float(fill), dtype=t.dtype)
+        return out.to(t.dtype).index_copy(dim, where, t)
 
     ga = w["g_a.6.weight"]
-    w["g_a.6.weight"] = pad(ga, 0, torch.randn((extra, *ga.shape[1:]), generator=gen) * 0.1 * ga.std())
-    w["g_a.6.bias"] = pad(w["g_a.6.bias"], 0)
-    w["g_s.0.weight"] = pad(w["g_s.0.weight"], 0)
-    w["h_a.0.weight"] = pad(w["h_a.0.weight"], 1)
-    mean_w, scale_w = w["h_s.4.weight"].chunk(2, 0)
-    mean_b, scale_b = w["h_s.4.bias"].chunk(2, 0)
-    w["h_s.4.weight"] = torch.cat([pad(mean_w, 0), pad(scale_w, 0)], 0)
-    w["h_s.4.bias"] = torch.cat([pad(mean_b, 0), pad(scale_b, 0, LOG2_SCALE_MIN)], 0)
+    w["g_a.6.weight"] = place(ga, 0, pos, M, torch.randn((M, *ga.shape[1:]), generator=gen) * 0.1 * ga.std())
+    w["g_a.6.bias"] = place(w["g_a.6.bias"], 0, pos, M)
+    w["g_s.0.weight"] = place(w["g_s.0.weight"], 0, pos, M)
+    w["h_a.0.weight"] = place(w["h_a.0.weight"], 1, pos, M)
+    both = torch.cat([pos, pos + M])  # [means | scales] of 2M outputs
+    w["h_s.4.weight"] = place(w["h_s.4.weight"], 0, both, 2 * M)
+    w["h_s.4.bias"] = place(w["h_s.4.bias"], 0, both, 2 * M,
+                            torch.cat([torch.zeros(M), torch.full((M,), LOG2_SCALE_MIN)]))
     for k in ("enc_gain", "dec_gain"):
         g = w[k]
-        w[k] = pad(g, 1, g.mean(1, keepdim=True).expand(-1, extra))
+        w[k] = place(g, 1, pos, M, g.mean(1, keepdim=True).expand(-1, M))
+    if groups > 1:
+        # ctx.0: per group, M/groups inputs → 2M/groups hidden units; ctx.2: 2M hidden → [means | scales].
+        hidden = latent_positions(2 * m0, 2 * M, groups)
+        c0 = w["ctx.0.weight"]
+        c0 = place(c0, 1, torch.arange(c0.shape[1]), M // groups)  # within a group the old inputs come first
+        w["ctx.0.weight"] = place(c0, 0, hidden, 2 * M)
+        w["ctx.0.bias"] = place(w["ctx.0.bias"], 0, hidden, 2 * M)
+        w["ctx.2.weight"] = place(place(w["ctx.2.weight"], 1, hidden, 2 * M), 0, both, 2 * M)
+        w["ctx.2.bias"] = place(w["ctx.2.bias"], 0, both, 2 * M)
     return w
 
 
@@ -368,7 +404,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resumed at step {step}", flush=True)
     elif init is not None:
         step = init.step
-        missing, unexpected = model.load_state_dict(widen_latent(init.weights, config.M, args.seed), strict=False)
+        widened = widen_latent(init.weights, config.M, args.seed, model.lattice.dim)
+        missing, unexpected = model.load_state_dict(widened, strict=False)
         print(f"initialized from {args.init} at step {step} (missing {missing}, unexpected {unexpected})", flush=True)
     # Changes of the quality ladder so far (the model card reports them); runs that changed it before
     # checkpoints kept this list have it in their log.
@@ -448,11 +485,9 @@ def main(argv: list[str] | None = None) -> None:
         return cpu_base + time.process_time() - cpu_start
 
     # An entropy model fitted alone stays as fitted: the joint run's 128² crops would pull it back to their
-    # borders.  A run started from a model file whose history fitted it goes on holding it.
-    if state is not None:
-        fixed = list(state.get("fixed_parts", []))
-    else:
-        fixed = held_parts(init.history) if init is not None and init.config.context == config.context else []
+    # borders.  A run started from a model file whose history fitted it goes on holding it, unless the run
+    # widened the latent or changed the context.
+    fixed = list(state.get("fixed_parts", [])) if state is not None else held_parts(changes.history)
 
     def fit_entropy(steps: int) -> list[str]:
         """Fit the entropy model alone on the moving average's transforms, put it into both the training
