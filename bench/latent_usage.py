@@ -5,7 +5,10 @@ quantization costs against the same latent left unquantized (the transforms' own
     python -m bench.latent_usage --weights ~/.cache/ltcodec/image-e8/last.ckpt   # a checkpoint's average
 
 When every channel carries bits at the top quality and the unquantized PSNR is barely above the coded
-one, the latent is too narrow for higher qualities: more bits cannot buy more PSNR.  Rates are the ideal
+one, the latent is too narrow for higher qualities: more bits cannot buy more PSNR.  For scale, the
+report gives what the best linear map to as many dimensions keeps: each image's 16×16 RGB blocks (one
+latent position's worth of pixels) projected on the leading principal components of all the images'
+blocks, for the model's M and for other widths.  Rates are the ideal
 box-code bits of y (z excluded) under the float hyperprior, which training descends; for a model file
 they are set beside the bits of the coder's own y stream (its integer hyperprior and frozen tables),
 which is what files cost.
@@ -33,6 +36,8 @@ from .host import machine
 
 RESULTS = Path(__file__).parent / "results"
 SHARES = (0.5, 0.9, 0.99)
+#: Latent widths for the linear bound (besides the model's own M).
+BOUND_WIDTHS = (128, 192, 256, 320)
 
 
 def load_network(path: Path) -> tuple[LatticeHyperprior, str]:
@@ -57,6 +62,33 @@ def first_images(folder: Path, limit: int) -> tuple[list[Path], list[np.ndarray]
     if not files:
         raise SystemExit(f"no PNG images in {folder}")
     return files, [np.asarray(Image.open(f).convert("RGB")) for f in files]
+
+
+def blocks_of(img: np.ndarray, size: int = 16) -> np.ndarray:
+    """The whole ``size``×``size`` RGB blocks of an image as rows of size·size·3 values (the latent's
+    stride: one position of y per block)."""
+    h, w, _ = img.shape
+    a = img[:h // size * size, :w // size * size].astype(np.float64)
+    return a.reshape(h // size, size, w // size, size, 3).transpose(0, 2, 1, 3, 4).reshape(-1, size * size * 3)
+
+
+def linear_bound(images: list[np.ndarray], widths: tuple[int, ...]) -> dict[int, float]:
+    """Mean PSNR per image of its 16×16 blocks kept in the ``d`` leading principal components of all the
+    images' blocks (their own KLT, so an optimistic bound for a linear transform), for each width d."""
+    rows = [blocks_of(img) for img in images]
+    allrows = np.concatenate(rows)
+    mean = allrows.mean(0)
+    _, vectors = np.linalg.eigh(np.cov((allrows - mean).T))
+    vectors = vectors[:, ::-1]
+    out = {}
+    for d in widths:
+        basis = vectors[:, :d]
+        psnrs = []
+        for b in rows:
+            r = np.clip(np.round((b - mean) @ basis @ basis.T + mean), 0, 255)
+            psnrs.append(10 * math.log10(255.0 ** 2 / max(float(((r - b) ** 2).mean()), 1e-10)))
+        out[d] = float(np.mean(psnrs))
+    return out
 
 
 def channels_for_share(bits: np.ndarray, share: float) -> int:
@@ -107,10 +139,11 @@ def measure(net: LatticeHyperprior, images: list[np.ndarray], coder=None) -> lis
     return rows
 
 
-def report(rows: list[dict], what: str, m: int, n_images: int, command: str, stamp: str) -> str:
+def report(rows: list[dict], what: str, m: int, n_images: int, command: str, stamp: str,
+           bound: dict[int, float] | None = None, set_name: str = "Kodak") -> str:
     with_coder = all("bpp_y_coder" in r for r in rows)
     lines = [f"# Latent usage of the image model: {what}", "",
-             f"Command: `{command}` · {stamp} · {machine()} · first {n_images} Kodak images", "",
+             f"Command: `{command}` · {stamp} · {machine()} · first {n_images} {set_name} images", "",
              f"Per quality: ideal box-code bits of y per pixel under the float hyperprior (what training "
              f"descends){' and in the coder’s y stream (what files cost)' if with_coder else ''}, PSNR of the "
              f"coded latent and of the same latent unquantized (g_s of g_a's output times both gains), and how "
@@ -123,6 +156,10 @@ def report(rows: list[dict], what: str, m: int, n_images: int, command: str, sta
         coder = f" {r['bpp_y_coder']:.4f} |" if with_coder else ""
         lines.append(f"| {r['quality']} | {r['bpp_y']:.4f} |{coder} {r['psnr']:.2f} | {r['psnr_unquantized']:.2f} | "
                      f"{c['0.5']} / {c['0.9']} / {c['0.99']} |")
+    if bound:
+        widths = ", ".join(f"{d}{' (the model’s M)' if d == m else ''}: {v:.2f} dB" for d, v in sorted(bound.items()))
+        lines += ["", "Linear bound: PSNR of the images' 16×16 RGB blocks (768 values, one latent position) kept in "
+                  f"the leading principal components of these blocks — {widths}."]
     return "\n".join(lines) + "\n"
 
 
@@ -139,11 +176,14 @@ def main(argv: list[str] | None = None) -> None:
     net, what = load_network(args.weights.expanduser())
     coder = load_image_model(str(args.weights.expanduser())) if args.weights.suffix == ".safetensors" else None
     rows = measure(net, images, coder)
+    bound = linear_bound(images, tuple(sorted({*BOUND_WIDTHS, net.config.M})))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m bench.latent_usage " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    text = report(rows, what, net.config.M, len(files), command.strip(), stamp)
+    set_name = "Kodak" if args.set.name == "kodak" else f"`{args.set.name}`"
+    text = report(rows, what, net.config.M, len(files), command.strip(), stamp, bound, set_name)
     args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"weights": what, "rows": rows, "date": stamp}, indent=1))
+    args.out.with_suffix(".json").write_text(json.dumps({"weights": what, "rows": rows, "date": stamp,
+                                                         "linear_bound": bound}, indent=1))
     print(text)
 
 

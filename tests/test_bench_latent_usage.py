@@ -44,3 +44,24 @@ def test_a_model_file_also_reports_its_coders_bits(tmp_path):
     text = report(rows, "m", 16, 1, "python -m bench.latent_usage", "now")
     assert "bpp (y), coder" in text and text.count("\n| ") == 8 + 1
     assert "bpp (y), coder" not in report(measure(float_net, [img]), "m", 16, 1, "cmd", "now")
+
+
+def test_the_linear_bound_keeps_more_with_more_dimensions_and_everything_with_all():
+    from bench.latent_usage import blocks_of, linear_bound
+
+    rng = np.random.default_rng(1)
+    # smooth images (a few low-frequency components) plus a little noise: a handful of dimensions keep most
+    yy, xx = np.mgrid[0:64, 0:96] / 16.0
+    images = []
+    for _ in range(4):
+        pattern = np.sin(xx * rng.uniform(0.5, 2)) * np.cos(yy * rng.uniform(0.5, 2))
+        colour = pattern[..., None] * rng.uniform(0.5, 1, 3)
+        images.append(np.clip(128 + 60 * colour + rng.normal(0, 2, (64, 96, 3)), 0, 255).astype(np.uint8))
+    assert blocks_of(images[0]).shape == (4 * 6, 768)
+    assert np.array_equal(blocks_of(images[0])[1].reshape(16, 16, 3), images[0][:16, 16:32])
+    bound = linear_bound(images, (4, 32, 768))
+    assert bound[4] < bound[32] < bound[768] and bound[768] >= 99  # all 768 dimensions: lossless (to rounding)
+    assert bound[32] > 35  # the smooth part needs few
+    text = report(measure(LatticeHyperprior(ImageModelConfig(N=8, M=16)), images[:1]), "m", 16, 1, "cmd", "now",
+                  {16: bound[4], 32: bound[32]}, "`train`")
+    assert "16 (the model’s M)" in text and "first 1 `train` images" in text
