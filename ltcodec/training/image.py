@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..image_model import CONTEXT_GROUPS, CONTEXTS, LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig, LatticeHyperprior
+from ..image_model import (CONTEXT_GROUPS, CONTEXTS, LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig,
+                           LatticeHyperprior)
 from .card import (RecipeChanges, changed_setting, is_change, recorded_history, recorded_settings, resumed_setting,
                    seed_from_card)
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, gain_optimizer, learning_rate_change,
