@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log", type=Path, help="the run's log.jsonl, for the card's training progress "
                    "(default: the one beside --ckpt)")
     args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)  # before the minutes of calibration, not after
 
     net, state = load_trained(args.ckpt, ema=not args.raw)
     config = net.config
