@@ -481,3 +481,21 @@ def test_a_run_widening_its_latent_trains_its_entropy_model_again(tmp_path):
     assert run["fixed_parts"] == [] and run["model"]["h_s.4.weight"].shape[0] == 256
     old = torch.cat([latent_positions(64, 128, 8), latent_positions(64, 128, 8) + 128])
     assert not torch.equal(run["model"]["h_s.4.weight"][old], fitted["ema"]["h_s.4.weight"])  # it trains
+    # --refit-every counts from the widening (step 3), not from the last fit (step 2): due at 6
+    main(_tiny_run(tmp_path, wide) + ["--steps", "8", "--resume", "--refit-every", "3", "--refit-steps", "1",
+                                      "--fit-crop", "64", "--fit-batch", "2"])
+    refit = torch.load(wide / "last.ckpt", weights_only=False)
+    assert [c["step"] for c in refit["history"] if "entropy_fit_steps" in c] == [2, 6]
+    assert refit["fixed_parts"] == ["h_a", "h_s", "z_density", "ctx"]
+    assert torch.equal(refit["model"]["h_s.4.weight"], refit["ema"]["h_s.4.weight"])  # held since the fit
+
+
+def test_a_refit_falls_due_every_so_many_steps_after_a_fit_or_a_release():
+    from ltcodec.training.image import entropy_fit_due
+
+    fit = {"step": 100, "entropy_fit_steps": 600, "parts": ["h_s"]}
+    widen = {"step": 150, "latent_from": 192, "latent": 320}
+    assert not entropy_fit_due([], 10_000, 50)  # never fitted: never refitted
+    assert not entropy_fit_due([fit], 10_000, 0)
+    assert not entropy_fit_due([fit], 149, 50) and entropy_fit_due([fit], 150, 50)
+    assert not entropy_fit_due([fit, widen], 150, 50) and entropy_fit_due([fit, widen], 200, 50)

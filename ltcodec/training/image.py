@@ -190,6 +190,17 @@ def last_fit_step(history: Sequence[dict]) -> int:
     return max((c["step"] for c in history if "entropy_fit_steps" in c or "context_fit_steps" in c), default=0)
 
 
+def entropy_fit_due(history: Sequence[dict], step: int, every: int) -> bool:
+    """Whether a run refitting its entropy model every ``every`` steps (``--refit-every``) fits it now:
+    ``every`` steps after its last fit, or after the widening of the latent or change of context that
+    released it (:func:`held_parts`).  A run that never fitted it alone does not start to."""
+    fitted = last_fit_step(history)
+    if not every or not fitted:
+        return False
+    released = max((c["step"] for c in history if "latent_from" in c or "context_from" in c), default=0)
+    return step - max(fitted, released) >= every
+
+
 def held_parts(history: Sequence[dict]) -> list[str]:
     """The parts of the model that a run's recipe changes fitted alone and hold fixed (``--fit-entropy``).
 
@@ -350,7 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fit-batch", type=int, default=8, help="the fit's batch (not --batch: the fit's crops are its own)")
     p.add_argument("--refit-every", type=int, default=0, metavar="STEPS",
                    help="refit a fixed entropy model whenever the transforms have trained this many steps since "
-                        "its last fit (for --refit-steps steps; 0: only when --fit-entropy asks)")
+                        "its last fit, or since a widening of the latent released it (for --refit-steps steps; "
+                        "0: only when --fit-entropy asks)")
     p.add_argument("--refit-steps", type=int, default=600)
     p.add_argument("--fit-lr", type=float, default=1e-4, help="(the context's: times --gain-lr-factor)")
     p.add_argument("--threads", type=int, default=2)
@@ -512,12 +524,15 @@ def main(argv: list[str] | None = None) -> None:
                     "entropy model fit")
         return parts
 
+    def hold(parts: list[str]) -> None:
+        for name in parts:
+            for p_ in getattr(model, name).parameters():
+                p_.requires_grad_(False)
+
     if args.fit_entropy:
         fixed = fit_entropy(args.fit_entropy)
         checkpoint()
-    for name in fixed:
-        for p_ in getattr(model, name).parameters():
-            p_.requires_grad_(False)
+    hold(fixed)
 
     model.train()
     last_ckpt = time.time()
@@ -563,8 +578,9 @@ def main(argv: list[str] | None = None) -> None:
             if time.time() - last_ckpt > args.ckpt_minutes * 60:
                 checkpoint()
                 last_ckpt = time.time()
-            if fixed and args.refit_every and step - last_fit_step(changes.history) >= args.refit_every:
+            if entropy_fit_due(changes.history, step, args.refit_every):
                 fixed = fit_entropy(args.refit_steps)
+                hold(fixed)  # a released entropy model trained until now
                 changes.write_new(log)
                 checkpoint()
                 last_ckpt = time.time()
