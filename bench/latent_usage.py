@@ -8,10 +8,9 @@ When every channel carries bits at the top quality and the unquantized PSNR is b
 one, the latent is too narrow for higher qualities: more bits cannot buy more PSNR.  For scale, the
 report gives what the best linear map to as many dimensions keeps: each image's 16×16 RGB blocks (one
 latent position's worth of pixels) projected on the leading principal components of all the images'
-blocks, for the model's M and for other widths.  Rates are the ideal
-box-code bits of y (z excluded) under the float hyperprior, which training descends; for a model file
-they are set beside the bits of the coder's own y stream (its integer hyperprior and frozen tables),
-which is what files cost.
+blocks, for the model's M and for other widths.  Rates are the ideal box-code bits of y (z excluded)
+under the float hyperprior, which training descends; for a model file they are set beside the bits of
+the coder's own y stream (its integer hyperprior and frozen tables), which is what files cost.
 """
 
 from __future__ import annotations
