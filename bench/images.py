@@ -111,13 +111,15 @@ def crop_figure(name: str, rgb: np.ndarray, codecs, path: Path, target: float = 
 
 def keep_previous(old: dict, rerun: Sequence[str], model_of: Callable[[str], str | None]) -> tuple[dict, list[str]]:
     """The codecs of an earlier run to keep beside a rerun of some: all but the rerun ones and those whose
-    recorded model (``model_sha256``) is not the one ``model_of(name)`` would run now, so that every row
-    of a report is of the current model.  Also returns the names dropped for that."""
+    recorded model (``model_sha256``) is not the one ``model_of(name)`` would run now — or who recorded
+    none where a model runs now, so cannot be shown to be of it — so that every row of a report is of the
+    current model.  Also returns the names dropped for that."""
     kept, dropped = {}, []
     for name, v in old.items():
         if name in rerun:
             continue
-        if v.get("model_sha256") is not None and v["model_sha256"] != model_of(name):
+        current = model_of(name)
+        if v.get("model_sha256") != current and (current is not None or v.get("model_sha256") is not None):
             dropped.append(name)
             continue
         kept[name] = v
@@ -220,8 +222,9 @@ def main(argv: list[str] | None = None) -> None:
 
             results, dropped = keep_previous(old["codecs"], args.codecs, model_of)
             for k in dropped:
-                print(f"dropping {k}: measured with model {old['codecs'][k]['model_sha256'][:12]}…, not the "
-                      "current one", file=sys.stderr)
+                recorded = old["codecs"][k].get("model_sha256")
+                print(f"dropping {k}: measured with model {recorded[:12] + '…' if recorded else '(not recorded)'}, "
+                      "not the current one", file=sys.stderr)
             for v in results.values():
                 v.setdefault("measured", {"date": old["meta"]["date"], "command": old["meta"]["command"]})
     for codec in codecs:

@@ -154,8 +154,8 @@ def main() -> None:
 @click.option("--bpp", type=float, help="target bits per pixel (images): highest quality that fits")
 @click.option("--kbps", type=float, help="target bitrate in kbit/s, all channels together (audio)")
 @click.option("--refine", type=click.IntRange(min=0), default=0, show_default=True,
-              help="images: gradient steps improving the latent for this image (10: ~8 s for a 0.4-megapixel "
-                   "photo, 19% fewer bits on Kodak, most at low qualities; decoding is unchanged)")
+              help="images: gradient steps improving the latent for this image (10: ~7 s for a 0.4-megapixel "
+                   "photo, 3% fewer bits with the shipped model; decoding is unchanged)")
 @click.option("--model", "model", type=str, help="model name or path (default: the shipped model)")
 @click.option("-f", "--force", is_flag=True, help="overwrite OUTPUT if it exists")
 @click.option("--no-progress", is_flag=True, help="no progress bar (shown on a terminal for long audio and large images)")

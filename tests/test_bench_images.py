@@ -15,9 +15,11 @@ def test_a_rerun_keeps_only_rows_of_the_current_model():
     old = {"ltcodec": {"model_sha256": "aa"}, "ltcodec-refine10": {"model_sha256": "bb"},
            "ltcodec-refine": {}, "webp": {"model_sha256": None}}
     kept, dropped = keep_previous(old, ["ltcodec"], lambda name: "aa" if name.startswith("ltcodec") else None)
-    # The rerun codec is measured afresh; a row of another model goes; a row that never recorded its
-    # model cannot be judged and stays.
-    assert set(kept) == {"ltcodec-refine", "webp"} and dropped == ["ltcodec-refine10"]
+    # The rerun codec is measured afresh; a row of another model goes, and so does one of a codec with a
+    # model that never recorded which (it cannot be shown current); a codec without a model stays.
+    assert set(kept) == {"webp"} and dropped == ["ltcodec-refine10", "ltcodec-refine"]
+    same = {"ltcodec-refine10": {"model_sha256": "aa"}, "jpeg420": {}}
+    assert keep_previous(same, ["ltcodec"], lambda name: "aa" if name.startswith("ltcodec") else None) == (same, [])
 
 
 def test_ltcodec_rows_name_their_model():
