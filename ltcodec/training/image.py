@@ -190,15 +190,21 @@ def last_fit_step(history: Sequence[dict]) -> int:
     return max((c["step"] for c in history if "entropy_fit_steps" in c or "context_fit_steps" in c), default=0)
 
 
+def releases_entropy_model(change: dict) -> bool:
+    """Whether a recipe change lets a fitted entropy model train again: a widened latent or a new context
+    has to be learned by it (:func:`held_parts`)."""
+    return "latent_from" in change or "context_from" in change
+
+
 def entropy_fit_due(history: Sequence[dict], step: int, every: int) -> bool:
     """Whether a run refitting its entropy model every ``every`` steps (``--refit-every``) fits it now:
-    ``every`` steps after its last fit, or after the widening of the latent or change of context that
-    released it (:func:`held_parts`).  A run that never fitted it alone does not start to."""
-    fitted = last_fit_step(history)
-    if not every or not fitted:
+    ``every`` steps after its last fit, or after the change that released it.  A run that never fitted it
+    alone does not start to."""
+    if not every:
         return False
-    released = max((c["step"] for c in history if "latent_from" in c or "context_from" in c), default=0)
-    return step - max(fitted, released) >= every
+    fitted = last_fit_step(history)
+    released = max((c["step"] for c in history if releases_entropy_model(c)), default=0)
+    return bool(fitted) and step - max(fitted, released) >= every
 
 
 def held_parts(history: Sequence[dict]) -> list[str]:
@@ -209,7 +215,7 @@ def held_parts(history: Sequence[dict]) -> list[str]:
     """
     parts: list[str] = []
     for change in history:
-        if "latent_from" in change or "context_from" in change:
+        if releases_entropy_model(change):
             parts, new = [], []
         elif "entropy_fit_steps" in change:
             new = change.get("parts", [])
