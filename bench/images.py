@@ -118,8 +118,7 @@ def keep_previous(old: dict, rerun: Sequence[str], model_of: Callable[[str], str
     for name, v in old.items():
         if name in rerun:
             continue
-        current = model_of(name)
-        if v.get("model_sha256") != current and (current is not None or v.get("model_sha256") is not None):
+        if v.get("model_sha256") != model_of(name):  # another model, or none recorded where one runs now
             dropped.append(name)
             continue
         kept[name] = v
