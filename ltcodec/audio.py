@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import torch
 
 from .audio_codec import AudioCodecModel
 from .boxcode import CodingError
-from .container import (AUDIO_VERSION, MAX_AUDIO_CHANNELS, MEDIA_AUDIO, MEDIA_IMAGE, media_kind, STEREO_INDEPENDENT, STEREO_MID_SIDE,
+from .container import (AUDIO_VERSION, MAX_AUDIO_CHANNELS, MAX_CHUNKS, MEDIA_AUDIO, MEDIA_IMAGE, media_kind, STEREO_INDEPENDENT, STEREO_MID_SIDE,
                         AudioHeader, ModelId, read_container, write_container)
 from .errors import LtcFormatError, LtcInputError
 from .latent_coding import Streams
@@ -383,11 +384,21 @@ def _parse(data: bytes, conceal: bool):
     return c, AudioHeader.unpack(c.head)
 
 
-def _layout(hd: AudioHeader, hop: int) -> list[int]:
-    """Latent frames of each segment, from the header alone."""
-    length = math.ceil(hd.frames * hd.model_rate / hd.sample_rate)
-    frames = max(4, -(-math.ceil(length / hop) // 4) * 4)
-    n = -(-frames // hd.segment_frames)
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _layout(hd: AudioHeader, hop: int, present: int, conceal: bool) -> list[int]:
+    """Latent frames of each segment, from the header alone, once the header's segment count is checked
+    against the ``present`` segment chunks: a header is not trusted with the size of a list, nor, unless
+    concealing, with segments the file does not hold."""
+    length = _ceil_div(hd.frames * hd.model_rate, hd.sample_rate)  # exact integers, as §9.3 says
+    frames = max(4, 4 * _ceil_div(_ceil_div(length, hop), 4))
+    n = _ceil_div(frames, hd.segment_frames)
+    if n > MAX_CHUNKS:
+        raise LtcFormatError(f"the header declares {n} segments, more than a file can hold ({MAX_CHUNKS})")
+    if n > present and not conceal:
+        raise LtcFormatError(f"{n - present} of {n} segments are missing")
     return [min(hd.segment_frames, frames - k * hd.segment_frames) for k in range(n)]
 
 
@@ -436,7 +447,7 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
         raise LtcFormatError(f"header model rate {hd.model_rate} does not match the model's {m.config.sample_rate}")
     if hd.lattice != m.config.lattice:
         raise LtcFormatError(f"header lattice {hd.lattice} does not match the model's {m.config.lattice}")
-    layout = _layout(hd, m.hop)
+    layout = _layout(hd, m.hop, len(c.get(b"SEGM")), conceal)
     payloads, missing = _segments(c, hd, len(layout))
     if missing and not conceal:
         raise LtcFormatError(f"{missing} of {len(layout)} segments are missing")
@@ -512,10 +523,44 @@ def decode_audio(data: bytes, dtype: str = "float32", model: str | AudioCodecMod
         raise LtcInputError(f"unsupported dtype {dtype!r} (float32, float64 or int16)")
     c, hd = _parse(data, conceal)
     m = model_for_file(c.model, model, "audio")
-    blocks = list(_output_blocks(m, c, hd, conceal))
-    a = np.concatenate(blocks) if blocks else np.zeros((0, hd.channels), np.float32)
-    a = _pcm16(a) if dtype == "int16" else a.astype(dtype)
+    _layout(hd, m.hop, len(c.get(b"SEGM")), conceal)  # a file's own faults before the machine's limits
+    a = _output_array(hd, np.dtype(dtype))
+    pos = 0
+    for block in _output_blocks(m, c, hd, conceal):
+        a[pos:pos + len(block)] = _pcm16(block) if dtype == "int16" else block
+        pos += len(block)
     return (a[:, 0] if hd.channels == 1 else a), hd.sample_rate
+
+
+def _output_array(hd: AudioHeader, dtype: np.dtype) -> np.ndarray:
+    """The decoded signal's array, allocated once before decoding: a header declaring more samples than
+    the machine's memory holds is refused at once (a concealing decode would otherwise fill it with
+    silence block by block until the system ran out of memory; :func:`decode_audio_file` streams)."""
+    size = hd.frames * hd.channels * dtype.itemsize
+    if size > _available_memory():
+        raise LtcFormatError(f"the file declares {hd.frames} frames × {hd.channels} channels "
+                             f"({size / 2 ** 30:.1f} GiB decoded), more than this machine's free memory; "
+                             f"decode it to a file instead")
+    try:
+        return np.empty((hd.frames, hd.channels), dtype)
+    except MemoryError:
+        raise LtcFormatError(f"no memory for the {size / 2 ** 30:.1f} GiB the file decodes to; "
+                             f"decode it to a file instead") from None
+
+
+def _available_memory() -> int:
+    """Bytes of RAM the system can give (Linux's MemAvailable; else all RAM; else a very large number)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return 1 << 62
 
 
 def decode_audio_file(data: bytes, out, float_output: bool = False, model: str | AudioCodecModel | None = None,
@@ -541,7 +586,7 @@ def decoded_integers(data: bytes, model: str | AudioCodecModel | None = None) ->
     """The normative integers of a file: per segment and coded channel, ẑ then u (little-endian int64)."""
     c, hd = _parse(data, conceal=False)
     m = model_for_file(c.model, model, "audio")
-    layout = _layout(hd, m.hop)
+    layout = _layout(hd, m.hop, len(c.get(b"SEGM")), conceal=False)
     payloads, missing = _segments(c, hd, len(layout))
     if missing:
         raise LtcFormatError(f"{missing} of {len(layout)} segments are missing")

@@ -346,3 +346,38 @@ def test_the_command_draws_a_progress_bar_only_on_a_terminal(model_path, tmp_pat
     off = CliRunner().invoke(main, ["encode", str(src), str(tmp_path / "c.ltc"), "--no-progress", *env])
     assert off.exit_code == 0 and "analysing" not in off.stderr
     assert (tmp_path / "b.ltc").read_bytes() == (tmp_path / "c.ltc").read_bytes()
+
+
+def _with_header(data: bytes, **fields) -> bytes:
+    """``data`` with header fields replaced, its CRCs valid: what a crafted file looks like."""
+    from ltcodec.container import write_container
+
+    c = read_container(data, frozenset({b"SEGM"}))
+    head = AudioHeader(**{**AudioHeader.unpack(c.head).__dict__, **fields})
+    return write_container(head.pack(), c.model, c.chunks)
+
+
+@pytest.mark.parametrize("conceal", [False, True])
+def test_a_header_declaring_a_huge_signal_is_refused_before_allocating(model, tmp_path, conceal):
+    data = encode_audio(tone(1.0, 48000, 2), 48000, model=model)
+    # More segments than a file can hold (2^20 chunks): refused before a list of them is made.
+    with pytest.raises(LtcFormatError, match="more than a file can hold"):
+        decode_audio_file(_with_header(data, frames=1 << 40, segment_frames=300), tmp_path / "o.wav",
+                          model=model, conceal=conceal)
+    assert not (tmp_path / "o.wav").exists()
+    # Few enough segments, but 8 TiB of samples, which a concealing decode would fill with silence.
+    huge = _with_header(data, frames=1 << 40, segment_frames=4096)
+    with pytest.raises(LtcFormatError, match="this machine's free memory" if conceal else "missing"):
+        decode_audio(huge, model=model, conceal=conceal)
+
+
+def test_a_header_declaring_more_segments_than_the_file_holds(model):
+    data = encode_audio(tone(9.0, 24000), 24000, model=model)  # segments of 300, 300 and 76 frames
+    longer = _with_header(data, frames=16 * 24000)  # four of 300: the fourth is absent
+    with pytest.raises(LtcFormatError, match="1 of 4 segments are missing"):
+        decode_audio(longer, model=model)
+    y, _ = decode_audio(longer, model=model, conceal=True)
+    assert y.shape == (16 * 24000,) and np.all(y[12 * 24000:] == 0)
+    clean, _ = decode_audio(data, model=model)
+    margin = HALO_FRAMES * model.hop * 2
+    np.testing.assert_allclose(y[:4 * 24000 - margin], clean[:4 * 24000 - margin], rtol=0, atol=1e-6)
