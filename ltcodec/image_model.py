@@ -107,6 +107,10 @@ class ImageModelConfig:
     #: of the other half (He et al., "Checkerboard context model for efficient learned image
     #: compression", CVPR 2021).  "none": the hyperprior alone.
     context: str = "none"
+    #: Channels of the transforms g_a and g_s; None: N, the hyper-latent's (as in models before the two
+    #: could differ).  The transforms set the quality a model can reach at high rates, the hyperprior
+    #: only what its side information costs, so they are widened alone.
+    transform_N: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -128,10 +132,11 @@ class LatticeHyperprior(nn.Module):
         self.lattice: Lattice = get_lattice(config.lattice)
         if M % self.lattice.dim:
             raise ValueError(f"M={M} is not a multiple of the lattice dimension {self.lattice.dim}")
-        self.g_a = nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+        T = config.transform_N or N
+        self.g_a = nn.Sequential(conv(3, T), GDN(T), conv(T, T), GDN(T), conv(T, T), GDN(T), conv(T, M))
         self.g_s = nn.Sequential(
-            deconv(M, N), GDN(N, inverse=True), deconv(N, N), GDN(N, inverse=True),
-            deconv(N, N), GDN(N, inverse=True), deconv(N, 3),
+            deconv(M, T), GDN(T, inverse=True), deconv(T, T), GDN(T, inverse=True),
+            deconv(T, T), GDN(T, inverse=True), deconv(T, 3),
         )
         self.h_a = nn.Sequential(
             conv(M, N, 3, 1), nn.LeakyReLU(0.125), conv(N, N), nn.LeakyReLU(0.125), conv(N, N),

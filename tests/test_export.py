@@ -96,3 +96,18 @@ def test_a_scale_floor_changes_the_rate_only_and_round_trips(tmp_path):
     _, free = models[-32].hyper(z_hat, (8, 8))
     _, floored = models[-12].hyper(z_hat, (8, 8))
     np.testing.assert_array_equal(floored, np.maximum(free, -12))
+
+
+def test_transforms_wider_than_the_hyperprior_export_and_code(tmp_path):
+    torch.manual_seed(0)
+    net = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8", transform_N=24))
+    path = tmp_path / "wide.safetensors"
+    export_image_model(net, [smooth_image(64, 64, s) for s in range(2)], path, "wide")
+    model = ImageCodecModel.from_file(path)
+    assert model.config.transform_N == 24 and model.config.N == 16
+    img = smooth_image(64, 64, 9)
+    out = np.asarray(decode_image(encode_image(img, quality=5, model=model), model=model)) / 255.0
+    with torch.no_grad():  # the file decodes as the network it was exported from
+        x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].float() / 255
+        ref = net.estimate(x, torch.tensor([4.0]))["x_hat"][0].permute(1, 2, 0).clamp(0, 1).numpy()
+    assert out.shape == (64, 64, 3) and np.abs(out - ref).mean() < 0.01

@@ -499,3 +499,43 @@ def test_a_refit_falls_due_every_so_many_steps_after_a_fit_or_a_release():
     assert not entropy_fit_due([fit], 10_000, 0)
     assert not entropy_fit_due([fit], 149, 50) and entropy_fit_due([fit], 150, 50)
     assert not entropy_fit_due([fit, widen], 150, 50) and entropy_fit_due([fit, widen], 200, 50)
+
+
+def test_widened_transforms_start_as_the_same_codec():
+    from ltcodec.training.image import widen_transforms
+
+    torch.manual_seed(0)
+    narrow = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8"))
+    with torch.no_grad():  # GDNs whose channels interact (a new one's γ is the identity)
+        for m in narrow.modules():
+            if hasattr(m, "gamma"):
+                m.gamma.add_(0.2 * torch.rand_like(m.gamma))
+    wide = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8", transform_N=24))
+    x = torch.rand(1, 3, 64, 64)
+    for noise in (0.0, 0.001):
+        wide.load_state_dict(widen_transforms(narrow.state_dict(), wide, noise=noise))
+        assert wide.g_a[0].weight.shape[0] == wide.g_s[5].gamma.shape[0] == 24  # 8 channels copied twice
+        assert wide.h_a[0].weight.shape[0] == 16  # the hyperprior keeps its width
+        for q in (0.0, 7.0):
+            a, b = narrow.estimate(x, torch.tensor([q])), wide.estimate(x, torch.tensor([q]))
+            tol = 1e-5 if noise == 0 else 1e-2
+            assert torch.allclose(a["x_hat"], b["x_hat"], atol=tol)
+            assert torch.allclose(a["bits_y"] + a["bits_z"], b["bits_y"] + b["bits_z"], rtol=tol)
+    assert not torch.equal(wide.g_a[0].weight[:8], wide.g_a[0].weight[16:])  # the copies can diverge
+
+
+def test_a_run_widens_its_transforms_from_a_checkpoint(tmp_path):
+    from ltcodec.training.card import history_line
+    from ltcodec.training.image import main
+
+    base, wide = tmp_path / "base", tmp_path / "wide"
+    main(_tiny_run(tmp_path, base) + ["--steps", "2"])
+    main(_tiny_run(tmp_path, wide) + ["--steps", "3", "--init", str(base / "last.ckpt"), "--transform-N", "12",
+                                      "--warmup", "1"])
+    run = torch.load(wide / "last.ckpt", weights_only=False)
+    change = {"step": 2, "transform_N_from": 8, "transform_N": 12}
+    assert change in run["history"] and run["config"]["transform_N"] == 12
+    assert run["model"]["g_s.2.weight"].shape[:2] == (12, 12) and run["model"]["h_s.0.weight"].shape[0] == 8
+    assert "widened at step 2 from 8 to 12 channels" in history_line(change)
+    main(_tiny_run(tmp_path, wide) + ["--steps", "4", "--resume"])  # resumes at its width
+    assert torch.load(wide / "last.ckpt", weights_only=False)["step"] == 4

@@ -42,7 +42,7 @@ from .image import save_checkpoint
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, drop_mismatched_state,
                     gain_optimizer, learning_rate_change, set_learning_rate, split_state, warmup_factor)
 from .restore import fit_density, float_layers, load_float_layers, table_pmfs, table_radius
-from .widen import widen_state
+from .widen import COPY_NOISE, widen_state
 
 CACHE = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec"))
 DEFAULT_OUT = CACHE / "audio-e8"
@@ -51,10 +51,6 @@ STFT_SIZES = (2048, 1024, 512, 256, 128, 64)
 #: The mel term of the loss (``--mel-weight``): (FFT size, bands) of log mel magnitudes compared by L1.
 MEL_RESOLUTIONS = ((512, 40), (1024, 64), (2048, 80))
 assert {n for n, _ in MEL_RESOLUTIONS} <= set(STFT_SIZES)  # rd_loss shares the STFTs of both terms
-#: Noise on the copies of widened channels, relative to each tensor's spread: enough for the copies to
-#: diverge in training, small enough to leave the loss where it was (on the eval clips, 10⁻³ moves the
-#: spectral distance by 0.2%, 10⁻² by 6%).
-WIDEN_NOISE = 0.001
 #: Steps over which the learning rate ramps up after widening (the widened tensors' Adam state is new).
 WIDEN_WARMUP = 200
 
@@ -333,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     model = AudioLatticeCodec(config)
     if widen_from is not None:
         gen = torch.Generator().manual_seed(args.seed)
-        state["model"] = widen_state(state["model"], model, WIDEN_NOISE, gen)
+        state["model"] = widen_state(state["model"], model, COPY_NOISE, gen)
         state["ema"] = widen_state(state["ema"], model)
     gains = [model.enc_gain, model.dec_gain]
     opt = gain_optimizer(model, gains, args.lr, args.gain_lr_factor)

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .widen import COPY_NOISE
+
 
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one), else the machine type."""
@@ -29,7 +31,8 @@ def weights_line(state: dict) -> str:
 
 
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
-CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "latent_from", "crop_from",
+CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "transform_N_from",
+               "latent_from", "crop_from",
                "init_from", "rate_from", "mel_weight_from", "target_kbps_from",
                "likelihood_floor_from", "quality_weighting_from", "context_from", "context_fit_steps",
                "entropy_fit_steps")
@@ -100,6 +103,10 @@ def history_line(change: dict) -> str:
     if "channels_from" in change:
         return (f"* Transforms widened at step {change['step']:,} from {change['channels_from']} to "
                 f"{change['channels']} first-layer channels, computing the same function (`--channels`).")
+    if "transform_N_from" in change:
+        return (f"* Transforms g_a and g_s widened at step {change['step']:,} from {change['transform_N_from']} to "
+                f"{change['transform_N']} channels, computing the same function but for noise of "
+                f"{COPY_NOISE:g} on the copies (`--transform-N` with `--init`).")
     if "latent_from" in change:
         return (f"* Latent widened at step {change['step']:,} from {change['latent_from']} to {change['latent']} "
                 "channels, the new ones starting small in g_a and unseen by g_s (`--M` with `--init`).")

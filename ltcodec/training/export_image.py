@@ -189,12 +189,12 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         f"The default image model of ltcodec. File `{weights.name}` ({weights.stat().st_size / 1e6:.1f} MB), "
         f"SHA-256 `{sha}`.", "",
         "## Architecture", "",
-        f"* Analysis g_a: 4 × (5×5 conv, stride 2) with simplified GDN, N = {config.N}, latent M = {config.M} "
+        f"* Analysis g_a: 4 × (5×5 conv, stride 2) with simplified GDN, {config.transform_N or config.N} channels, latent M = {config.M} "
         "channels at 1/16 resolution; synthesis g_s mirrors it with transposed convolutions and inverse GDN.",
         f"* Latent quantized on the **{config.lattice.upper()}** lattice in blocks of "
         f"{8 if config.lattice == 'e8' else '?'} consecutive channels at each position, after subtracting the "
         "predicted mean; coded with the box code.",
-        "* Mean–scale hyperprior: h_a (3 convs) → z (N channels at 1/64) with a factorized prior frozen into "
+        f"* Mean–scale hyperprior: h_a (3 convs) → z (N = {config.N} channels at 1/64) with a factorized prior frozen into "
         "per-channel integer tables; h_s is an **exact integer network** (12-bit weights and activations) "
         "predicting the mean on a 1/16 grid and the scale as one of 96 log-spaced levels"
         + (f", floored at σ' = {2 ** (config.scale_floor_level / 8):.3f} (level {config.scale_floor_level}, "

@@ -23,6 +23,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from ..image_model import (CONTEXT_GROUPS, CONTEXTS, LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig,
                            LatticeHyperprior)
@@ -30,6 +31,7 @@ from .card import (RecipeChanges, changed_setting, is_change, recorded_history, 
                    seed_from_card)
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, gain_optimizer, learning_rate_change,
                     set_learning_rate, split_state, warmup_factor)
+from .widen import COPY_NOISE, widen_state
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
 
@@ -313,6 +315,18 @@ def widen_latent(weights: dict[str, torch.Tensor], M: int, seed: int = 0, lattic
     return w
 
 
+def widen_transforms(weights: dict[str, torch.Tensor], model: LatticeHyperprior, seed: int = 0,
+                     noise: float = COPY_NOISE) -> dict[str, torch.Tensor]:
+    """``weights`` with g_a and g_s widened to ``model``'s transform channels (Net2WiderNet,
+    :func:`~ltcodec.training.widen.widen_state`): the same function but for ``noise`` on the copies.  The
+    hyperprior keeps its width, so the side information costs what it did."""
+    old = {k: v for k, v in weights.items() if k.startswith(("g_a.", "g_s."))}
+    if old["g_a.0.weight"].shape[0] == model.g_a[0].out_channels:
+        return weights
+    parts = nn.ModuleDict({"g_a": model.g_a, "g_s": model.g_s})
+    return {**weights, **widen_state(old, parts, noise, torch.Generator().manual_seed(seed))}
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -337,7 +351,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gain-lr-factor", type=float, default=10.0,
                    help="the per-quality gain vectors (and a context network) learn this many times faster "
                         "(ltcodec.training.optim)")
-    p.add_argument("--N", type=int, default=96)
+    p.add_argument("--N", type=int, default=96, help="channels of the hyper-latent (and of the transforms, "
+                   "unless --transform-N)")
+    p.add_argument("--transform-N", type=int,
+                   help="channels of g_a and g_s; with --init, more than the weights' widens them without "
+                        "changing what they compute (widen_transforms)")
     p.add_argument("--M", type=int, default=128)
     p.add_argument("--lattice", default="e8")
     p.add_argument("--lambdas", type=float, nargs="+",
@@ -394,13 +412,15 @@ def main(argv: list[str] | None = None) -> None:
                              f"from another's weights (--init {ckpt_path})")
     else:
         state = None
-        config = ImageModelConfig(N=args.N, M=args.M, lattice=args.lattice, context=args.context or "none")
+        config = ImageModelConfig(N=args.N, M=args.M, lattice=args.lattice, context=args.context or "none",
+                                  transform_N=args.transform_N)
         if args.init is not None:
             init = load_init(args.init)
             # The shape comes from the command line (the latent may widen, the lattice change); every
             # training setting (ladder, floors) from the weights, which were trained for them.
             config = replace(init.config, N=args.N, M=args.M, lattice=args.lattice,
-                             context=args.context or init.config.context)
+                             context=args.context or init.config.context,
+                             transform_N=args.transform_N or init.config.transform_N)
             seed_from_card(args.init.with_suffix(".md"), log_path)
     torch.manual_seed(args.seed)  # before the model: a fresh run's initial weights come from its seed
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
@@ -424,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     elif init is not None:
         step = init.step
         widened = widen_latent(init.weights, config.M, args.seed, model.lattice.dim)
+        widened = widen_transforms(widened, model, args.seed)
         missing, unexpected = model.load_state_dict(widened, strict=False)
         print(f"initialized from {args.init} at step {step} (missing {missing}, unexpected {unexpected})", flush=True)
     # Changes of the quality ladder so far (the model card reports them); runs that changed it before
@@ -436,6 +457,10 @@ def main(argv: list[str] | None = None) -> None:
         changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
     if init is not None and init.config.context != config.context:
         changes.add({"step": step, "context_from": init.config.context, "context": config.context}, "context")
+    transforms_from = init.weights["g_a.0.weight"].shape[0] if init is not None else model.g_a[0].out_channels
+    if transforms_from != model.g_a[0].out_channels:
+        changes.add({"step": step, "transform_N_from": transforms_from, "transform_N": model.g_a[0].out_channels},
+                    "transforms")
     latent_from = init.weights["g_a.6.weight"].shape[0] if init is not None else config.M
     if latent_from != config.M:
         changes.add({"step": step, "latent_from": latent_from, "latent": config.M}, "latent")
