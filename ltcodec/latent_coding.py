@@ -65,7 +65,11 @@ class HyperLatentCoding:
     ctx_int: IntegerNetwork | None = None
     #: Latent rows the context network runs on at a time (plus its reach above and below): memory
     #: stays bounded on large images, and the result is exactly the whole latent's.
-    context_band = 64
+    context_band = 16
+    #: Lattice blocks searched at a time for their closest points: the search's float64 temporaries
+    #: stay a few tens of MB, where a 24-megapixel latent of 320 channels (3.75 M blocks of E8) took
+    #: 1.9 GB beyond its result.  Each block's point is its own, so the result is the same.
+    closest_chunk = 1 << 16
 
     @classmethod
     def from_bytes(cls, blob: bytes, name: str | None = None):
@@ -145,13 +149,15 @@ class HyperLatentCoding:
         """The integer context network on (M, h, w), a band of :attr:`context_band` rows at a time."""
         reach = sum((l.weight.shape[2] - 1) // 2 for l in self.ctx_int.layers)  # stride-1 layers
         h = v.shape[1]
-        out = []
+        out = None
         for r0 in range(0, h, self.context_band):
             r1 = min(r0 + self.context_band, h)
             a0, a1 = max(r0 - reach, 0), min(r1 + reach, h)
             band = self.ctx_int(torch.from_numpy(np.ascontiguousarray(v[:, a0:a1]))[None])[0].numpy()
-            out.append(band[:, r0 - a0: r1 - a0])
-        return np.concatenate(out, axis=1)
+            if out is None:  # filled band by band: no list of bands beside their concatenation
+                out = np.empty((band.shape[0], h, v.shape[2]), band.dtype)
+            out[:, r0:r1] = band[:, r0 - a0: r1 - a0]
+        return out
 
     def context_parameters(self, u: np.ndarray, mean_int: np.ndarray, level_idx: np.ndarray,
                            shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -162,13 +168,25 @@ class HyperLatentCoding:
         g = self.lattice.raw_generator_int.numpy()
         raw = self._unblocks(u.astype(np.int64) @ g.T, shape)  # raw lattice points, exact
         anchors = self._anchors(shape)[None]
-        # round(CONTEXT_GRID · ŷ'), half up: ŷ' = raw / den + mean / 16.
-        v = (raw * (CONTEXT_GRID * MEAN_GRID // self.lattice.raw_denominator) + mean_int * CONTEXT_GRID
-             + MEAN_GRID // 2) >> 4
-        out = self._context_network(np.where(anchors, v, 0))
-        mean2 = np.where(anchors, mean_int, mean_int + out[:m])
-        level2 = np.maximum(np.clip(level_idx + out[m:], LEVEL_MIN, LEVEL_MAX), self.config.scale_floor_level)
-        return mean2, np.where(anchors, level_idx, level2)
+        # round(CONTEXT_GRID · ŷ'), half up: ŷ' = raw / den + mean / 16 (in place: these arrays are
+        # the size of the latent).
+        v = raw * (CONTEXT_GRID * MEAN_GRID // self.lattice.raw_denominator)
+        del raw
+        v += mean_int * CONTEXT_GRID
+        v += MEAN_GRID // 2
+        v >>= 4
+        v *= anchors
+        out = self._context_network(v)
+        del v
+        anchors = np.broadcast_to(anchors, mean_int.shape)
+        mean2, level2 = out[:m], out[m:]  # the anchors keep theirs; the others move
+        mean2 += mean_int
+        np.copyto(mean2, mean_int, where=anchors)
+        level2 += level_idx
+        np.clip(level2, LEVEL_MIN, LEVEL_MAX, out=level2)
+        np.maximum(level2, self.config.scale_floor_level, out=level2)
+        np.copyto(level2, level_idx, where=anchors)
+        return mean2, level2
 
     @torch.no_grad()
     def _symbols(self, y: Tensor, quality: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
@@ -189,8 +207,12 @@ class HyperLatentCoding:
 
     def _coordinates(self, residual: np.ndarray) -> np.ndarray:
         """Coordinates u of the closest lattice points to the blocks of ``residual`` (M, h, w)."""
-        points = self.lattice.closest(torch.from_numpy(self._blocks(residual)))
-        return self.lattice.coordinates(points).numpy()
+        blocks = torch.from_numpy(self._blocks(residual))
+        u = np.empty(blocks.shape, np.int64)
+        for i in range(0, len(blocks), self.closest_chunk):
+            part = blocks[i:i + self.closest_chunk]
+            u[i:i + len(part)] = self.lattice.coordinates(self.lattice.closest(part)).numpy()
+        return u
 
     def compress_latent(self, y: Tensor, quality: float) -> Streams:
         """Code a latent y (1, M, h, w), taken before the quality's encoder gain."""

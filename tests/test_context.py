@@ -133,3 +133,15 @@ def test_the_context_network_in_bands_is_exactly_the_whole_one(tmp_path):
     whole = model.ctx_int(torch.from_numpy(v)[None])[0].numpy()
     model.context_band = 4  # 6 bands, each with its 2 rows of reach on either side
     assert np.array_equal(model._context_network(v), whole)
+
+
+def test_coding_in_chunks_and_bands_writes_the_same_bytes(tmp_path):
+    from conftest import smooth_image
+    from ltcodec.image import decode_image, encode_image
+
+    model, _, path = _context_model(tmp_path)
+    img = smooth_image(200, 136, 3)
+    whole = encode_image(img, quality=6, model=model)
+    model.closest_chunk, model.context_band = 7, 2  # the closest points 7 blocks at a time
+    assert encode_image(img, quality=6, model=model) == whole
+    assert decode_image(whole, model=model).tobytes() == decode_image(whole, model=path).tobytes()
