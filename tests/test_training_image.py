@@ -531,11 +531,13 @@ def test_a_run_widens_its_transforms_from_a_checkpoint(tmp_path):
     base, wide = tmp_path / "base", tmp_path / "wide"
     main(_tiny_run(tmp_path, base) + ["--steps", "2"])
     main(_tiny_run(tmp_path, wide) + ["--steps", "3", "--init", str(base / "last.ckpt"), "--transform-N", "12",
-                                      "--warmup", "1"])
+                                      "--M", "16", "--warmup", "1"])  # the latent widens too
     run = torch.load(wide / "last.ckpt", weights_only=False)
     change = {"step": 2, "transform_N_from": 8, "transform_N": 12}
     assert change in run["history"] and run["config"]["transform_N"] == 12
+    assert {"step": 2, "latent_from": 8, "latent": 16} in run["history"]
     assert run["model"]["g_s.2.weight"].shape[:2] == (12, 12) and run["model"]["h_s.0.weight"].shape[0] == 8
+    assert run["model"]["g_s.0.weight"].shape[:2] == (16, 12) and run["model"]["g_a.6.weight"].shape[:2] == (16, 12)
     assert "widened at step 2 from 8 to 12 channels" in history_line(change)
-    main(_tiny_run(tmp_path, wide) + ["--steps", "4", "--resume"])  # resumes at its width
+    main(_tiny_run(tmp_path, wide) + ["--steps", "4", "--resume"])  # resumes at its widths (--M 8 is ignored)
     assert torch.load(wide / "last.ckpt", weights_only=False)["step"] == 4
