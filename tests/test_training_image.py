@@ -541,3 +541,6 @@ def test_a_run_widens_its_transforms_from_a_checkpoint(tmp_path):
     assert "widened at step 2 from 8 to 12 channels" in history_line(change)
     main(_tiny_run(tmp_path, wide) + ["--steps", "4", "--resume"])  # resumes at its widths (--M 8 is ignored)
     assert torch.load(wide / "last.ckpt", weights_only=False)["step"] == 4
+    with pytest.raises(SystemExit, match="can only widen"):
+        main(_tiny_run(tmp_path, tmp_path / "narrow") + ["--init", str(wide / "last.ckpt"), "--M", "16",
+                                                         "--transform-N", "10"])

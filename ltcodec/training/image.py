@@ -422,6 +422,10 @@ def main(argv: list[str] | None = None) -> None:
                              context=args.context or init.config.context,
                              transform_N=args.transform_N or init.config.transform_N)
             seed_from_card(args.init.with_suffix(".md"), log_path)
+            had = init.weights["g_a.0.weight"].shape[0]
+            if (config.transform_N or config.N) < had:
+                raise SystemExit(f"--transform-N {config.transform_N or config.N}: the transforms can only widen "
+                                 f"(they have {had} channels)")
     torch.manual_seed(args.seed)  # before the model: a fresh run's initial weights come from its seed
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
     # A learned lattice's basis is a handful of numbers too: it learns at the gains' rate.  So does a
