@@ -388,17 +388,21 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _layout(hd: AudioHeader, hop: int, present: int, conceal: bool) -> list[int]:
+def _layout(hd: AudioHeader, hop: int, c, conceal: bool) -> list[int]:
     """Latent frames of each segment, from the header alone, once the header's segment count is checked
-    against the ``present`` segment chunks: a header is not trusted with the size of a list, nor, unless
-    concealing, with segments the file does not hold."""
+    against the file ``c``: a header is not trusted with the size of a list, nor with segments the file
+    does not hold — unless concealing, and only where the file shows damage (a skipped chunk or a lost
+    tail): an intact file that lacks segments is inconsistent, not damaged, and a concealing decoder
+    would otherwise synthesize all the silence its header claims."""
     length = _ceil_div(hd.frames * hd.model_rate, hd.sample_rate)  # exact integers, as §9.3 says
     frames = max(4, 4 * _ceil_div(_ceil_div(length, hop), 4))
     n = _ceil_div(frames, hd.segment_frames)
     if n > MAX_CHUNKS:
         raise LtcFormatError(f"the header declares {n} segments, more than a file can hold ({MAX_CHUNKS})")
-    if n > present and not conceal:
-        raise LtcFormatError(f"{n - present} of {n} segments are missing")
+    present = len(c.get(b"SEGM"))
+    if n > present and not (conceal and c.damaged):
+        raise LtcFormatError(f"{n - present} of {n} segments are missing"
+                             + (" from an undamaged file" if conceal else ""))
     return [min(hd.segment_frames, frames - k * hd.segment_frames) for k in range(n)]
 
 
@@ -447,7 +451,7 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
         raise LtcFormatError(f"header model rate {hd.model_rate} does not match the model's {m.config.sample_rate}")
     if hd.lattice != m.config.lattice:
         raise LtcFormatError(f"header lattice {hd.lattice} does not match the model's {m.config.lattice}")
-    layout = _layout(hd, m.hop, len(c.get(b"SEGM")), conceal)
+    layout = _layout(hd, m.hop, c, conceal)
     payloads, missing = _segments(c, hd, len(layout))
     if missing and not conceal:
         raise LtcFormatError(f"{missing} of {len(layout)} segments are missing")
@@ -523,7 +527,7 @@ def decode_audio(data: bytes, dtype: str = "float32", model: str | AudioCodecMod
         raise LtcInputError(f"unsupported dtype {dtype!r} (float32, float64 or int16)")
     c, hd = _parse(data, conceal)
     m = model_for_file(c.model, model, "audio")
-    _layout(hd, m.hop, len(c.get(b"SEGM")), conceal)  # a file's own faults before the machine's limits
+    _layout(hd, m.hop, c, conceal)  # a file's own faults before the machine's limits
     a = _output_array(hd, np.dtype(dtype))
     pos = 0
     for block in _output_blocks(m, c, hd, conceal):
@@ -586,7 +590,7 @@ def decoded_integers(data: bytes, model: str | AudioCodecModel | None = None) ->
     """The normative integers of a file: per segment and coded channel, ẑ then u (little-endian int64)."""
     c, hd = _parse(data, conceal=False)
     m = model_for_file(c.model, model, "audio")
-    layout = _layout(hd, m.hop, len(c.get(b"SEGM")), conceal=False)
+    layout = _layout(hd, m.hop, c, conceal=False)
     payloads, missing = _segments(c, hd, len(layout))
     if missing:
         raise LtcFormatError(f"{missing} of {len(layout)} segments are missing")

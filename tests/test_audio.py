@@ -365,18 +365,23 @@ def test_a_header_declaring_a_huge_signal_is_refused_before_allocating(model, tm
         decode_audio_file(_with_header(data, frames=1 << 40, segment_frames=300), tmp_path / "o.wav",
                           model=model, conceal=conceal)
     assert not (tmp_path / "o.wav").exists()
-    # Few enough segments, but 8 TiB of samples, which a concealing decode would fill with silence.
+    # Few enough segments, but 8 TiB of samples: missing from an intact file, they are an error even
+    # when concealing; from a file cut off (its end chunk lost), more than memory holds.
     huge = _with_header(data, frames=1 << 40, segment_frames=4096)
-    with pytest.raises(LtcFormatError, match="this machine's free memory" if conceal else "missing"):
+    with pytest.raises(LtcFormatError, match="missing from an undamaged file" if conceal else "missing$"):
         decode_audio(huge, model=model, conceal=conceal)
+    with pytest.raises(LtcFormatError, match="this machine's free memory" if conceal else "truncated"):
+        decode_audio(huge[:-12], model=model, conceal=conceal)
 
 
 def test_a_header_declaring_more_segments_than_the_file_holds(model):
     data = encode_audio(tone(9.0, 24000), 24000, model=model)  # segments of 300, 300 and 76 frames
     longer = _with_header(data, frames=16 * 24000)  # four of 300: the fourth is absent
-    with pytest.raises(LtcFormatError, match="1 of 4 segments are missing"):
+    with pytest.raises(LtcFormatError, match="1 of 4 segments are missing$"):
         decode_audio(longer, model=model)
-    y, _ = decode_audio(longer, model=model, conceal=True)
+    with pytest.raises(LtcFormatError, match="1 of 4 segments are missing from an undamaged file"):
+        decode_audio(longer, model=model, conceal=True)  # inconsistent, not damaged
+    y, _ = decode_audio(longer[:-12], model=model, conceal=True)  # its end chunk lost: the tail is concealed
     assert y.shape == (16 * 24000,) and np.all(y[12 * 24000:] == 0)
     clean, _ = decode_audio(data, model=model)
     margin = HALO_FRAMES * model.hop * 2
