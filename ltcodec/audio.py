@@ -406,7 +406,8 @@ def _layout(hd: AudioHeader, hop: int, c, conceal: bool) -> list[int]:
     return [min(hd.segment_frames, frames - k * hd.segment_frames) for k in range(n)]
 
 
-def _segments(c, hd: AudioHeader, n: int) -> tuple[dict[int, bytes], int]:
+def _segments(c, hd: AudioHeader, n: int) -> dict[int, bytes]:
+    """The segment chunks by index; :func:`_layout` has checked that none is missing unless concealing."""
     found: dict[int, bytes] = {}
     for payload in c.get(b"SEGM"):
         if len(payload) < _SEG_HEAD.size:
@@ -417,7 +418,7 @@ def _segments(c, hd: AudioHeader, n: int) -> tuple[dict[int, bytes], int]:
         if k in found:
             raise LtcFormatError(f"segment {k} appears twice")
         found[k] = payload
-    return found, n - len(found)
+    return found
 
 
 def _decode_segment(m: AudioCodecModel, hd: AudioHeader, payload: bytes, frames: int) -> list:
@@ -452,9 +453,7 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
     if hd.lattice != m.config.lattice:
         raise LtcFormatError(f"header lattice {hd.lattice} does not match the model's {m.config.lattice}")
     layout = _layout(hd, m.hop, c, conceal)
-    payloads, missing = _segments(c, hd, len(layout))
-    if missing and not conceal:
-        raise LtcFormatError(f"{missing} of {len(layout)} segments are missing")
+    payloads = _segments(c, hd, len(layout))
     hop = m.hop
 
     def latents(k: int):
@@ -527,10 +526,11 @@ def decode_audio(data: bytes, dtype: str = "float32", model: str | AudioCodecMod
         raise LtcInputError(f"unsupported dtype {dtype!r} (float32, float64 or int16)")
     c, hd = _parse(data, conceal)
     m = model_for_file(c.model, model, "audio")
-    _layout(hd, m.hop, c, conceal)  # a file's own faults before the machine's limits
+    blocks = _output_blocks(m, c, hd, conceal)
+    first = next(blocks)  # a file's own faults surface before the machine's limits
     a = _output_array(hd, np.dtype(dtype))
     pos = 0
-    for block in _output_blocks(m, c, hd, conceal):
+    for block in _chain(first, blocks):
         a[pos:pos + len(block)] = _pcm16(block) if dtype == "int16" else block
         pos += len(block)
     return (a[:, 0] if hd.channels == 1 else a), hd.sample_rate
@@ -591,9 +591,7 @@ def decoded_integers(data: bytes, model: str | AudioCodecModel | None = None) ->
     c, hd = _parse(data, conceal=False)
     m = model_for_file(c.model, model, "audio")
     layout = _layout(hd, m.hop, c, conceal=False)
-    payloads, missing = _segments(c, hd, len(layout))
-    if missing:
-        raise LtcFormatError(f"{missing} of {len(layout)} segments are missing")
+    payloads = _segments(c, hd, len(layout))
     out = []
     for k, frames in enumerate(layout):
         payload, pos = payloads[k], _SEG_HEAD.size

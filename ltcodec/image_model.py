@@ -112,6 +112,11 @@ class ImageModelConfig:
     #: only what its side information costs, so they are widened alone.
     transform_N: int | None = None
 
+    @property
+    def transform_channels(self) -> int:
+        """Channels of g_a and g_s (:attr:`transform_N`, else N)."""
+        return self.transform_N or self.N
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lambdas"] = list(self.lambdas)
@@ -132,7 +137,7 @@ class LatticeHyperprior(nn.Module):
         self.lattice: Lattice = get_lattice(config.lattice)
         if M % self.lattice.dim:
             raise ValueError(f"M={M} is not a multiple of the lattice dimension {self.lattice.dim}")
-        T = config.transform_N or N
+        T = config.transform_channels
         self.g_a = nn.Sequential(conv(3, T), GDN(T), conv(T, T), GDN(T), conv(T, T), GDN(T), conv(T, M))
         self.g_s = nn.Sequential(
             deconv(M, T), GDN(T, inverse=True), deconv(T, T), GDN(T, inverse=True),

@@ -189,7 +189,7 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         f"The default image model of ltcodec. File `{weights.name}` ({weights.stat().st_size / 1e6:.1f} MB), "
         f"SHA-256 `{sha}`.", "",
         "## Architecture", "",
-        f"* Analysis g_a: 4 × (5×5 conv, stride 2) with simplified GDN, {config.transform_N or config.N} channels, latent M = {config.M} "
+        f"* Analysis g_a: 4 × (5×5 conv, stride 2) with simplified GDN, {config.transform_channels} channels, latent M = {config.M} "
         "channels at 1/16 resolution; synthesis g_s mirrors it with transposed convolutions and inverse GDN.",
         f"* Latent quantized on the **{config.lattice.upper()}** lattice in blocks of "
         f"{8 if config.lattice == 'e8' else '?'} consecutive channels at each position, after subtracting the "

@@ -321,7 +321,7 @@ def widen_transforms(weights: dict[str, torch.Tensor], model: LatticeHyperprior,
     :func:`~ltcodec.training.widen.widen_state`): the same function but for ``noise`` on the copies.  The
     hyperprior keeps its width, so the side information costs what it did."""
     old = {k: v for k, v in weights.items() if k.startswith(("g_a.", "g_s."))}
-    if old["g_a.0.weight"].shape[0] == model.g_a[0].out_channels:
+    if old["g_a.0.weight"].shape[0] == model.config.transform_channels:
         return weights
     parts = nn.ModuleDict({"g_a": model.g_a, "g_s": model.g_s})
     return {**weights, **widen_state(old, parts, noise, torch.Generator().manual_seed(seed))}
@@ -422,10 +422,9 @@ def main(argv: list[str] | None = None) -> None:
                              context=args.context or init.config.context,
                              transform_N=args.transform_N or init.config.transform_N)
             seed_from_card(args.init.with_suffix(".md"), log_path)
-            had = init.weights["g_a.0.weight"].shape[0]
-            if (config.transform_N or config.N) < had:
-                raise SystemExit(f"--transform-N {config.transform_N or config.N}: the transforms can only widen "
-                                 f"(they have {had} channels)")
+            if config.transform_channels < init.config.transform_channels:
+                raise SystemExit(f"--transform-N {config.transform_channels}: the transforms can only widen "
+                                 f"(they have {init.config.transform_channels} channels)")
     torch.manual_seed(args.seed)  # before the model: a fresh run's initial weights come from its seed
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
     # A learned lattice's basis is a handful of numbers too: it learns at the gains' rate.  So does a
@@ -461,10 +460,9 @@ def main(argv: list[str] | None = None) -> None:
         changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
     if init is not None and init.config.context != config.context:
         changes.add({"step": step, "context_from": init.config.context, "context": config.context}, "context")
-    transforms_from = init.weights["g_a.0.weight"].shape[0] if init is not None else model.g_a[0].out_channels
-    if transforms_from != model.g_a[0].out_channels:
-        changes.add({"step": step, "transform_N_from": transforms_from, "transform_N": model.g_a[0].out_channels},
-                    "transforms")
+    if init is not None and init.config.transform_channels != config.transform_channels:
+        changes.add({"step": step, "transform_N_from": init.config.transform_channels,
+                     "transform_N": config.transform_channels}, "transforms")
     latent_from = init.weights["g_a.6.weight"].shape[0] if init is not None else config.M
     if latent_from != config.M:
         changes.add({"step": step, "latent_from": latent_from, "latent": config.M}, "latent")

@@ -31,7 +31,8 @@ def widen_state(old: dict[str, Tensor], wider: nn.Module, noise: float = 0.0,
     Tensors whose shapes agree are copied.  Where an axis grew from C to C', entry j along it is old
     entry j mod C (any C' > C: the first C' mod C channels get one copy more); on a weight's
     input-channel axis (axis 1 of a convolution, axis 0 of a transposed one) each entry is divided by
-    its channel's number of copies (a GDN's γ, stored as its square root, by the root of that number).  ``noise`` adds Gaussian noise of that size relative to each
+    its channel's number of copies (a GDN's γ, stored as its square root, by the root of that number).
+    ``noise`` adds Gaussian noise of that size relative to each
     widened tensor's standard deviation.
     """
     modules = dict(wider.named_modules())
