@@ -13,7 +13,9 @@ Rules (also in formats/ltc-v1.md §7):
   ``HALO_FRAMES`` of context on each side of a segment, so segments join without seams.
 * Encoding and decoding stream through the file: memory is bounded by the latents (≈ 30 kB per
   second per channel) and a few segments of samples, whatever the file's length.
-* Output is WAV: 16-bit PCM by default (clipped to full scale, never wrapped), or 32-bit float.
+* Output is WAV: 16-bit PCM by default (clipped to full scale, never wrapped), or 32-bit float; RF64
+  past 4 GiB.  Its header is written first (the frame count is known), so it streams to pipes
+  (:mod:`ltcodec.wav`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import stat
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,10 +39,11 @@ from .audio_codec import AudioCodecModel
 from .boxcode import CodingError
 from .container import (AUDIO_VERSION, MAX_AUDIO_CHANNELS, MAX_CHUNKS, MEDIA_AUDIO, MEDIA_IMAGE, media_kind, STEREO_INDEPENDENT, STEREO_MID_SIDE,
                         AudioHeader, ModelId, read_container, write_container)
-from .errors import LtcFormatError, LtcInputError
+from .errors import LtcError, LtcFormatError, LtcInputError
 from .latent_coding import Streams
 from .ratecontrol import search_quality
 from .workers import in_order, single_threaded_workers
+from .wav import WavWriter, as_wav_samples, wav_size
 from .zoo import load_audio_model, model_for_file
 
 __all__ = ["encode_audio", "decode_audio", "audio_info", "encode_audio_file", "decode_audio_file",
@@ -512,7 +516,7 @@ def _output_blocks(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
 
 
 def _pcm16(block: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(block * 32768.0), -32768, 32767).astype(np.int16)
+    return as_wav_samples(block, float_output=False)
 
 
 def decode_audio(data: bytes, dtype: str = "float32", model: str | AudioCodecModel | None = None,
@@ -569,16 +573,53 @@ def _available_memory() -> int:
 
 def decode_audio_file(data: bytes, out, float_output: bool = False, model: str | AudioCodecModel | None = None,
                       conceal: bool = False, progress: Progress | None = None) -> None:
-    """Decode to a WAV file (path or binary file object), writing segment by segment; ``progress`` is
-    told the seconds decoded (see :data:`Progress`)."""
+    """Decode to a WAV file (a path, or a binary file object that need not seek: a pipe will do),
+    writing segment by segment; ``progress`` is told the seconds decoded (see :data:`Progress`).
+
+    Outputs past 4 GiB are RF64.  Before anything is written the decoded size is checked against the
+    free space of the file system it goes to: a header is not trusted to fill a disk.  A path that
+    fails part way is removed.
+    """
     c, hd = _parse(data, conceal)
     m = model_for_file(c.model, model, "audio")
-    subtype = "FLOAT" if float_output else "PCM_16"
     blocks = _output_blocks(m, c, hd, conceal, progress or _no_progress)
-    first = next(blocks)  # parse errors surface before the output is created
-    with sf.SoundFile(out, "w", hd.sample_rate, hd.channels, subtype, format="WAV") as f:
-        for block in _chain(first, blocks):
-            f.write(block if float_output else _pcm16(block))
+    first = next(blocks)  # a file's own faults surface before the output is created
+    size = wav_size(hd.sample_rate, hd.channels, hd.frames, float_output)
+    if isinstance(out, (str, os.PathLike)):
+        _check_free_space(os.path.dirname(os.path.abspath(out)), size)
+        try:
+            with open(out, "wb") as f:
+                _write_wav(f, hd, float_output, _chain(first, blocks))
+        except BaseException:
+            Path(out).unlink(missing_ok=True)
+            raise
+        return
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+        _check_free_space(fd, size)
+    _write_wav(out, hd, float_output, _chain(first, blocks))
+
+
+def _write_wav(f, hd: AudioHeader, float_output: bool, blocks) -> None:
+    with WavWriter(f, hd.sample_rate, hd.channels, hd.frames, float_output) as w:
+        for block in blocks:
+            w.write(block)
+
+
+def _check_free_space(where, size: int) -> None:
+    """Refuse (one line) an output larger than the free space at ``where`` (a directory or a file
+    descriptor), before writing any of it."""
+    try:
+        st = os.fstatvfs(where) if isinstance(where, int) else os.statvfs(where)
+    except OSError:
+        return  # a file system that does not say: writing will tell
+    free = st.f_bavail * st.f_frsize
+    if size > free:
+        raise LtcError(f"the file decodes to {size / 2 ** 30:.2f} GiB of WAV, more than the "
+                             f"{free / 2 ** 30:.2f} GiB free where it goes")
 
 
 def _chain(first, rest):

@@ -244,13 +244,8 @@ def decode(input: str, output: str, model: str | None, force: bool, float_output
 
             _parse(data, conceal)  # every format error before OUTPUT is touched
             with _ProgressBar(not no_progress) as bar:
-                if output == "-":  # a WAV header needs a seekable file: build it in memory first
-                    buf = io.BytesIO()
-                    decode_audio_file(data, buf, float_output, model, conceal, bar)
-                    _write_output(output, buf.getvalue(), force)
-                else:
-                    _write_output(output, lambda f: decode_audio_file(data, f, float_output, model, conceal, bar),
-                                  force)
+                _write_output(output, lambda f: decode_audio_file(data, f, float_output, model, conceal, bar),
+                              force)
             return
         from .image import decode_image
 

@@ -3,8 +3,11 @@ damage and concealment, error paths, and the command line."""
 
 import io
 import json
+import os
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +21,7 @@ from ltcodec.audio_codec import AudioCodecModel, export_audio_model
 from ltcodec.audio_model import AudioLatticeCodec, AudioModelConfig
 from ltcodec.cli import main
 from ltcodec.container import AudioHeader, read_container
-from ltcodec.errors import LtcFormatError, LtcInputError, LtcModelError
+from ltcodec.errors import LtcError, LtcFormatError, LtcInputError, LtcModelError
 
 
 @pytest.fixture(scope="module")
@@ -298,6 +301,32 @@ def test_decoding_is_identical_in_a_fresh_process(model, model_path, tmp_path):
     assert out.read_bytes() == buf.getvalue()
 
 
+def test_float_wav_bytes_do_not_depend_on_the_time_of_decoding(model):
+    """libsndfile stamps float WAVs with the time (its PEAK chunk): two decodes a second apart differed."""
+    data = encode_audio(tone(0.5, 16000, 2), 16000, model=model)
+    outs = []
+    for _ in range(2):
+        buf = io.BytesIO()
+        decode_audio_file(data, buf, float_output=True, model=model)
+        outs.append(buf.getvalue())
+        time.sleep(1.1)
+    assert outs[0] == outs[1]
+    y, _ = sf.read(io.BytesIO(outs[0]), dtype="float32")
+    assert np.array_equal(y, decode_audio(data, model=model)[0])
+
+
+def test_an_output_larger_than_the_free_space_is_refused_before_writing(model, tmp_path, monkeypatch):
+    data = encode_audio(tone(0.5, 16000), 16000, model=model)
+    need = 44 + 2 * 8000  # header and 16-bit samples
+    monkeypatch.setattr(os, "statvfs", lambda _: SimpleNamespace(f_bavail=need - 1, f_frsize=1))
+    with pytest.raises(LtcError, match=r"decodes to 0\.00 GiB of WAV, more than the 0\.00 GiB free"):
+        decode_audio_file(data, tmp_path / "o.wav", model=model)
+    assert not (tmp_path / "o.wav").exists()
+    monkeypatch.setattr(os, "statvfs", lambda _: SimpleNamespace(f_bavail=need, f_frsize=1))
+    decode_audio_file(data, tmp_path / "o.wav", model=model)
+    assert (tmp_path / "o.wav").stat().st_size == need
+
+
 def test_cli_audio_through_pipes(model_path, tmp_path):
     buf = io.BytesIO()
     sf.write(buf, tone(1.5, 16000), 16000, format="WAV")
@@ -372,6 +401,10 @@ def test_a_header_declaring_a_huge_signal_is_refused_before_allocating(model, tm
         decode_audio(huge, model=model, conceal=conceal)
     with pytest.raises(LtcFormatError, match="this machine's free memory" if conceal else "truncated"):
         decode_audio(huge[:-12], model=model, conceal=conceal)
+    # To a file, more than the disk holds: refused before the file is created.
+    with pytest.raises(LtcError, match="free where it goes" if conceal else "truncated"):
+        decode_audio_file(huge[:-12], tmp_path / "o.wav", model=model, conceal=conceal)
+    assert not (tmp_path / "o.wav").exists()
 
 
 def test_a_header_declaring_more_segments_than_the_file_holds(model):
