@@ -208,7 +208,10 @@ def encode(input: str, output: str, quality: float | None, bpp: float | None, kb
         except Image.DecompressionBombError:
             raise LtcError(f"{input} has more pixels than Pillow reads ({2 * Image.MAX_IMAGE_PIXELS:,}, "
                            f"its guard against decompression bombs)") from None
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except UnidentifiedImageError:
+            what = "is empty" if not data else "is not an image or sound format that Pillow or soundfile reads"
+            raise LtcError(f"{input} {what}") from None
+        except (OSError, ValueError) as e:
             raise LtcError(f"{input} is not a readable image or audio file: {e}") from None
         with _ProgressBar(not no_progress, "tiles") as bar:
             blob = encode_image(im, quality=quality, bpp=bpp, model=model, progress=bar, refine=refine)

@@ -86,7 +86,12 @@ def test_errors_are_one_line_and_leave_no_partial_file(tmp_path):
     assert list(tmp_path.iterdir()) == [bad]  # no temporary file left behind either
     notimg = tmp_path / "x.txt"
     notimg.write_text("hello")
-    assert "not a readable image" in _fails(["encode", str(notimg), str(tmp_path / "o.ltc")], tmp_path)
+    assert _fails(["encode", str(notimg), str(tmp_path / "o.ltc")], tmp_path).endswith(
+        "x.txt is not an image or sound format that Pillow or soundfile reads")
+    empty = tmp_path / "e.png"
+    empty.write_bytes(b"")
+    assert _fails(["encode", str(empty), str(tmp_path / "o.ltc")], tmp_path).endswith("e.png is empty")
+    empty.unlink()
     assert "cannot read" in _fails(["encode", str(tmp_path / "missing.png"), str(tmp_path / "o.ltc")], tmp_path)
     assert not (tmp_path / "o.ltc").exists()
     src = _png(tmp_path)
