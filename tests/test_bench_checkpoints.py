@@ -22,6 +22,11 @@ def test_a_model_against_itself_is_zero_and_each_curve_is_its_own():
     expected = bd_rate([r["bpp"] for r in ref], [r["psnr"] for r in ref], [r["bpp"] for r in other],
                        [r["psnr"] for r in other])
     assert results[2]["bd_rate_vs_first"] == expected or math.isnan(expected)  # untrained: curves may not overlap
+    assert results[1]["bd_rate_vs_first_from_q2"] == 0.0
+    without_q1 = bd_rate([r["bpp"] for r in ref[1:]], [r["psnr"] for r in ref[1:]], [r["bpp"] for r in other[1:]],
+                         [r["psnr"] for r in other[1:]])
+    got = results[2]["bd_rate_vs_first_from_q2"]
+    assert got == without_q1 or (math.isnan(got) and math.isnan(without_q1))
     assert results[0]["rows"] == results[1]["rows"] and results[2]["rows"] != results[0]["rows"]
     assert [r["quality"] for r in results[2]["rows"]] == list(range(1, 9))
     text = report(["a", "a again", "b"], results, 1, "python -m bench.checkpoints a b", "now")
