@@ -619,7 +619,7 @@ def _check_free_space(where, size: int) -> None:
     free = st.f_bavail * st.f_frsize
     if size > free:
         raise LtcError(f"the file decodes to {size / 2 ** 30:.2f} GiB of WAV, more than the "
-                             f"{free / 2 ** 30:.2f} GiB free where it goes")
+                       f"{free / 2 ** 30:.2f} GiB free where it goes")
 
 
 def _chain(first, rest):

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["WavWriter", "wav_size"]
+__all__ = ["WavWriter", "wav_size", "as_wav_samples"]
 
 _PCM = 1
 _IEEE_FLOAT = 3
