@@ -586,7 +586,8 @@ def decode_audio_file(data: bytes, out, float_output: bool = False, model: str |
     first = next(blocks)  # a file's own faults surface before the output is created
     size = wav_size(hd.sample_rate, hd.channels, hd.frames, float_output)
     if isinstance(out, (str, os.PathLike)):
-        _check_free_space(os.path.dirname(os.path.abspath(out)), size)
+        replaced = os.path.getsize(out) if os.path.isfile(out) else 0  # freed when it is truncated
+        _check_free_space(os.path.dirname(os.path.abspath(out)), size - replaced)
         try:
             with open(out, "wb") as f:
                 _write_wav(f, hd, float_output, _chain(first, blocks))

@@ -325,6 +325,13 @@ def test_an_output_larger_than_the_free_space_is_refused_before_writing(model, t
     monkeypatch.setattr(os, "statvfs", lambda _: SimpleNamespace(f_bavail=need, f_frsize=1))
     decode_audio_file(data, tmp_path / "o.wav", model=model)
     assert (tmp_path / "o.wav").stat().st_size == need
+    # Overwriting a file frees its bytes first: with 100 bytes free, replacing it fits.
+    monkeypatch.setattr(os, "statvfs", lambda _: SimpleNamespace(f_bavail=100, f_frsize=1))
+    decode_audio_file(data, tmp_path / "o.wav", model=model)
+    (tmp_path / "o.wav").write_bytes(b"x" * 100)
+    with pytest.raises(LtcError, match="free where it goes"):
+        decode_audio_file(data, tmp_path / "o.wav", model=model)
+    assert (tmp_path / "o.wav").read_bytes() == b"x" * 100  # refused before it was touched
 
 
 def test_cli_audio_through_pipes(model_path, tmp_path):
