@@ -213,6 +213,9 @@ def encode(input: str, output: str, quality: float | None, bpp: float | None, kb
             raise LtcError(f"{input} {what}") from None
         except (OSError, ValueError) as e:
             raise LtcError(f"{input} is not a readable image or audio file: {e}") from None
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:  # an animation, a multi-page TIFF, a camera's MPO with its preview
+            click.echo(f"ltcodec: note: {input} holds {frames} frames; the first is coded", err=True)
         with _ProgressBar(not no_progress, "tiles") as bar:
             blob = encode_image(im, quality=quality, bpp=bpp, model=model, progress=bar, refine=refine)
         _write_output(output, blob, force)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import zlib
 
+import numpy as np
+
 from click.testing import CliRunner
 from PIL import Image
 
@@ -147,3 +149,18 @@ def test_refine_option(tmp_path):
     assert "--refine is for images" in _fails(["encode", str(wav), str(tmp_path / "a.ltc"), "--refine", "3"], tmp_path)
     r = CliRunner().invoke(main, ["encode", str(src), str(tmp_path / "n.ltc"), "--refine", "-1"])
     assert r.exit_code != 0 and not (tmp_path / "n.ltc").exists()
+
+
+def test_a_multi_frame_image_codes_its_first_frame_with_a_note(tmp_path):
+    frames = [Image.new("RGB", (24, 16), (60 * i, 20, 200 - 60 * i)) for i in range(3)]
+    src = tmp_path / "anim.gif"
+    frames[0].save(src, save_all=True, append_images=frames[1:])
+    r = CliRunner().invoke(main, ["encode", str(src), str(tmp_path / "a.ltc")])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip() == f"ltcodec: note: {src} holds 3 frames; the first is coded"
+    first = np.asarray(Image.open(src).convert("RGB"), dtype=float)
+    got = np.asarray(Image.open(tmp_path / "a.ltc").convert("RGB"), dtype=float)
+    assert np.abs(got.mean((0, 1)) - first.mean((0, 1))).max() < 20  # the first frame's colour, not the last's
+    single = tmp_path / "one.png"
+    frames[0].save(single)
+    assert CliRunner().invoke(main, ["encode", str(single), str(tmp_path / "b.ltc")]).stderr == ""
