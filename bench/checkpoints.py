@@ -73,11 +73,11 @@ def report(names: list[str], results: list[dict], images: int, command: str, whe
              "classical codecs' curves share).", "",
              "| model | BD-rate | BD-rate q2–8 | " + " | ".join(f"q{q}" for q in qualities) + " |",
              "|---|---|---|" + "---|" * len(qualities)]
-    percent = lambda bd: "–" if bd is None or math.isnan(bd) else f"{bd:+.2f}%"
+    percent = lambda bd: "–" if math.isnan(bd) else f"{bd:+.2f}%"
     for name, entry in zip(names, results):
         cells = " | ".join(f"{r['bpp']:.4f} bpp, {r['psnr']:.2f} dB" for r in entry["rows"])
         lines.append(f"| {name} | {percent(entry['bd_rate_vs_first'])} | "
-                     f"{percent(entry.get('bd_rate_vs_first_from_q2'))} | {cells} |")
+                     f"{percent(entry['bd_rate_vs_first_from_q2'])} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

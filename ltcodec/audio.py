@@ -515,10 +515,6 @@ def _output_blocks(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
         yield np.zeros((left, hd.channels), np.float32)
 
 
-def _pcm16(block: np.ndarray) -> np.ndarray:
-    return as_wav_samples(block, float_output=False)
-
-
 def decode_audio(data: bytes, dtype: str = "float32", model: str | AudioCodecModel | None = None,
                  conceal: bool = False) -> tuple[np.ndarray, int]:
     """Decode .ltc bytes to ``(data, samplerate)`` as soundfile.read returns them.
@@ -535,7 +531,7 @@ def decode_audio(data: bytes, dtype: str = "float32", model: str | AudioCodecMod
     a = _output_array(hd, np.dtype(dtype))
     pos = 0
     for block in _chain(first, blocks):
-        a[pos:pos + len(block)] = _pcm16(block) if dtype == "int16" else block
+        a[pos:pos + len(block)] = as_wav_samples(block, float_output=False) if dtype == "int16" else block
         pos += len(block)
     return (a[:, 0] if hd.channels == 1 else a), hd.sample_rate
 
