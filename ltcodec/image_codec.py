@@ -31,6 +31,9 @@ __all__ = ["ImageCodecModel", "export_image_model", "Streams", "MEAN_GRID", "Z_C
 #: Tiles for the float transforms, in latents, with a halo (DESIGN-NOTES §4): bounded memory.
 TILE_LATENTS = 64
 HALO_LATENTS = 2
+#: Extra halo of g_a per residual block at each of its two stages: the block's two 3×3 convolutions
+#: reach 8 pixels further at 1/4 resolution and 16 at 1/8, 24 in all, under two latents.
+HALO_PER_ANALYSIS_BLOCK = 2
 #: A latent with a side of twice this is cut in two even when it fits one tile (two workers).
 MIN_SPLIT_LATENTS = 8
 
@@ -51,9 +54,9 @@ def tile_layout(lh: int, lw: int) -> list[tuple[int, int, int, int]]:
     return [(i0, i1, j0, j1) for i0, i1 in _spans(lh, rows) for j0, j1 in _spans(lw, cols)]
 
 
-def _tiled(fn, x: Tensor, factor: float, progress=None) -> Tensor:
+def _tiled(fn, x: Tensor, factor: float, progress=None, halo: int = HALO_LATENTS) -> Tensor:
     """Apply a translation-equivariant ``fn`` tile by tile (:func:`tile_layout`) with a halo of
-    :data:`HALO_LATENTS`; ``factor`` = output/input size.
+    ``halo`` latents; ``factor`` = output/input size.
 
     Tiles are cropped after the transform, so the halo absorbs the border effects of each cut.  Each
     tile is computed on one thread, several at once (:mod:`ltcodec.workers`): the output is the same
@@ -67,8 +70,8 @@ def _tiled(fn, x: Tensor, factor: float, progress=None) -> Tensor:
 
     def run(tile: tuple[int, int, int, int]) -> Tensor:
         i0, i1, j0, j1 = tile
-        a0, b0 = max(i0 - HALO_LATENTS, 0), max(j0 - HALO_LATENTS, 0)
-        a1, b1 = min(i1 + HALO_LATENTS, lh), min(j1 + HALO_LATENTS, lw)
+        a0, b0 = max(i0 - halo, 0), max(j0 - halo, 0)
+        a1, b1 = min(i1 + halo, lh), min(j1 + halo, lw)
         with torch.no_grad():
             out = fn(x[:, :, a0 * unit: a1 * unit, b0 * unit: b1 * unit].contiguous(memory_format=torch.channels_last))
         return out[:, :, (i0 - a0) * up: (i1 - a0) * up, (j0 - b0) * up: (j1 - b0) * up]
@@ -125,7 +128,8 @@ class ImageCodecModel(HyperLatentCoding, nn.Module):
         x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float().div_(255.0)
         x = nn.functional.pad(x, (0, (-w) % 64, 0, (-h) % 64), mode="replicate")
         x = x.contiguous(memory_format=torch.channels_last)
-        return _tiled(self.g_a, x, 1 / 16, progress)
+        return _tiled(self.g_a, x, 1 / 16, progress,
+                      HALO_LATENTS + HALO_PER_ANALYSIS_BLOCK * self.config.analysis_blocks)
 
     @torch.no_grad()
     def synthesis(self, y_hat: Tensor, height: int, width: int, progress=None) -> np.ndarray:

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from .entropy import LIKELIHOOD_FLOOR, FactorizedDensity, box_likelihood
 from .lattice import Lattice, get_lattice
-from .layers import GDN, conv, deconv, lower_bound
+from .layers import GDN, ResidualBlock, conv, deconv, lower_bound
 
-__all__ = ["ImageModelConfig", "LatticeHyperprior", "DEFAULT_LAMBDAS", "CONTEXTS", "anchor_mask"]
+__all__ = ["ImageModelConfig", "AnalysisTransform", "LatticeHyperprior", "DEFAULT_LAMBDAS", "CONTEXTS", "anchor_mask"]
 
 #: Rate–distortion trade-offs of qualities 1–8 (loss = λ·255²·MSE + bpp): geometric from 0.00015 to
 #: 0.18, wider than CompressAI's 0.0018–0.18 so that quality 1 reaches ~0.1 bpp on Kodak while the
@@ -111,6 +111,11 @@ class ImageModelConfig:
     #: could differ).  The transforms set the quality a model can reach at high rates, the hyperprior
     #: only what its side information costs, so they are widened alone.
     transform_N: int | None = None
+    #: Residual blocks that g_a runs after its second and after its third GDN (at 1/4 and 1/8 of the
+    #: image's size), this many at each.  The encoder alone runs g_a, so they cost encode time only: the
+    #: decoder, and what a file needs to decode, stay as they are.  Added to a trained model they start
+    #: as the identity (:class:`~ltcodec.layers.ResidualBlock`).
+    analysis_blocks: int = 0
 
     @property
     def transform_channels(self) -> int:
@@ -129,6 +134,34 @@ class ImageModelConfig:
         return cls(**d)
 
 
+class AnalysisTransform(nn.Sequential):
+    """g_a: four strided 5×5 convolutions with GDN between them, and ``blocks`` residual blocks after the
+    second and after the third GDN.
+
+    The seven layers of the plain transform keep their places (``g_a.0`` … ``g_a.6``) and the blocks
+    follow them (``g_a.7`` …), so a model file written before the blocks existed loads unchanged and a
+    deeper model takes a shallower one's weights as they are.
+    """
+
+    def __init__(self, channels: int, latent: int, blocks: int = 0):
+        T = channels
+        super().__init__(conv(3, T), GDN(T), conv(T, T), GDN(T), conv(T, T), GDN(T), conv(T, latent),
+                         *(ResidualBlock(T) for _ in range(2 * blocks)))
+        self.blocks = blocks
+
+    def forward(self, x: Tensor) -> Tensor:
+        extra = list(self)[7:]
+        for i, layer in enumerate(list(self)[:7]):
+            x = layer(x)
+            if i == 3:
+                for block in extra[:self.blocks]:
+                    x = block(x)
+            elif i == 5:
+                for block in extra[self.blocks:]:
+                    x = block(x)
+        return x
+
+
 class LatticeHyperprior(nn.Module):
     def __init__(self, config: ImageModelConfig | None = None):
         super().__init__()
@@ -138,7 +171,7 @@ class LatticeHyperprior(nn.Module):
         if M % self.lattice.dim:
             raise ValueError(f"M={M} is not a multiple of the lattice dimension {self.lattice.dim}")
         T = config.transform_channels
-        self.g_a = nn.Sequential(conv(3, T), GDN(T), conv(T, T), GDN(T), conv(T, T), GDN(T), conv(T, M))
+        self.g_a = AnalysisTransform(T, M, config.analysis_blocks)
         self.g_s = nn.Sequential(
             deconv(M, T), GDN(T, inverse=True), deconv(T, T), GDN(T, inverse=True),
             deconv(T, T), GDN(T, inverse=True), deconv(T, 3),

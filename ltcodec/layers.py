@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GDN", "conv", "deconv", "lower_bound"]
+__all__ = ["GDN", "ResidualBlock", "conv", "deconv", "lower_bound"]
 
 
 class _LowerBound(torch.autograd.Function):
@@ -60,3 +60,24 @@ def conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
 
 def deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv3×3(leaky(conv3×3(x))), at one resolution (Cheng et al., "Learned image compression with
+    discretized Gaussian mixture likelihoods and attention modules", CVPR 2020, use such blocks in
+    their analysis transform).
+
+    The second convolution starts at zero, so a block added to a trained transform starts as the
+    identity: the deeper transform computes what the trained one did and training takes it from there.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = nn.LeakyReLU(0.125)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(self.act(self.conv1(x)))

@@ -111,3 +111,22 @@ def test_transforms_wider_than_the_hyperprior_export_and_code(tmp_path):
         x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].float() / 255
         ref = net.estimate(x, torch.tensor([4.0]))["x_hat"][0].permute(1, 2, 0).clamp(0, 1).numpy()
     assert out.shape == (64, 64, 3) and np.abs(out - ref).mean() < 0.01
+
+
+def test_a_deeper_analysis_transform_exports_and_codes(tmp_path):
+    torch.manual_seed(0)
+    net = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8", analysis_blocks=1))
+    with torch.no_grad():
+        for block in list(net.g_a)[7:]:
+            block.conv2.weight.normal_(0, 0.05)
+    path = tmp_path / "deep.safetensors"
+    export_image_model(net, [smooth_image(64, 64, s) for s in range(2)], path, "deep")
+    model = ImageCodecModel.from_file(path)
+    assert model.config.analysis_blocks == 1
+    img = smooth_image(64, 64, 9)
+    with torch.no_grad():  # the blocks' weights travel in the file
+        x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].float() / 255
+        assert torch.allclose(model.g_a(x), net.g_a(x), atol=1e-2)
+        ref = net.estimate(x, torch.tensor([4.0]))["x_hat"][0].permute(1, 2, 0).clamp(0, 1).numpy()
+    out = np.asarray(decode_image(encode_image(img, quality=5, model=model), model=model)) / 255.0
+    assert out.shape == (64, 64, 3) and np.abs(out - ref).mean() < 0.01

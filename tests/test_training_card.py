@@ -44,7 +44,7 @@ def test_history_lines_name_each_change():
 
 def test_every_kind_of_change_has_a_card_line():
     examples = {"lambdas_from": [0.1, 0.2], "lr_from": 2e-4, "scale_floor_level_from": -32, "channels_from": 16,
-                "transform_N_from": 96,
+                "transform_N_from": 96, "analysis_blocks_from": 0,
                 "latent_from": 128, "crop_from": 128, "init_from": "ltc-image-e8.safetensors", "rate_from": "noise",
                 "mel_weight_from": 0.0, "target_kbps_from": [4.0, 6.0],
                 "likelihood_floor_from": 1e-9, "quality_weighting_from": "sum", "context_from": "none",

@@ -544,3 +544,38 @@ def test_a_run_widens_its_transforms_from_a_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match="can only widen"):
         main(_tiny_run(tmp_path, tmp_path / "narrow") + ["--init", str(wide / "last.ckpt"), "--M", "16",
                                                          "--transform-N", "10"])
+
+
+def test_a_deeper_analysis_transform_starts_as_the_same_codec():
+    torch.manual_seed(0)
+    shallow = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8"))
+    deep = LatticeHyperprior(ImageModelConfig(N=16, M=16, lattice="e8", analysis_blocks=2))
+    missing, unexpected = deep.load_state_dict(shallow.state_dict(), strict=False)
+    assert not unexpected and sorted({k.split(".")[1] for k in missing}) == ["10", "7", "8", "9"]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(shallow.g_a(x), deep.g_a(x))  # the new blocks are the identity
+        for block in list(deep.g_a)[7:]:
+            block.conv2.weight.normal_(0, 0.1)
+        assert not torch.allclose(shallow.g_a(x), deep.g_a(x), atol=1e-3)  # ... and take part once trained
+    assert deep.g_s.state_dict().keys() == shallow.g_s.state_dict().keys()  # the decoder is untouched
+
+
+def test_a_run_deepens_its_analysis_transform_from_a_checkpoint(tmp_path):
+    from ltcodec.training.card import history_line
+    from ltcodec.training.image import main
+
+    base, deep = tmp_path / "base", tmp_path / "deep"
+    main(_tiny_run(tmp_path, base) + ["--steps", "2"])
+    main(_tiny_run(tmp_path, deep) + ["--steps", "3", "--init", str(base / "last.ckpt"), "--analysis-blocks", "1",
+                                      "--warmup", "1"])
+    run = torch.load(deep / "last.ckpt", weights_only=False)
+    change = {"step": 2, "analysis_blocks_from": 0, "analysis_blocks": 1}
+    assert change in run["history"] and run["config"]["analysis_blocks"] == 1
+    assert run["model"]["g_a.8.conv1.weight"].shape[:2] == (8, 8)
+    assert not torch.equal(run["model"]["g_a.7.conv2.weight"], torch.zeros_like(run["model"]["g_a.7.conv2.weight"]))
+    assert "deepened at step 2 from 0 to 1 residual blocks" in history_line(change)
+    main(_tiny_run(tmp_path, deep) + ["--steps", "4", "--resume"])
+    assert torch.load(deep / "last.ckpt", weights_only=False)["step"] == 4
+    with pytest.raises(SystemExit, match="can only deepen"):
+        main(_tiny_run(tmp_path, tmp_path / "shallow") + ["--init", str(deep / "last.ckpt"), "--analysis-blocks", "0"])

@@ -32,7 +32,7 @@ def weights_line(state: dict) -> str:
 
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
 CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "transform_N_from",
-               "latent_from", "crop_from",
+               "analysis_blocks_from", "latent_from", "crop_from",
                "init_from", "rate_from", "mel_weight_from", "target_kbps_from",
                "likelihood_floor_from", "quality_weighting_from", "context_from", "context_fit_steps",
                "entropy_fit_steps")
@@ -107,6 +107,10 @@ def history_line(change: dict) -> str:
         return (f"* Transforms g_a and g_s widened at step {change['step']:,} from {change['transform_N_from']} to "
                 f"{change['transform_N']} channels, computing the same function but for noise of "
                 f"{COPY_NOISE:g} on the copies (`--transform-N` with `--init`).")
+    if "analysis_blocks_from" in change:
+        return (f"* Analysis transform deepened at step {change['step']:,} from {change['analysis_blocks_from']} to "
+                f"{change['analysis_blocks']} residual blocks after each of its second and third GDN, the new "
+                "ones starting as the identity (`--analysis-blocks` with `--init`).")
     if "latent_from" in change:
         return (f"* Latent widened at step {change['step']:,} from {change['latent_from']} to {change['latent']} "
                 "channels, the new ones starting small in g_a and unseen by g_s (`--M` with `--init`).")

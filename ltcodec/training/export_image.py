@@ -190,7 +190,10 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         f"SHA-256 `{sha}`.", "",
         "## Architecture", "",
         f"* Analysis g_a: 4 × (5×5 conv, stride 2) with simplified GDN, {config.transform_channels} channels, latent M = {config.M} "
-        "channels at 1/16 resolution; synthesis g_s mirrors it with transposed convolutions and inverse GDN.",
+        "channels at 1/16 resolution"
+        + (f", and {config.analysis_blocks} residual block{'s' if config.analysis_blocks > 1 else ''} (two 3×3 convs) "
+           "after each of its second and third GDN" if config.analysis_blocks else "")
+        + "; synthesis g_s mirrors the strided layers with transposed convolutions and inverse GDN.",
         f"* Latent quantized on the **{config.lattice.upper()}** lattice in blocks of "
         f"{8 if config.lattice == 'e8' else '?'} consecutive channels at each position, after subtracting the "
         "predicted mean; coded with the box code.",

@@ -323,6 +323,8 @@ def widen_transforms(weights: dict[str, torch.Tensor], model: LatticeHyperprior,
     old = {k: v for k, v in weights.items() if k.startswith(("g_a.", "g_s."))}
     if old["g_a.0.weight"].shape[0] == model.config.transform_channels:
         return weights
+    if model.config.analysis_blocks:
+        raise ValueError("widen the transforms before deepening g_a: the widening does not know its residual blocks")
     parts = nn.ModuleDict({"g_a": model.g_a, "g_s": model.g_s})
     return {**weights, **widen_state(old, parts, noise, torch.Generator().manual_seed(seed))}
 
@@ -356,6 +358,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--transform-N", type=int,
                    help="channels of g_a and g_s; with --init, more than the weights' widens them without "
                         "changing what they compute (widen_transforms)")
+    p.add_argument("--analysis-blocks", type=int,
+                   help="residual blocks in g_a after each of its second and third GDN; with --init, more than "
+                        "the weights' deepens g_a without changing what it computes (the new blocks start as the "
+                        "identity); the decoder is not touched")
     p.add_argument("--M", type=int, default=128)
     p.add_argument("--lattice", default="e8")
     p.add_argument("--lambdas", type=float, nargs="+",
@@ -413,18 +419,23 @@ def main(argv: list[str] | None = None) -> None:
     else:
         state = None
         config = ImageModelConfig(N=args.N, M=args.M, lattice=args.lattice, context=args.context or "none",
-                                  transform_N=args.transform_N)
+                                  transform_N=args.transform_N, analysis_blocks=args.analysis_blocks or 0)
         if args.init is not None:
             init = load_init(args.init)
             # The shape comes from the command line (the latent may widen, the lattice change); every
             # training setting (ladder, floors) from the weights, which were trained for them.
             config = replace(init.config, N=args.N, M=args.M, lattice=args.lattice,
                              context=args.context or init.config.context,
-                             transform_N=args.transform_N or init.config.transform_N)
+                             transform_N=args.transform_N or init.config.transform_N,
+                             analysis_blocks=(init.config.analysis_blocks if args.analysis_blocks is None
+                                              else args.analysis_blocks))
             seed_from_card(args.init.with_suffix(".md"), log_path)
             if config.transform_channels < init.config.transform_channels:
                 raise SystemExit(f"--transform-N {config.transform_channels}: the transforms can only widen "
                                  f"(they have {init.config.transform_channels} channels)")
+            if config.analysis_blocks < init.config.analysis_blocks:
+                raise SystemExit(f"--analysis-blocks {config.analysis_blocks}: g_a can only deepen "
+                                 f"(it has {init.config.analysis_blocks} blocks at each stage)")
     torch.manual_seed(args.seed)  # before the model: a fresh run's initial weights come from its seed
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
     # A learned lattice's basis is a handful of numbers too: it learns at the gains' rate.  So does a
@@ -463,6 +474,9 @@ def main(argv: list[str] | None = None) -> None:
     if init is not None and init.config.transform_channels != config.transform_channels:
         changes.add({"step": step, "transform_N_from": init.config.transform_channels,
                      "transform_N": config.transform_channels}, "transforms")
+    if init is not None and init.config.analysis_blocks != config.analysis_blocks:
+        changes.add({"step": step, "analysis_blocks_from": init.config.analysis_blocks,
+                     "analysis_blocks": config.analysis_blocks}, "analysis")
     latent_from = init.weights["g_a.6.weight"].shape[0] if init is not None else config.M
     if latent_from != config.M:
         changes.add({"step": step, "latent_from": latent_from, "latent": config.M}, "latent")
