@@ -103,6 +103,15 @@ def _tiny_run(tmp_path, out):
             "--batch", "2", "--crop", "64", "--threads", "1", "--eval-every", "0", "--keep-every", "0"]
 
 
+def _fork(tmp_path, base, out, steps, *extra):
+    """Run a tiny training started from ``base``'s checkpoint (one warm-up step); return its checkpoint."""
+    from ltcodec.training.image import main
+
+    main(_tiny_run(tmp_path, out) + ["--steps", str(steps), "--init", str(base / "last.ckpt"), "--warmup", "1",
+                                     *extra])
+    return torch.load(out / "last.ckpt", weights_only=False)
+
+
 def test_resuming_with_a_new_ladder_refits_the_gains(tmp_path):
     import json
 
@@ -147,10 +156,7 @@ def test_a_checkpoint_run_goes_on_in_a_wider_latent_with_its_record(tmp_path):
     assert init.step == 3 and init.cpu_seconds == state["cpu_seconds"] > 0
     assert all(torch.equal(init.weights[k], v) for k, v in state["ema"].items())
     wide = tmp_path / "wide"
-    args = _tiny_run(tmp_path, wide)
-    args[args.index("--M") + 1] = "16"
-    main(args + ["--steps", "4", "--init", str(out / "last.ckpt"), "--warmup", "1"])
-    after = torch.load(wide / "last.ckpt", weights_only=False)
+    after = _fork(tmp_path, out, wide, 4, "--M", "16")
     assert after["step"] == 4 and after["config"]["M"] == 16 and after["model"]["g_a.6.weight"].shape[0] == 16
     assert after["cpu_seconds"] > state["cpu_seconds"]
     assert after["history"] == [{"step": 3, "init_from": "last.ckpt", "warmup": 1},
@@ -166,10 +172,9 @@ def test_a_run_started_from_another_keeps_its_training_settings(tmp_path):
     main(_tiny_run(tmp_path, out) + ["--steps", "2", "--resume", "--rate", "hard", "--quality-weighting", "log"])
     before = torch.load(out / "last.ckpt", weights_only=False)
     on = tmp_path / "on"
-    main(_tiny_run(tmp_path, on) + ["--steps", "3", "--init", str(out / "last.ckpt"), "--warmup", "1"])
+    _fork(tmp_path, out, on, 3)
     again = tmp_path / "again"  # asking for the settings in force records no change of them
-    main(_tiny_run(tmp_path, again) + ["--steps", "3", "--init", str(out / "last.ckpt"), "--warmup", "1",
-                                        "--rate", "hard", "--quality-weighting", "log"])
+    _fork(tmp_path, out, again, 3, "--rate", "hard", "--quality-weighting", "log")
     for run in (on, again):
         after = torch.load(run / "last.ckpt", weights_only=False)
         assert after["config"]["lambdas"] == [float(f"{0.001 * 2 ** k:g}") for k in range(8)]
@@ -361,8 +366,7 @@ def test_a_run_takes_on_a_context_from_another_runs_weights_and_keeps_it(tmp_pat
     with pytest.raises(SystemExit, match="--init"):
         main(_tiny_run(tmp_path, out) + ["--steps", "3", "--resume", "--context", "checkerboard"])
     on = tmp_path / "on"
-    main(_tiny_run(tmp_path, on) + ["--steps", "3", "--init", str(out / "last.ckpt"), "--warmup", "1",
-                                    "--context", "checkerboard"])
+    _fork(tmp_path, out, on, 3, "--context", "checkerboard")
     main(_tiny_run(tmp_path, on) + ["--steps", "4", "--resume"])  # kept without the option
     state = torch.load(on / "last.ckpt", weights_only=False)
     change = {"step": 2, "context_from": "none", "context": "checkerboard"}
@@ -378,9 +382,7 @@ def test_an_entropy_model_fitted_alone_is_held_fixed_and_shipped_as_fitted(tmp_p
 
     base, out = tmp_path / "base", tmp_path / "ctx"
     main(_tiny_run(tmp_path, base) + ["--steps", "2"])
-    main(_tiny_run(tmp_path, out) + ["--steps", "3", "--init", str(base / "last.ckpt"), "--warmup", "1",
-                                     "--context", "checkerboard"])
-    before = torch.load(out / "last.ckpt", weights_only=False)
+    before = _fork(tmp_path, base, out, 3, "--context", "checkerboard")
     main(_tiny_run(tmp_path, out) + ["--steps", "5", "--resume", "--fit-entropy", "3", "--fit-crop", "64",
                                      "--fit-batch", "4", "--fit-lr", "0.01"])
     fitted = torch.load(out / "last.ckpt", weights_only=False)
@@ -401,8 +403,7 @@ def test_an_entropy_model_fitted_alone_is_held_fixed_and_shipped_as_fitted(tmp_p
     assert again["fixed_parts"] == parts and all(torch.equal(again["model"][k], fitted["model"][k]) for k in held)
     assert [h for h in again["history"] if "entropy_fit_steps" in h] == [change]
     follow = tmp_path / "follow"  # a run started from these weights goes on holding the fitted parts
-    main(_tiny_run(tmp_path, follow) + ["--steps", "7", "--init", str(out / "last.ckpt"), "--warmup", "1"])
-    on = torch.load(follow / "last.ckpt", weights_only=False)
+    on = _fork(tmp_path, out, follow, 7)
     assert on["fixed_parts"] == parts and all(torch.equal(on["model"][k], again["ema"][k]) for k in held)
     # an earlier record fitted the context alone
     assert held_parts([{"step": 1, "context_fit_steps": 5}, change]) == ["ctx", "h_a", "h_s", "z_density"]
@@ -474,9 +475,7 @@ def test_a_run_widening_its_latent_trains_its_entropy_model_again(tmp_path):
                                       "--fit-crop", "64", "--fit-batch", "2"])
     fitted = torch.load(base / "last.ckpt", weights_only=False)
     assert fitted["fixed_parts"] == ["h_a", "h_s", "z_density", "ctx"]
-    main(_tiny_run(tmp_path, wide) + ["--steps", "5", "--M", "128", "--init", str(base / "last.ckpt"),
-                                      "--warmup", "1"])
-    run = torch.load(wide / "last.ckpt", weights_only=False)
+    run = _fork(tmp_path, base, wide, 5, "--M", "128")
     assert {"step": 3, "latent_from": 64, "latent": 128} in run["history"]
     assert run["fixed_parts"] == [] and run["model"]["h_s.4.weight"].shape[0] == 256
     old = torch.cat([latent_positions(64, 128, 8), latent_positions(64, 128, 8) + 128])
@@ -530,9 +529,7 @@ def test_a_run_widens_its_transforms_from_a_checkpoint(tmp_path):
 
     base, wide = tmp_path / "base", tmp_path / "wide"
     main(_tiny_run(tmp_path, base) + ["--steps", "2"])
-    main(_tiny_run(tmp_path, wide) + ["--steps", "3", "--init", str(base / "last.ckpt"), "--transform-N", "12",
-                                      "--M", "16", "--warmup", "1"])  # the latent widens too
-    run = torch.load(wide / "last.ckpt", weights_only=False)
+    run = _fork(tmp_path, base, wide, 3, "--transform-N", "12", "--M", "16")  # the latent widens too
     change = {"step": 2, "transform_N_from": 8, "transform_N": 12}
     assert change in run["history"] and run["config"]["transform_N"] == 12
     assert {"step": 2, "latent_from": 8, "latent": 16} in run["history"]
@@ -567,9 +564,7 @@ def test_a_run_deepens_its_analysis_transform_from_a_checkpoint(tmp_path):
 
     base, deep = tmp_path / "base", tmp_path / "deep"
     main(_tiny_run(tmp_path, base) + ["--steps", "2"])
-    main(_tiny_run(tmp_path, deep) + ["--steps", "3", "--init", str(base / "last.ckpt"), "--analysis-blocks", "1",
-                                      "--warmup", "1"])
-    run = torch.load(deep / "last.ckpt", weights_only=False)
+    run = _fork(tmp_path, base, deep, 3, "--analysis-blocks", "1")
     change = {"step": 2, "analysis_blocks_from": 0, "analysis_blocks": 1}
     assert change in run["history"] and run["config"]["analysis_blocks"] == 1
     assert run["model"]["g_a.8.conv1.weight"].shape[:2] == (8, 8)
