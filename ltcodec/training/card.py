@@ -200,7 +200,7 @@ def progress_section(records: list[dict], qualities: Sequence[int], cell: Callab
 
 _NUMBER = r"(-?[\d.]+(?:e-?\d+)?)"
 _CARD_CHANGES = (
-    (rf"\* Quality ladder changed at step ([\d,]+) from λ = ([^(]+?) \(", lambda m: {
+    (r"\* Quality ladder changed at step ([\d,]+) from λ = ([^(]+?) \(", lambda m: {
         "lambdas_from": [float(v) for v in m[2].split(",")]}),
     (rf"\* Learning rate changed at step ([\d,]+) from {_NUMBER} to {_NUMBER} ", lambda m: {
         "lr_from": float(m[2]), "lr": float(m[3])}),
