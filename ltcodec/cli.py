@@ -291,7 +291,8 @@ def info(input: str, as_json: bool) -> None:
                        f"lattice {d['lattice']}")
             click.echo(f"  model {d['model']} (sha256 {d['model_sha256'][:16]}…, codes at {d['model_rate']} Hz), "
                        f"format {d['version']}")
-            click.echo(f"  {d['bytes']} bytes in {d['segments']} segments, {d['kbps']:.2f} kbit/s")
+            segments = f"{d['segments']} segment" + ("" if d["segments"] == 1 else "s")
+            click.echo(f"  {d['bytes']} bytes in {segments}, {d['kbps']:.2f} kbit/s")
             return
         from .image import image_info
 
