@@ -16,8 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from .audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig, to_two_d_state
-from .boxcode import BoxCoder, ChannelTables
-from .intnet import IntegerNetwork
 from .latent_coding import Z_CLAMP, HyperLatentCoding, freeze_entropy_model, write_model_file
 
 __all__ = ["AudioCodecModel", "export_audio_model"]
@@ -31,18 +29,7 @@ class AudioCodecModel(HyperLatentCoding, nn.Module):
 
     def __init__(self, config: AudioModelConfig, name: str, sha256: str):
         super().__init__()
-        self.config = config
-        self.name = name
-        self.sha256 = sha256
-        net = AudioLatticeCodec(config, two_d=True)
-        self.g_a, self.g_s, self.h_a = net.g_a, net.g_s, net.h_a
-        self.enc_gain, self.dec_gain = net.enc_gain, net.dec_gain
-        self.lattice = net.lattice
-        object.__setattr__(self, "_net", net)  # for gains(); its parameters are the ones above
-        self.h_s_int: IntegerNetwork | None = None
-        self.z_tables: ChannelTables | None = None
-        self.y_coder: BoxCoder | None = None
-        self.eval()
+        self._adopt(AudioLatticeCodec(config, two_d=True), config, name, sha256)
 
     @property
     def qualities(self) -> int:
@@ -53,9 +40,6 @@ class AudioCodecModel(HyperLatentCoding, nn.Module):
         return self.config.hop
 
     # -- the pipeline --------------------------------------------------------------------------------
-    def _gains(self, quality: float) -> tuple[Tensor, Tensor]:
-        return self._net.gains(torch.tensor([quality - 1.0]))
-
     def z_shape(self, latent_shape: tuple[int, int]) -> tuple[int, int]:
         return 1, latent_shape[1] // HYPER_STRIDE
 

@@ -19,9 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .boxcode import BoxCoder, ChannelTables
 from .image_model import CONTEXT_CLAMP, CONTEXT_GRID, ImageModelConfig, LatticeHyperprior, anchor_mask
-from .intnet import IntegerNetwork
 from .latent_coding import (MEAN_GRID, Z_CLAMP, HyperLatentCoding, Streams, freeze_context, freeze_entropy_model,
                             write_model_file)
 from .workers import in_order, single_threaded_workers
@@ -94,29 +92,13 @@ class ImageCodecModel(HyperLatentCoding, nn.Module):
 
     def __init__(self, config: ImageModelConfig, name: str, sha256: str):
         super().__init__()
-        self.config = config
-        self.name = name
-        self.sha256 = sha256
-        net = LatticeHyperprior(config)
-        self.g_a, self.g_s, self.h_a = net.g_a, net.g_s, net.h_a
-        self.enc_gain, self.dec_gain = net.enc_gain, net.dec_gain
-        self.lattice = net.lattice
-        # Kept for gains(); not registered as a submodule, so its parameters (the ones above) are not
-        # listed twice in the state.
-        object.__setattr__(self, "_net", net)
-        self.h_s_int: IntegerNetwork | None = None
-        self.z_tables: ChannelTables | None = None
-        self.y_coder: BoxCoder | None = None
-        self.eval()
+        self._adopt(LatticeHyperprior(config), config, name, sha256)
 
     @property
     def qualities(self) -> int:
         return len(self.config.lambdas)
 
     # -- the pipeline --------------------------------------------------------------------------------
-    def _gains(self, quality: float) -> tuple[Tensor, Tensor]:
-        return self._net.gains(torch.tensor([quality - 1.0]))
-
     def z_shape(self, latent_shape: tuple[int, int]) -> tuple[int, int]:
         return latent_shape[0] // 4, latent_shape[1] // 4
 

@@ -7,8 +7,8 @@ Both codecs code a latent ``y'`` of shape (M, h, w) (audio: h = 1) the same way:
     ŷ' = G·u + μ'
 
 Everything on this path is integers or shipped tables, so streams parse identically on every machine.
-A model class mixes in :class:`HyperLatentCoding` and supplies ``h_a`` (float), ``h_s_int``,
-``z_tables``, ``y_coder``, ``lattice``, ``config.M``, ``_gains(quality)`` and ``z_shape``.
+A model class mixes in :class:`HyperLatentCoding`, hands its float network to ``_adopt`` (transforms, gains,
+lattice; ``from_bytes`` adds the integer h_s and the tables) and supplies ``config.M`` and ``z_shape``.
 """
 
 from __future__ import annotations
@@ -70,6 +70,26 @@ class HyperLatentCoding:
     #: stay a few tens of MB, where a 24-megapixel latent of 320 channels (3.75 M blocks of E8) took
     #: 1.9 GB beyond its result.  Each block's point is its own, so the result is the same.
     closest_chunk = 1 << 16
+    #: Exact parts read from the model file by :meth:`from_bytes` (the float network has none of them).
+    h_s_int: IntegerNetwork | None = None
+    z_tables: ChannelTables | None = None
+    y_coder: BoxCoder | None = None
+
+    def _adopt(self, net: nn.Module, config, name: str, sha256: str) -> None:
+        """Take a float network's transforms, gains and lattice as this model's own (called from
+        ``__init__``); the exact entropy-coding parts come from the model file."""
+        self.config, self.name, self.sha256 = config, name, sha256
+        self.g_a, self.g_s, self.h_a = net.g_a, net.g_s, net.h_a
+        self.enc_gain, self.dec_gain = net.enc_gain, net.dec_gain
+        self.lattice = net.lattice
+        # Kept for gains(); not registered as a submodule, so its parameters (the ones above) are not
+        # listed twice in the state.
+        object.__setattr__(self, "_net", net)
+        self.eval()
+
+    def _gains(self, quality: float) -> tuple[Tensor, Tensor]:
+        """The encoder and decoder gains of a (fractional) quality 1…qualities."""
+        return self._net.gains(torch.tensor([quality - 1.0]))
 
     @classmethod
     def from_bytes(cls, blob: bytes, name: str | None = None):
