@@ -6,7 +6,8 @@
 Several logs are read as one history (a run forked from another keeps its own log): where two hold the
 same step, the later log's record is the one shown.  The moving average's eval is read by default,
 because that is what an export ships; ``--weights training`` reads the raw weights' (noisier: ±5% on
-audio from one eval to the next).
+audio from one eval to the next), and ``--signals train`` an image run's eval on a few of its training
+crops.
 
 * Image logs (rows of bpp and PSNR on a few Kodak images): BD-rate of each eval against the anchor's —
   over all qualities and over qualities 2–8 — and PSNR at the top quality.
@@ -30,9 +31,16 @@ from .bdrate import bd_rate
 TOP_QUALITIES = (5, 6, 7, 8)
 
 
-def read_evals(logs: list[Path], weights: str = "ema") -> dict[int, list[dict]]:
-    """Step → the eval rows (one per quality) of those weights, over the logs in order."""
-    key = "eval_ema" if weights == "ema" else "eval"
+def read_evals(logs: list[Path], weights: str = "ema", signals: str = "eval") -> dict[int, list[dict]]:
+    """Step → the eval rows (one per quality) of those weights on those signals, over the logs in order.
+
+    ``signals`` "train" reads the image runs' eval on a few training crops (kept for the moving average
+    only), which tells a model that memorizes its crops from one that has stopped learning.
+    """
+    if signals == "train":
+        key = "eval_train_ema"
+    else:
+        key = "eval_ema" if weights == "ema" else "eval"
     evals = {}
     for log in logs:
         for line in log.read_text().splitlines():
@@ -91,11 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--since", type=int, default=0, help="show evals from this step on")
     p.add_argument("--anchor", type=int, help="the step to compare against (default: the first shown)")
     p.add_argument("--weights", choices=("ema", "training"), default="ema")
+    p.add_argument("--signals", choices=("eval", "train"), default="eval",
+                   help="the eval signals (default) or, for image runs, the training crops (moving average)")
     args = p.parse_args(argv)
     for log in args.logs:
         if not log.is_file():
             raise SystemExit(f"no such log: {log}")
-    evals = {s: rows for s, rows in read_evals(args.logs, args.weights).items() if s >= args.since}
+    evals = {s: rows for s, rows in read_evals(args.logs, args.weights, args.signals).items() if s >= args.since}
     if not evals:
         raise SystemExit("no periodic evals in those logs" + (f" from step {args.since:,}" if args.since else ""))
     anchor = next(iter(evals)) if args.anchor is None else args.anchor

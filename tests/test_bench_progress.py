@@ -34,6 +34,10 @@ def test_a_fork_continues_its_parents_history_and_ranks_by_bd_rate(tmp_path, cap
     assert "| 200 | -10.00% | -10.00% |" in out  # 0.9 × the bits at every PSNR
     main([str(parent), str(fork), "--anchor", "200", "--weights", "training"])
     assert "| 100 | +0.00% |" in capsys.readouterr().out
+    crops = _log(tmp_path / "c.jsonl", [{"step": 300, "eval_ema": _image_rows(1.0),
+                                         "eval_train_ema": _image_rows(0.5)}])
+    assert read_evals([crops], signals="train") == {300: _image_rows(0.5)}
+    assert read_evals([crops]) == {300: _image_rows(1.0)}
 
 
 def test_audio_progress_is_the_top_qualities_spectral_distance(tmp_path, capsys):
