@@ -52,10 +52,11 @@ def test_train_resume_export(tmp_path, monkeypatch):
     rated = torch.load(out / "last.ckpt", weights_only=False)
     assert rated["rate"] == "hard" and rated["history"] == [change, {"step": 4, "rate_from": "noise", "rate": "hard"}]
     assert rated["mel_weight"] == 0.0
-    train_audio.main(common + ["--steps", "6", "--resume", "--lr", "1.5e-4", "--mel-weight", "1"])
-    train_audio.main(common + ["--steps", "7", "--resume", "--lr", "1.5e-4"])  # kept without the flag
+    train_audio.main(common + ["--steps", "6", "--resume", "--mel-weight", "1"])
+    train_audio.main(common + ["--steps", "7", "--resume"])  # kept without the flag; so is the rate
     mel = torch.load(out / "last.ckpt", weights_only=False)
     assert mel["mel_weight"] == 1.0 and mel["history"][-1] == {"step": 5, "mel_weight_from": 0.0, "mel_weight": 1.0}
+    assert mel["lr"] == 1.5e-4  # not the default 3e-4: a resume without --lr keeps the run's rate
     ladder = [2.5, 6.0, 9.0, 13.0, 19.0, 27.0, 38.0, 54.0]
     train_audio.main(common + ["--steps", "8", "--resume", "--lr", "1.5e-4", "--target-kbps", *map(str, ladder)])
     train_audio.main(common + ["--steps", "9", "--resume", "--lr", "1.5e-4"])  # kept without the flag

@@ -213,6 +213,11 @@ def test_a_new_learning_rate_is_recorded_for_the_card(tmp_path):
     assert history_line(state["history"][0]) == "* Learning rate changed at step 2 from 0.0002 to 0.0001 (`--lr`)."
     main(common + ["--steps", "4", "--resume", "--lr", "1e-4"])  # the same rate again: nothing new
     assert torch.load(out / "last.ckpt", weights_only=False)["history"] == state["history"]
+    main(common + ["--steps", "5", "--resume"])  # no --lr: the run's own rate, not the default 2e-4
+    kept = torch.load(out / "last.ckpt", weights_only=False)
+    assert kept["step"] == 5 and kept["lr"] == 1e-4 and kept["history"] == state["history"]
+    with pytest.raises(SystemExit, match="give both"):
+        main(common + ["--steps", "6", "--resume", "--lr-drop-at", "5"])
 
 
 def test_periodic_eval_measures_training_images_beside_the_eval_images(tmp_path):

@@ -40,12 +40,14 @@ from ..image_model import RATE_RELAXATIONS
 from .card import RecipeChanges, recorded_history, recorded_settings, resumed_setting, seed_from_card
 from .image import save_checkpoint
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, drop_mismatched_state,
-                    gain_optimizer, learning_rate_change, set_learning_rate, split_state, warmup_factor)
+                    gain_optimizer, learning_rate_change, resolve_learning_rate, set_learning_rate, split_state,
+                    warmup_factor)
 from .restore import fit_density, float_layers, load_float_layers, table_pmfs, table_radius
 from .widen import COPY_NOISE, widen_state
 
 CACHE = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec"))
 DEFAULT_OUT = CACHE / "audio-e8"
+DEFAULT_LR = 3e-4
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
 STFT_SIZES = (2048, 1024, 512, 256, 128, 64)
 #: The mel term of the loss (``--mel-weight``): (FFT size, bands) of log mel magnitudes compared by L1.
@@ -275,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=80, help="latent frames per crop (80 = 1.07 s at 24 kHz)")
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float,
+                   help=f"base learning rate (default {DEFAULT_LR:g}; on --resume, the rate the run trains with)")
     p.add_argument("--channels", type=int,
                    help="channels of the first layer (default 16); on --resume, more than the run's widens its "
                    "transforms without changing what they compute")
@@ -309,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     log_path = args.out / "log.jsonl"
 
     state = torch.load(ckpt_path, weights_only=False) if args.resume and ckpt_path.exists() else None
+    args.lr = resolve_learning_rate(args.lr, state, log_path, DEFAULT_LR)
     init = load_init(args.init) if state is None and args.init is not None else None
     if init is not None:
         seed_from_card(args.init.with_suffix(".md"), log_path)
@@ -359,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     # Changes of the recipe so far (the model card reports them); 3·10⁻⁴ is the rate of every run before
     # checkpoints kept theirs.
     changes = RecipeChanges(state.get("history", []) if state is not None else init[2]["history"] if init else [])
-    changes.add(learning_rate_change(state, args.lr, step, default=3e-4), "learning rate")
+    changes.add(learning_rate_change(state, args.lr, step, default=DEFAULT_LR), "learning rate")
     warmup = state.get("warmup", (0, 0)) if state is not None else ((step, args.warmup) if init else (0, 0))
     if init is not None and step:
         changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")

@@ -30,10 +30,11 @@ from ..image_model import (CONTEXT_GROUPS, CONTEXTS, LOG2_SCALE_MIN, RATE_RELAXA
 from .card import (RecipeChanges, changed_setting, is_change, recorded_history, recorded_settings, resumed_setting,
                    seed_from_card)
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, gain_optimizer, learning_rate_change,
-                    set_learning_rate, split_state, warmup_factor)
+                    resolve_learning_rate, set_learning_rate, split_state, warmup_factor)
 from .widen import COPY_NOISE, widen_state
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
+DEFAULT_LR = 2e-4
 
 
 def load_images(folder: Path, cache: Path | None = None) -> list[np.ndarray]:
@@ -346,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float,
+                   help=f"base learning rate (default {DEFAULT_LR:g}; on --resume, the rate the run trains with)")
     p.add_argument("--lr-drop-at", type=int, default=0, help="divide the learning rate by 10 from this step")
     p.add_argument("--warmup", type=int, default=1000,
                    help="with --init, ramp the learning rate up over this many steps (the optimizer starts afresh)")
@@ -436,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
             if config.analysis_blocks < init.config.analysis_blocks:
                 raise SystemExit(f"--analysis-blocks {config.analysis_blocks}: g_a can only deepen "
                                  f"(it has {init.config.analysis_blocks} blocks at each stage)")
+    if args.lr_drop_at and args.lr is None:
+        raise SystemExit("--lr-drop-at divides the rate given with --lr: give both")
+    args.lr = resolve_learning_rate(args.lr, state, log_path, DEFAULT_LR)
     torch.manual_seed(args.seed)  # before the model: a fresh run's initial weights come from its seed
     model = LatticeHyperprior(config).to(memory_format=torch.channels_last)
     # A learned lattice's basis is a handful of numbers too: it learns at the gains' rate.  So does a

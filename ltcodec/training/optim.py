@@ -100,14 +100,29 @@ def learning_rate_change(state: dict | None, lr: float, step: int, log_path: Pat
     """
     if state is None:
         return None
+    before = trained_learning_rate(state, log_path, default)
+    if before is None or before == lr:
+        return None
+    return {"step": step, "lr_from": before, "lr": lr}
+
+
+def trained_learning_rate(state: dict, log_path: Path | None = None, default: float | None = None) -> float | None:
+    """The base learning rate a checkpoint's run has been training with (see :func:`learning_rate_change`)."""
     before = state.get("lr")
     if before is None and log_path is not None and log_path.exists():
         logged = [r["lr"] for r in map(json.loads, log_path.read_text().splitlines()) if "lr" in r]
         before = logged[-1] if logged else None
-    before = default if before is None else before
-    if before is None or before == lr:
-        return None
-    return {"step": step, "lr_from": before, "lr": lr}
+    return default if before is None else before
+
+
+def resolve_learning_rate(lr: float | None, state: dict | None, log_path: Path | None, default: float) -> float:
+    """``--lr`` as given, else the rate a resumed run has been training with, else the recipe's default:
+    resuming without ``--lr`` must not quietly move a run to another rate."""
+    if lr is not None:
+        return lr
+    if state is None:
+        return default
+    return trained_learning_rate(state, log_path, default)
 
 
 def descend(opt: torch.optim.Optimizer, model: nn.Module, average: WeightAverage, loss: torch.Tensor,
