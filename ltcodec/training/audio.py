@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     log_path = args.out / "log.jsonl"
 
     state = torch.load(ckpt_path, weights_only=False) if args.resume and ckpt_path.exists() else None
-    args.lr = resolve_learning_rate(args.lr, state, log_path, DEFAULT_LR)
+    args.lr = resolve_learning_rate(args.lr, state, None, DEFAULT_LR)  # as learning_rate_change reads it
     init = load_init(args.init) if state is None and args.init is not None else None
     if init is not None:
         seed_from_card(args.init.with_suffix(".md"), log_path)
