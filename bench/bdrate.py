@@ -13,7 +13,7 @@ import math
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-__all__ = ["bd_rate", "bd_psnr"]
+__all__ = ["bd_rate", "bd_rate_rows", "bd_psnr"]
 
 
 def _curve(rates, quality):
@@ -31,6 +31,14 @@ def bd_rate(anchor_rates, anchor_quality, test_rates, test_quality) -> float:
     ia = PchipInterpolator(qa, la).integrate(lo, hi)
     it = PchipInterpolator(qt, lt).integrate(lo, hi)
     return (math.exp((it - ia) / (hi - lo)) - 1) * 100
+
+
+def bd_rate_rows(anchor_rows: list[dict], test_rows: list[dict], lowest: int = 1) -> float:
+    """:func:`bd_rate` of two curves given as rows of ``quality``, ``bpp`` and ``psnr``, from quality
+    ``lowest`` up."""
+    a = [r for r in anchor_rows if r["quality"] >= lowest]
+    t = [r for r in test_rows if r["quality"] >= lowest]
+    return bd_rate([r["bpp"] for r in a], [r["psnr"] for r in a], [r["bpp"] for r in t], [r["psnr"] for r in t])
 
 
 def bd_psnr(anchor_rates, anchor_quality, test_rates, test_quality) -> float:

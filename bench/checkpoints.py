@@ -31,7 +31,7 @@ import torch
 from ltcodec.image_model import LatticeHyperprior
 from ltcodec.training.image import ENTROPY_PARTS, evaluate
 
-from .bdrate import bd_rate
+from .bdrate import bd_rate_rows
 from .host import machine
 from .latent_usage import first_images, load_network
 
@@ -52,15 +52,9 @@ def compare(nets: list[LatticeHyperprior], images: list[np.ndarray]) -> list[dic
     curve's shape)."""
     out = [{"rows": evaluate(net, images)} for net in nets]
     ref = out[0]["rows"]
-
-    def bd(rows: list[dict], lowest: int) -> float:
-        a = [r for r in ref if r["quality"] >= lowest]
-        b = [r for r in rows if r["quality"] >= lowest]
-        return bd_rate([r["bpp"] for r in a], [r["psnr"] for r in a], [r["bpp"] for r in b], [r["psnr"] for r in b])
-
     for entry in out:
-        entry["bd_rate_vs_first"] = bd(entry["rows"], 1)
-        entry["bd_rate_vs_first_from_q2"] = bd(entry["rows"], 2)
+        entry["bd_rate_vs_first"] = bd_rate_rows(ref, entry["rows"], 1)
+        entry["bd_rate_vs_first_from_q2"] = bd_rate_rows(ref, entry["rows"], 2)
     return out
 
 

@@ -26,7 +26,7 @@ import json
 import math
 from pathlib import Path
 
-from .bdrate import bd_rate
+from .bdrate import bd_rate_rows
 
 TOP_QUALITIES = (5, 6, 7, 8)
 
@@ -56,23 +56,20 @@ def is_image(rows: list[dict]) -> bool:
 
 def image_row(anchor: list[dict], rows: list[dict]) -> dict:
     """BD-rate (%) against the anchor over all qualities and over 2–8, and PSNR at the top quality."""
-    def bd(lo):
-        a = [r for r in anchor if r["quality"] >= lo]
-        t = [r for r in rows if r["quality"] >= lo]
-        return bd_rate([r["bpp"] for r in a], [r["psnr"] for r in a], [r["bpp"] for r in t], [r["psnr"] for r in t])
-    return {"bd_rate_all": bd(1), "bd_rate_q2": bd(2), "top_psnr": rows[-1]["psnr"], "top_bpp": rows[-1]["bpp"]}
+    return {"bd_rate_all": bd_rate_rows(anchor, rows, 1), "bd_rate_q2": bd_rate_rows(anchor, rows, 2),
+            "top_psnr": rows[-1]["psnr"], "top_bpp": rows[-1]["bpp"]}
 
 
-def top_stft(rows: list[dict]) -> float:
-    """Mean STFT distance over the qualities where the transforms set the quality."""
-    top = [r["stft"] for r in rows if r["quality"] in TOP_QUALITIES]
+def top_mean(rows: list[dict], key: str) -> float:
+    """Mean of ``key`` over the qualities where the transforms, not the bits, set the quality."""
+    top = [r[key] for r in rows if r["quality"] in TOP_QUALITIES]
     return sum(top) / len(top) if top else math.nan
 
 
 def audio_row(anchor: list[dict], rows: list[dict]) -> dict:
-    stft, ref = top_stft(rows), top_stft(anchor)
-    return {"top_stft": stft, "vs_anchor": (stft / ref - 1) * 100,
-            "top_kbps": sum(r["kbps"] for r in rows if r["quality"] in TOP_QUALITIES) / len(TOP_QUALITIES)}
+    stft = top_mean(rows, "stft")
+    return {"top_stft": stft, "vs_anchor": (stft / top_mean(anchor, "stft") - 1) * 100,
+            "top_kbps": top_mean(rows, "kbps")}
 
 
 def report(evals: dict[int, list[dict]], anchor_step: int) -> str:
