@@ -24,9 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+import time
 from pathlib import Path
 
 from .bdrate import bd_rate_rows
+from .host import machine
 
 TOP_QUALITIES = (5, 6, 7, 8)
 
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", choices=("ema", "training"), default="ema")
     p.add_argument("--signals", choices=("eval", "train"), default="eval",
                    help="the eval signals (default) or, for image runs, the training crops (moving average)")
+    p.add_argument("--out", type=Path, help="also write the table to this Markdown file, with command, date, machine")
     args = p.parse_args(argv)
     for log in args.logs:
         if not log.is_file():
@@ -108,7 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     anchor = next(iter(evals)) if args.anchor is None else args.anchor
     if anchor not in evals:
         raise SystemExit(f"no eval at step {anchor:,}; evals at {', '.join(f'{s:,}' for s in evals)}")
-    print(report(evals, anchor), end="")
+    text = report(evals, anchor)
+    print(text, end="")
+    if args.out is not None:
+        command = "python -m bench.progress " + " ".join(sys.argv[1:] if argv is None else argv)
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        args.out.write_text(f"# Training progress from the logs' periodic evals\n\nCommand: `{command}` · {when} · "
+                            f"{machine()}\n\n{text}")
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ def test_a_fork_continues_its_parents_history_and_ranks_by_bd_rate(tmp_path, cap
 def test_audio_progress_is_the_top_qualities_spectral_distance(tmp_path, capsys):
     log = _log(tmp_path / "log.jsonl", [{"step": s, "eval": _audio_rows(1.0), "eval_ema": _audio_rows(d)}
                                         for s, d in ((1000, 0.8), (2000, 0.72))])
-    main([str(log), "--since", "500"])
+    main([str(log), "--since", "500", "--out", str(tmp_path / "p.md")])
     out = capsys.readouterr().out
+    assert (tmp_path / "p.md").read_text().endswith(out) and "--since 500" in (tmp_path / "p.md").read_text()
     # q5–8 distances are d + 0.3, 0.2, 0.1, 0 → mean d + 0.15
     assert "| 1,000 | 0.9500 | +0.00% | 19.5 |" in out and "| 2,000 | 0.8700 | -8.42% |" in out
 
