@@ -152,7 +152,7 @@ def test_a_run_started_from_a_file_records_it_and_warms_up(tmp_path, monkeypatch
     # The rate weights go on from the file's (two dual steps of at most 0.003·|log(rate/target)| each).
     torch.testing.assert_close(state["log_weights"], torch.linspace(0.5, -6.5, 8), atol=0.1, rtol=0)
     assert state["history"] == [{"step": 5, "lr_from": 3e-4, "lr": 1.5e-4},
-                                {"step": 7, "init_from": "m.safetensors", "warmup": 10}]
+                                {"step": 7, "init_from": "m.safetensors", "warmup": 10, "lr": 3e-4}]
 
 
 def test_the_hard_audio_rate_is_the_coded_rate():

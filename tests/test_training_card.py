@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ltcodec.training.card import (CHANGE_KEYS, RecipeChanges, eval_records, history_line, is_change,
-                                   progress_section, recorded_settings)
+                                   learning_rate_line, progress_section, recorded_settings)
 
 
 def _log(path, records):
@@ -92,6 +92,7 @@ def test_a_cards_history_and_progress_tables_read_back():
                {"step": 2_500, "crop_from": 128, "batch_from": 8, "crop": 192, "batch": 4},
                {"step": 3_000, "lambdas_from": [0.00015, 0.001, 0.01], "lambdas": ladder},
                {"step": 4_000, "init_from": "ltc-image-e8.safetensors", "warmup": 1000},
+               {"step": 4_200, "init_from": "step-4200.ckpt", "warmup": 200, "lr": 1e-05},
                {"step": 4_500, "rate_from": "noise", "rate": "hard"},
                {"step": 5_000, "mel_weight_from": 0.0, "mel_weight": 1.0},
                {"step": 6_000, "target_kbps_from": [4.0, 6.5], "target_kbps": [2.5, 6.5]},
@@ -111,3 +112,8 @@ def test_a_cards_history_and_progress_tables_read_back():
             assert [(r["quality"], round(r["bpp"], 3), r["psnr"]) for r in got[key]] == \
                 [(r["quality"], round(r["bpp"], 3), r["psnr"]) for r in want[key]]
         assert got["eval"] == got["eval_ema"]
+
+
+def test_the_card_says_the_learning_rate_a_run_ended_with():
+    assert learning_rate_line({"lr": 1e-05, "step": 9}) == ["* Base learning rate at the last step: 1e-05."]
+    assert learning_rate_line({"step": 9}) == []  # a checkpoint from before runs kept their rate

@@ -156,10 +156,10 @@ def test_a_checkpoint_run_goes_on_in_a_wider_latent_with_its_record(tmp_path):
     assert init.step == 3 and init.cpu_seconds == state["cpu_seconds"] > 0
     assert all(torch.equal(init.weights[k], v) for k, v in state["ema"].items())
     wide = tmp_path / "wide"
-    after = _fork(tmp_path, out, wide, 4, "--M", "16")
+    after = _fork(tmp_path, out, wide, 4, "--M", "16", "--lr", "1e-4")
     assert after["step"] == 4 and after["config"]["M"] == 16 and after["model"]["g_a.6.weight"].shape[0] == 16
     assert after["cpu_seconds"] > state["cpu_seconds"]
-    assert after["history"] == [{"step": 3, "init_from": "last.ckpt", "warmup": 1},
+    assert after["history"] == [{"step": 3, "init_from": "last.ckpt", "warmup": 1, "lr": 1e-4},
                                 {"step": 3, "latent_from": 8, "latent": 16}]
 
 
@@ -181,7 +181,7 @@ def test_a_run_started_from_another_keeps_its_training_settings(tmp_path):
         assert (after["config"]["scale_floor_level"], after["config"]["likelihood_floor"]) == (-20, 1.5e-5)
         assert after["config"] == before["config"]
         assert (after["rate"], after["quality_weighting"]) == ("hard", "log")
-        assert after["history"] == before["history"] + [{"step": 2, "init_from": "last.ckpt", "warmup": 1}]
+        assert after["history"] == before["history"] + [{"step": 2, "init_from": "last.ckpt", "warmup": 1, "lr": 2e-4}]
 
 
 def test_checkpoints_keep_a_moving_average_of_the_weights(tmp_path):

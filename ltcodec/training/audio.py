@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     changes.add(learning_rate_change(state, args.lr, step, default=DEFAULT_LR), "learning rate")
     warmup = state.get("warmup", (0, 0)) if state is not None else ((step, args.warmup) if init else (0, 0))
     if init is not None and step:
-        changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
+        changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup, "lr": args.lr}, "start")
     # A run initialized from weights goes on with the settings their history left in force.
     kept = state if state is not None else recorded_settings(init[2]["history"]) if init is not None else None
     rate, change = resumed_setting(kept, "rate", "noise", args.rate, step)

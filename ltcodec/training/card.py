@@ -30,6 +30,13 @@ def weights_line(state: dict) -> str:
     return "* Weights: the training weights at that step."
 
 
+def learning_rate_line(state: dict) -> list[str]:
+    """The card's line on the base learning rate the run had reached (``state["lr"]``), if it kept it.  The
+    history records changes of it, and the rate a start from other weights ramps up to only since starts
+    kept it, so this line is what says the rate of a run started before then."""
+    return [f"* Base learning rate at the last step: {state['lr']:g}."] if "lr" in state else []
+
+
 #: The key that marks each kind of recipe change in a ``history`` (and in the log that records it).
 CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_from", "transform_N_from",
                "analysis_blocks_from", "latent_from", "crop_from",
@@ -139,7 +146,8 @@ def history_line(change: dict) -> str:
     if "init_from" in change:
         return (f"* Training went on at step {change['step']:,} from the weights of `{change['init_from']}` "
                 f"(its moving average) with a fresh optimizer, the learning rate ramped up over "
-                f"{change.get('warmup', 0):,} steps (`--init`, `--warmup`).")
+                f"{change.get('warmup', 0):,} steps" + (f" to {change['lr']:g}" if "lr" in change else "")
+                + " (`--init`, `--warmup`).")
     if "mel_weight_from" in change:
         return (f"* Mel term of the distortion changed at step {change['step']:,} from weight "
                 f"{change['mel_weight_from']:g} to {change['mel_weight']:g} (`--mel-weight`).")
@@ -221,8 +229,8 @@ _CARD_CHANGES = (
         "target_kbps": [float(v) for v in m[3].split(",")]}),
     (r"\* Rate term changed at step ([\d,]+) from the (\w+) to the (\w+) ", lambda m: {
         "rate_from": m[2], "rate": m[3]}),
-    (r"\* Training went on at step ([\d,]+) from the weights of `([^`]+)` .* over ([\d,]+) steps", lambda m: {
-        "init_from": m[2], "warmup": int(m[3].replace(",", ""))}),
+    (rf"\* Training went on at step ([\d,]+) from the weights of `([^`]+)` .* over ([\d,]+) steps(?: to {_NUMBER})?",
+     lambda m: {"init_from": m[2], "warmup": int(m[3].replace(",", "")), **({"lr": float(m[4])} if m[4] else {})}),
 )
 
 

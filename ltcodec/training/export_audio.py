@@ -26,7 +26,7 @@ from ..audio import decode_audio, encode_audio
 from ..audio_codec import AudioCodecModel, export_audio_model
 from ..audio_model import AudioLatticeCodec, AudioModelConfig
 from .audio import load_corpus, si_sdr
-from .card import cpu_name, eval_records, history_line, progress_section, weights_line
+from .card import cpu_name, eval_records, history_line, learning_rate_line, progress_section, weights_line
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -161,6 +161,7 @@ def write_card(path: Path, name: str, sha: str, config: AudioModelConfig, params
         f"* Steps: {state['step']:,}; CPU time: {state.get('cpu_seconds', 0) / 3600:.1f} CPU-hours "
         f"({cpu}, 2 cores shared with other jobs).",
         weights_line(state),
+        *learning_rate_line(state),
         *[history_line(h) for h in state.get("history", [])],
         "",
         "## Measured (real .ltc files)", "",

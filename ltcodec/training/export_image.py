@@ -27,7 +27,7 @@ from ..image import decode_image, encode_image
 from ..image_codec import ImageCodecModel, export_image_model
 from ..entropy import box_likelihood
 from ..image_model import LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
-from .card import cpu_name, eval_records, history_line, progress_section, weights_line
+from .card import cpu_name, eval_records, history_line, learning_rate_line, progress_section, weights_line
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -218,6 +218,7 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         f"* Steps: {state['step']:,}; CPU time: {state.get('cpu_seconds', 0) / 3600:.1f} CPU-hours "
         f"({cpu}, 1–2 threads; the time of every thread counts).",
         weights_line(state),
+        *learning_rate_line(state),
         *[history_line(h) for h in state.get("history", [])], "",
         "## Kodak (24 images, real .ltc files, PSNR on RGB)", "",
         f"Measured {stamp} by `python -m ltcodec.training.export_image --ckpt …` on {cpu}, "

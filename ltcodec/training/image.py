@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
         history = [r for r in map(json.loads, log_path.read_text().splitlines()) if is_change(r)]
     changes = RecipeChanges(history)
     if init is not None and init.step:
-        changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup}, "start")
+        changes.add({"step": step, "init_from": args.init.name, "warmup": args.warmup, "lr": args.lr}, "start")
     if init is not None and init.config.context != config.context:
         changes.add({"step": step, "context_from": init.config.context, "context": config.context}, "context")
     if init is not None and init.config.transform_channels != config.transform_channels:
