@@ -38,7 +38,9 @@ def read_evals(logs: list[Path], weights: str = "ema", signals: str = "eval") ->
     """Step → the eval rows (one per quality) of those weights on those signals, over the logs in order.
 
     ``signals`` "train" reads the image runs' eval on a few training crops (kept for the moving average
-    only), which tells a model that memorizes its crops from one that has stopped learning.
+    only), which tells a model that memorizes its crops from one that has stopped learning.  Evals
+    without the measure compared (an audio run's evals restored from a model card, which lists no STFT
+    distance) are left out.
     """
     if signals == "train":
         key = "eval_train_ema"
@@ -48,7 +50,7 @@ def read_evals(logs: list[Path], weights: str = "ema", signals: str = "eval") ->
     for log in logs:
         for line in log.read_text().splitlines():
             rec = json.loads(line)
-            if key in rec:
+            if key in rec and rec[key] and all("psnr" in r or "stft" in r for r in rec[key]):
                 evals[rec["step"]] = sorted(rec[key], key=lambda r: r["quality"])
     return dict(sorted(evals.items()))
 

@@ -50,6 +50,18 @@ def test_audio_progress_is_the_top_qualities_spectral_distance(tmp_path, capsys)
     assert "| 1,000 | 0.9500 | +0.00% | 19.5 |" in out and "| 2,000 | 0.8700 | -8.42% |" in out
 
 
+def test_evals_restored_from_a_card_without_the_measure_are_left_out(tmp_path, capsys):
+    # A run started from a model file has its card's evals in its log: kbps and SI-SDR, no STFT distance.
+    card_rows = [{k: v for k, v in r.items() if k != "stft"} for r in _audio_rows(1.0)]
+    log = _log(tmp_path / "log.jsonl", [{"step": 900, "eval_ema": card_rows},
+                                        {"step": 1000, "eval_ema": _audio_rows(0.8)}])
+    assert list(read_evals([log])) == [1000]
+    main([str(log)])
+    assert "| 1,000 | 0.9500 | +0.00% |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no eval at step 900; evals at 1,000"):
+        main([str(log), "--anchor", "900"])
+
+
 def test_bad_requests_say_what_is_missing(tmp_path):
     log = _log(tmp_path / "log.jsonl", [{"step": 5, "eval_ema": _audio_rows(1.0)}])
     with pytest.raises(SystemExit, match="no such log"):
