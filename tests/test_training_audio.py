@@ -206,3 +206,30 @@ def test_the_corpus_skips_work_in_progress_and_files_gone_since_listed(tmp_path,
     corpus = train_audio.load_corpus([tmp_path / "data"], 24000)
     assert len(corpus["speech"]) == 1  # the other one vanished: skipped, not fatal
     assert len(corpus["music"]) == 4  # two stereo files, mid and side each; nothing from .work
+
+
+def test_two_processes_train_as_one_on_the_whole_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTCODEC_CACHE", str(tmp_path / "cache"))  # the second process imports afresh
+    monkeypatch.setattr(train_audio, "CACHE", tmp_path / "cache")
+    _corpus(tmp_path / "data")
+    common = ["--data", str(tmp_path / "data"), "--media", str(tmp_path / "none"), "--eval", str(tmp_path / "none"),
+              "--batch", "4", "--frames", "8", "--channels", "4", "--M", "16", "--log-every", "1", "--threads", "1",
+              "--rate", "hard", "--quality-weighting", "log"]
+    train_audio.main(common + ["--out", str(tmp_path / "start"), "--steps", "0"])
+    train_audio.main(common + ["--out", str(tmp_path / "one"), "--steps", "3"])
+    train_audio.main(common + ["--out", str(tmp_path / "two"), "--steps", "3", "--ranks", "2"])
+    start, one, two = (torch.load(tmp_path / run / "last.ckpt", weights_only=False) for run in ("start", "one", "two"))
+    assert one["step"] == two["step"] == 3
+    assert one["numpy_rng"] == two["numpy_rng"]  # the same crops and qualities were drawn
+    flat = lambda state: torch.cat([v.flatten() for v in state["model"].values()])  # noqa: E731
+    moved, apart = float((flat(one) - flat(start)).norm()), float((flat(one) - flat(two)).norm())
+    # Only the dither of the hyper-latent's rate differs (each process has its own noise).
+    assert moved > 1e-3 and apart < 0.05 * moved
+    torch.testing.assert_close(two["rate_ema"], one["rate_ema"], rtol=0.05, atol=0)
+    torch.testing.assert_close(torch.tensor(two["quality_losses"]), torch.tensor(one["quality_losses"]),
+                               rtol=0.05, atol=0, equal_nan=True)
+    assert two["cpu_seconds"] > 0
+    log = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]  # one log, written by the first process
+    with pytest.raises(SystemExit, match="must split evenly"):
+        train_audio.main(common + ["--out", str(tmp_path / "three"), "--steps", "1", "--ranks", "3"])

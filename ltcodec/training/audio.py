@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +43,7 @@ from .image import save_checkpoint
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, drop_mismatched_state,
                     gain_optimizer, learning_rate_change, resolve_learning_rate, set_learning_rate, split_state,
                     warmup_factor)
+from .parallel import Ranks, run
 from .restore import fit_density, float_layers, load_float_layers, table_pmfs, table_radius
 from .widen import COPY_NOISE, widen_state
 
@@ -304,8 +306,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dual-step", type=float, default=0.003, help="step of the rate-weight updates")
     WeightAverage.add_argument(p)
     p.add_argument("--reload-every", type=int, default=2000, help="rescan the data folders (a corpus may still be arriving)")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="processes that share each batch (ltcodec.training.parallel): 2 to use both cores")
     args = p.parse_args(argv)
+    if args.ranks < 1 or args.batch % args.ranks:
+        raise SystemExit(f"--ranks {args.ranks}: the batch of {args.batch} must split evenly over the processes")
+    run(train, args, args.ranks)
 
+
+def train(args: argparse.Namespace, ranks: Ranks) -> None:
+    """The run of :func:`main` in one of its processes: every rank computes its slice of each batch; rank 0
+    alone logs, evaluates and writes checkpoints."""
+    if not ranks.main:
+        sys.stdout = open(os.devnull, "w")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.out / "last.ckpt"
@@ -314,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     state = torch.load(ckpt_path, weights_only=False) if args.resume and ckpt_path.exists() else None
     args.lr = resolve_learning_rate(args.lr, state, None, DEFAULT_LR)  # as learning_rate_change reads it
     init = load_init(args.init) if state is None and args.init is not None else None
-    if init is not None:
+    if init is not None and ranks.main:
         seed_from_card(args.init.with_suffix(".md"), log_path)
     config = (AudioModelConfig.from_dict(state["config"]) if state else init[0] if init else
               AudioModelConfig(channels=args.channels or 16, M=args.M, lattice=args.lattice))
@@ -360,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
         if "log_weights" in init[2]:
             log_weights, rate_ema = init[2]["log_weights"], init[2]["rate_ema"]
         print(f"initialized from {args.init} at step {step} (missing {missing}, unexpected {unexpected})", flush=True)
+    if not ranks.main:  # noise of its own (the dither of the rates); the crops and qualities are shared
+        torch.manual_seed(args.seed + 1000 * ranks.rank + step)
     # Changes of the recipe so far (the model card reports them); 3·10⁻⁴ is the rate of every run before
     # checkpoints kept theirs.
     changes = RecipeChanges(state.get("history", []) if state is not None else init[2]["history"] if init else [])
@@ -384,7 +399,13 @@ def main(argv: list[str] | None = None) -> None:
         changes.add({"step": step, "channels_from": widen_from, "channels": config.channels}, "channels")
 
     def corpus_now() -> dict[str, list[np.ndarray]]:
-        c = load_corpus([args.data, *args.media], config.sample_rate)
+        # Rank 0 converts what is new into the cache first; the others then read the same signals, so
+        # that their shared random stream draws the same crops (a corpus still arriving may break that).
+        if ranks.main:
+            c = load_corpus([args.data, *args.media], config.sample_rate)
+        ranks.barrier()
+        if not ranks.main:
+            c = load_corpus([args.data, *args.media], config.sample_rate)
         hours = {k: sum(len(s) for s in v) / config.sample_rate / 3600 for k, v in c.items()}
         print(f"corpus: {len(c['speech'])} speech signals ({hours['speech']:.2f} h), "
               f"{len(c['music'])} music signals ({hours['music']:.2f} h)", flush=True)
@@ -400,9 +421,10 @@ def main(argv: list[str] | None = None) -> None:
 
     cpu_base = state.get("cpu_seconds", 0.0) if state else init[2]["cpu_seconds"] if init else 0.0
     cpu_start = time.process_time()
+    cpu_others = 0.0  # the other ranks' CPU time, as of the last step
 
     def cpu_total() -> float:
-        return cpu_base + time.process_time() - cpu_start
+        return cpu_base + cpu_others + time.process_time() - cpu_start
 
     average = WeightAverage(model, args.ema_decay, state.get("ema") if state is not None else None)
 
@@ -419,7 +441,8 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     last_ckpt = time.time()
     t0, acc, n_acc = time.time(), {"loss": 0.0, "dist": 0.0}, 0
-    with open(log_path, "a") as log:
+    part = ranks.part(args.batch)
+    with open(log_path if ranks.main else os.devnull, "a") as log:
         changes.write_new(log)
         while step < args.steps:
             if widen_from is not None and step - widened_at < WIDEN_WARMUP:
@@ -427,20 +450,36 @@ def main(argv: list[str] | None = None) -> None:
                 set_learning_rate(opt, args.lr * (step - widened_at + 1) / WIDEN_WARMUP, args.gain_lr_factor)
             elif warmup[1] and step - warmup[0] <= warmup[1]:
                 set_learning_rate(opt, args.lr * warmup_factor(step, warmup), args.gain_lr_factor)
+            # Every rank draws the same whole batch (one random stream, checkpointed by rank 0) and codes
+            # its slice; what the batch's losses and rates steer is computed from all the slices.
             x = sample_batch(corpus, rng, args.batch, length)
             quality = torch.from_numpy(rng.permutation(len(targets))[: args.batch] if args.batch <= len(targets)
                                        else rng.integers(0, len(targets), args.batch)).float()
-            out = rd_loss(model, x, quality, log_weights, rate, mel_weight)
-            objective = quality_losses.weighted(out["per_sample"], quality) if weighting == "log" else out["loss"]
-            if not descend(opt, model, average, objective, step):
+            out = rd_loss(model, x[part], quality[part], log_weights, rate, mel_weight)
+            mine = torch.cat([out["per_sample"].detach(), out["kbps"], out["dist"],
+                              torch.tensor([time.process_time() - cpu_start])])
+            shared = ranks.gather(mine[None]).double()
+            n = out["kbps"].numel()
+            per_sample, kbps, dist = (shared[:, k * n:(k + 1) * n].reshape(-1) for k in range(3))
+            cpu_others = float(shared[:, -1].sum() - shared[ranks.rank, -1])
+            if not torch.isfinite(per_sample).all():
+                print(f"step {step}: non-finite loss, batch skipped", flush=True)
+                continue
+            if weighting == "log":
+                quality_losses.observe(per_sample.float(), quality)
+                objective = quality_losses.weight(out["per_sample"], quality[part])
+            else:
+                objective = out["loss"]
+            if not descend(opt, model, average, objective, step,
+                           lambda: ranks.average_gradients(list(model.parameters()))):
                 continue
             step += 1
             # Dual ascent on the per-quality rate weights.
-            for q, r in zip(quality.long().tolist(), out["kbps"].tolist()):
+            for q, r in zip(quality.long().tolist(), kbps.tolist()):
                 rate_ema[q] = 0.95 * rate_ema[q] + 0.05 * r
             log_weights = (log_weights + args.dual_step * torch.log(rate_ema / targets)).clamp(-7, 3)
-            acc["loss"] += out["loss"].item()
-            acc["dist"] += out["dist"].mean().item()
+            acc["loss"] += float(per_sample.mean())
+            acc["dist"] += float(dist.mean())
             n_acc += 1
             if step % args.log_every == 0:
                 rec = {"step": step, **{k: v / n_acc for k, v in acc.items()},
@@ -450,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
                 log.flush()
                 print(json.dumps(rec), flush=True)
                 t0, acc, n_acc = time.time(), {k: 0.0 for k in acc}, 0
-            if clips and step % args.eval_every == 0:
+            if clips and ranks.main and step % args.eval_every == 0:
                 averaged = AudioLatticeCodec(config)
                 averaged.load_state_dict(average.state)
                 rec = {"step": step, "eval": evaluate(model, clips), "eval_ema": evaluate(averaged, clips)}
@@ -459,10 +498,11 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(rec), flush=True)
             if args.reload_every and step % args.reload_every == 0:
                 corpus = corpus_now()
-            if time.time() - last_ckpt > args.ckpt_minutes * 60:
+            if ranks.main and time.time() - last_ckpt > args.ckpt_minutes * 60:
                 checkpoint()
                 last_ckpt = time.time()
-        checkpoint()
+        if ranks.main:
+            checkpoint()
 
 
 if __name__ == "__main__":

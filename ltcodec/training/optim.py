@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -126,16 +127,20 @@ def resolve_learning_rate(lr: float | None, state: dict | None, log_path: Path |
 
 
 def descend(opt: torch.optim.Optimizer, model: nn.Module, average: WeightAverage, loss: torch.Tensor,
-            step: int) -> bool:
+            step: int, reduce: Callable[[], None] | None = None) -> bool:
     """One optimizer step on ``loss`` (gradients clipped to norm 1), then the moving average.
 
-    A non-finite loss changes nothing and returns False: one bad batch must not wreck hours of training.
+    ``reduce`` runs between the backward pass and the clipping (data parallelism averages the gradients
+    of its processes there).  A non-finite loss changes nothing and returns False: one bad batch must not
+    wreck hours of training.
     """
     opt.zero_grad(set_to_none=True)
     if not torch.isfinite(loss):
         print(f"step {step}: non-finite loss, batch skipped", flush=True)
         return False
     loss.backward()
+    if reduce is not None:
+        reduce()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     average.update()
@@ -164,12 +169,21 @@ class QualityLosses:
         self.decay = decay
 
     def weighted(self, per_sample: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        self.observe(per_sample.detach(), quality)
+        return self.weight(per_sample, quality)
+
+    @torch.no_grad()
+    def observe(self, per_sample: torch.Tensor, quality: torch.Tensor) -> None:
+        """Move the running means by a batch's losses (the whole batch's, where processes share one)."""
         q = quality.long()
-        with torch.no_grad():
-            for k in q.unique().tolist():
-                value = float(per_sample[q == k].detach().mean())
-                old = float(self.means[k])
-                self.means[k] = value if math.isnan(old) else self.decay * old + (1 - self.decay) * value
+        for k in q.unique().tolist():
+            value = float(per_sample[q == k].mean())
+            old = float(self.means[k])
+            self.means[k] = value if math.isnan(old) else self.decay * old + (1 - self.decay) * value
+
+    def weight(self, per_sample: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        """The loss to descend: each sample's loss over its quality's running mean (see the class)."""
+        q = quality.long()
         scale = self.means[q].to(per_sample.dtype)
         known = self.means[~torch.isnan(self.means)]
         return (per_sample / scale).mean() * float(known.mean())
