@@ -460,7 +460,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
                               torch.tensor([time.process_time() - cpu_start])])
             shared = ranks.gather(mine[None]).double()
             n = out["kbps"].numel()
-            per_sample, kbps, dist = (shared[:, k * n:(k + 1) * n].reshape(-1) for k in range(3))
+            per_sample, kbps, distortion = (shared[:, k * n:(k + 1) * n].reshape(-1) for k in range(3))
             cpu_others = float(shared[:, -1].sum() - shared[ranks.rank, -1])
             if not torch.isfinite(per_sample).all():
                 print(f"step {step}: non-finite loss, batch skipped", flush=True)
@@ -479,7 +479,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
                 rate_ema[q] = 0.95 * rate_ema[q] + 0.05 * r
             log_weights = (log_weights + args.dual_step * torch.log(rate_ema / targets)).clamp(-7, 3)
             acc["loss"] += float(per_sample.mean())
-            acc["dist"] += float(dist.mean())
+            acc["dist"] += float(distortion.mean())
             n_acc += 1
             if step % args.log_every == 0:
                 rec = {"step": step, **{k: v / n_acc for k, v in acc.items()},

@@ -77,7 +77,11 @@ def _rank_main(rank: int, world: int, port: int, fn: Callable, args) -> None:
 
 
 def run(fn: Callable, args, world: int) -> None:
-    """``fn(args, ranks)`` in ``world`` processes (in this one when ``world`` is 1)."""
+    """``fn(args, ranks)`` in ``world`` processes (in this one when ``world`` is 1).
+
+    Killing this process stops the run: torch's spawn has the kernel interrupt each rank when its parent
+    dies (PR_SET_PDEATHSIG on Linux), so rank 0 does not train on alone, writing into the run's folder.
+    """
     if world == 1:
         fn(args, Ranks())
         return

@@ -1,0 +1,66 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ltcodec.training.parallel import Ranks
+
+SLEEPING_RANKS = """
+import os, sys, time
+from ltcodec.training.parallel import run
+
+def sleep(pids, ranks):
+    with open(pids, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(120)
+
+if __name__ == "__main__":
+    run(sleep, sys.argv[1], 2)
+"""
+
+
+def test_one_rank_is_the_whole_batch_and_changes_nothing():
+    ranks = Ranks()
+    assert ranks.main and ranks.part(8) == slice(0, 8)
+    t = torch.arange(6.0)
+    assert ranks.gather(t) is t
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 2.0)
+    ranks.average_gradients([p])
+    assert torch.equal(p.grad, torch.full((3,), 2.0))
+    assert [Ranks(r, 2).part(8) for r in (0, 1)] == [slice(0, 4), slice(4, 8)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_the_ranks_end_when_the_command_that_started_them_is_killed(tmp_path):
+    script, pids = tmp_path / "ranks.py", tmp_path / "pids"
+    script.write_text(SLEEPING_RANKS)
+    parent = subprocess.Popen([sys.executable, str(script), str(pids)], cwd=tmp_path)
+    deadline = time.time() + 60
+    while (not pids.exists() or len(pids.read_text().split()) < 2) and time.time() < deadline:
+        time.sleep(0.2)
+    children = [int(p) for p in pids.read_text().split()]
+    assert len(children) == 2
+    parent.send_signal(signal.SIGKILL)  # as `pkill -9 -f` the run: no chance to stop its ranks itself
+    parent.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(p) for p in children):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in children)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (dead, not yet reaped by init) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
