@@ -579,3 +579,28 @@ def test_a_run_deepens_its_analysis_transform_from_a_checkpoint(tmp_path):
     assert torch.load(deep / "last.ckpt", weights_only=False)["step"] == 4
     with pytest.raises(SystemExit, match="can only deepen"):
         main(_tiny_run(tmp_path, tmp_path / "shallow") + ["--init", str(deep / "last.ckpt"), "--analysis-blocks", "0"])
+
+
+def test_two_processes_train_as_one_and_share_the_entropy_fit(tmp_path):
+    import json
+
+    from ltcodec.training.image import main
+
+    common = ["--rate", "hard", "--quality-weighting", "log", "--lr", "1e-3", "--log-every", "1"]
+    runs = {name: tmp_path / name for name in ("start", "one", "two")}
+    main(_tiny_run(tmp_path, runs["start"]) + common + ["--steps", "0"])
+    fit = ["--fit-entropy", "3", "--fit-crop", "64", "--fit-batch", "2"]
+    main(_tiny_run(tmp_path, runs["one"]) + common + fit + ["--steps", "3"])
+    main(_tiny_run(tmp_path, runs["two"]) + common + fit + ["--steps", "3", "--ranks", "2"])
+    start, one, two = (torch.load(run / "last.ckpt", weights_only=False) for run in runs.values())
+    assert one["step"] == two["step"] == 3 and one["numpy_rng"] == two["numpy_rng"]
+    # The entropy model was fitted by the first process alone, as the single process fitted it.
+    held = [k for k in one["model"] if k.split(".")[0] in ("h_a", "h_s", "z_density")]
+    assert held and all(torch.equal(one["model"][k], two["model"][k]) for k in held)
+    assert not all(torch.equal(one["model"][k], start["model"][k]) for k in held)
+    flat = lambda state: torch.cat([v.flatten().float() for v in state["model"].values()])  # noqa: E731
+    moved, apart = float((flat(one) - flat(start)).norm()), float((flat(one) - flat(two)).norm())
+    assert moved > 1e-3 and apart < 0.05 * moved  # only the processes' own rate noise differs
+    log = [json.loads(line) for line in (runs["two"] / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]  # one log, written by the first process
+    assert [r["step"] for r in log if "entropy_fit_steps" in r] == [0]

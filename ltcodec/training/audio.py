@@ -482,6 +482,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             acc["dist"] += float(distortion.mean())
             n_acc += 1
             if step % args.log_every == 0:
+                ranks.assert_same(model)
                 rec = {"step": step, **{k: v / n_acc for k, v in acc.items()},
                        "kbps": [round(float(r), 2) for r in rate_ema], "log_w": [round(float(w), 2) for w in log_weights],
                        "s_per_step": (time.time() - t0) / n_acc, "cpu_hours": cpu_total() / 3600}

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from .card import (RecipeChanges, changed_setting, is_change, recorded_history, 
                    seed_from_card)
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, gain_optimizer, learning_rate_change,
                     resolve_learning_rate, set_learning_rate, split_state, warmup_factor)
+from .parallel import Ranks, run
 from .widen import COPY_NOISE, widen_state
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
@@ -81,7 +83,7 @@ def rd_loss(model: LatticeHyperprior, x: torch.Tensor, quality: torch.Tensor,
     penalty = getattr(model.lattice, "orthogonality_penalty", None)
     extra = 0.1 * penalty() if penalty is not None else torch.zeros(())
     return {"loss": per_sample.mean() + extra, "mse": mse.mean(), "bpp": bpp.mean(), "per_sample": per_sample,
-            "penalty": extra}
+            "mse_per_sample": mse.detach(), "bpp_per_sample": bpp.detach(), "penalty": extra}
 
 
 #: The entropy model of the image model: hyper-analysis, hyper-synthesis, hyper-latent density and (if
@@ -404,8 +406,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--keep-every", type=int, default=20_000, help="also keep step-N.ckpt every N steps")
     WeightAverage.add_argument(p)
+    p.add_argument("--ranks", type=int, default=1,
+                   help="processes that share each batch (ltcodec.training.parallel), one thread each")
     args = p.parse_args(argv)
+    if args.ranks < 1 or args.batch % args.ranks:
+        raise SystemExit(f"--ranks {args.ranks}: the batch of {args.batch} must split evenly over the processes")
+    run(train, args, args.ranks)
 
+
+def train(args: argparse.Namespace, ranks: Ranks) -> None:
+    """The run of :func:`main` in one of its processes: every rank computes its slice of each batch; rank 0
+    alone logs, evaluates, fits the entropy model (the others take its result) and writes checkpoints."""
+    if not ranks.main:
+        sys.stdout = open(os.devnull, "w")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.out / "last.ckpt"
@@ -431,7 +444,8 @@ def main(argv: list[str] | None = None) -> None:
                              transform_N=args.transform_N or init.config.transform_N,
                              analysis_blocks=(init.config.analysis_blocks if args.analysis_blocks is None
                                               else args.analysis_blocks))
-            seed_from_card(args.init.with_suffix(".md"), log_path)
+            if ranks.main:
+                seed_from_card(args.init.with_suffix(".md"), log_path)
             if config.transform_channels < init.config.transform_channels:
                 raise SystemExit(f"--transform-N {config.transform_channels}: the transforms can only widen "
                                  f"(they have {init.config.transform_channels} channels)")
@@ -516,7 +530,11 @@ def main(argv: list[str] | None = None) -> None:
         changes.add({"step": step, "crop_from": before[0], "batch_from": before[1], "crop": args.crop,
                      "batch": args.batch}, "crops")
 
-    images = load_images(args.data, args.out / "train-images.npz")
+    if ranks.main:  # the others read the cache it writes
+        images = load_images(args.data, args.out / "train-images.npz")
+    ranks.barrier()
+    if not ranks.main:
+        images = load_images(args.data, args.out / "train-images.npz")
     eval_files = sorted(args.eval.glob("*.png"))[: args.eval_images] if args.eval.exists() else []
     eval_images = [np.asarray(Image.open(f).convert("RGB")) for f in eval_files]
     # Four training images measured like the eval images: the gap between the two curves over the
@@ -545,9 +563,10 @@ def main(argv: list[str] | None = None) -> None:
 
     cpu_base = state.get("cpu_seconds", 0.0) if state else (init.cpu_seconds if init is not None else 0.0)
     cpu_start = time.process_time()
+    cpu_others = 0.0  # the other ranks' CPU time, as of the last step
 
     def cpu_total() -> float:
-        return cpu_base + time.process_time() - cpu_start
+        return cpu_base + cpu_others + time.process_time() - cpu_start
 
     # An entropy model fitted alone stays as fitted: the joint run's 128² crops would pull it back to their
     # borders.  A run started from a model file whose history fitted it goes on holding it, unless the run
@@ -560,10 +579,13 @@ def main(argv: list[str] | None = None) -> None:
         caller checkpoints)."""
         averaged = LatticeHyperprior(config).to(memory_format=torch.channels_last)
         averaged.load_state_dict(average.state)
-        losses = fit_entropy_model(averaged, images, np.random.default_rng([args.seed, step]), steps,
-                                   args.fit_crop, args.fit_batch, args.fit_lr, args.gain_lr_factor)
-        print(f"entropy model fitted: log2 bits {losses[0]:.4f} → {losses[-1]:.4f} (every 100th step)", flush=True)
         parts = [name for name in ENTROPY_PARTS if getattr(model, name, None) is not None]
+        if ranks.main:
+            losses = fit_entropy_model(averaged, images, np.random.default_rng([args.seed, step]), steps,
+                                       args.fit_crop, args.fit_batch, args.fit_lr, args.gain_lr_factor)
+            print(f"entropy model fitted: log2 bits {losses[0]:.4f} → {losses[-1]:.4f} (every 100th step)",
+                  flush=True)
+        ranks.broadcast_([t for name in parts for t in getattr(averaged, name).state_dict().values()])
         with torch.no_grad():
             for name in parts:
                 for k, v in getattr(averaged, name).state_dict().items():
@@ -583,30 +605,45 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.fit_entropy:
         fixed = fit_entropy(args.fit_entropy)
-        checkpoint()
+        if ranks.main:
+            checkpoint()
     hold(fixed)
 
     model.train()
     last_ckpt = time.time()
     t0, acc = time.time(), {"loss": 0.0, "mse": 0.0, "bpp": 0.0}
     n_acc = 0
-    with open(log_path, "a") as log:
+    part = ranks.part(args.batch)
+    with open(log_path if ranks.main else os.devnull, "a") as log:
         changes.write_new(log)
         while step < args.steps:
             set_learning_rate(opt, lr_at(step), args.gain_lr_factor)
+            # Every rank draws the same whole batch (one random stream, checkpointed by rank 0) and codes
+            # its slice; the running means of the qualities' losses follow the whole batch.
             x = sample_batch(images, rng, args.batch, args.crop)
             quality = torch.from_numpy(rng.integers(0, len(config.lambdas), args.batch)).float()
-            out = rd_loss(model, x, quality, rate)
+            out = rd_loss(model, x[part], quality[part], rate)
+            mine = torch.stack([out["per_sample"].detach(), out["mse_per_sample"], out["bpp_per_sample"]], 1)
+            shared = ranks.gather(torch.cat([mine.flatten(), torch.tensor([time.process_time() - cpu_start])])[None])
+            cpu_others = float(shared[:, -1].double().sum() - shared[ranks.rank, -1].double())
+            per_sample, mse, bpp = shared[:, :-1].reshape(-1, 3).unbind(1)
+            if not torch.isfinite(per_sample).all():
+                print(f"step {step}: non-finite loss, batch skipped", flush=True)
+                continue
             objective = out["loss"]
             if weighting == "log":
-                objective = quality_losses.weighted(out["per_sample"], quality) + out["penalty"]
-            if not descend(opt, model, average, objective, step):
+                quality_losses.observe(per_sample, quality)
+                objective = quality_losses.weight(out["per_sample"], quality[part]) + out["penalty"]
+            if not descend(opt, model, average, objective, step,
+                           lambda: ranks.average_gradients([p_ for p_ in model.parameters() if p_.requires_grad])):
                 continue
             step += 1
-            for k in acc:
-                acc[k] += out[k].item()
+            for k, v in (("loss", float(per_sample.mean() + out["penalty"])), ("mse", float(mse.mean())),
+                         ("bpp", float(bpp.mean()))):
+                acc[k] += v
             n_acc += 1
             if step % args.log_every == 0:
+                ranks.assert_same(model)
                 dt = (time.time() - t0) / n_acc
                 rec = {"step": step, **{k: v / n_acc for k, v in acc.items()}, "s_per_step": dt,
                        "lr": lr_at(step), "cpu_hours": cpu_total() / 3600}
@@ -614,7 +651,7 @@ def main(argv: list[str] | None = None) -> None:
                 log.flush()
                 print(json.dumps(rec), flush=True)
                 t0, acc, n_acc = time.time(), {k: 0.0 for k in acc}, 0
-            if eval_images and args.eval_every and step % args.eval_every == 0:
+            if eval_images and ranks.main and args.eval_every and step % args.eval_every == 0:
                 rows = evaluate(model, eval_images)
                 averaged = LatticeHyperprior(config)
                 averaged.load_state_dict(average.state)
@@ -623,20 +660,22 @@ def main(argv: list[str] | None = None) -> None:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 print(json.dumps(rec), flush=True)
-            if args.keep_every and step % args.keep_every == 0:
+            if ranks.main and args.keep_every and step % args.keep_every == 0:
                 checkpoint()
                 save_checkpoint(args.out / f"step-{step:07d}.ckpt", torch.load(ckpt_path, weights_only=False))
                 last_ckpt = time.time()
-            if time.time() - last_ckpt > args.ckpt_minutes * 60:
+            if ranks.main and time.time() - last_ckpt > args.ckpt_minutes * 60:
                 checkpoint()
                 last_ckpt = time.time()
             if entropy_fit_due(changes.history, step, args.refit_every):
                 fixed = fit_entropy(args.refit_steps)
                 hold(fixed)  # a released entropy model trained until now
                 changes.write_new(log)
-                checkpoint()
+                if ranks.main:
+                    checkpoint()
                 last_ckpt = time.time()
-        checkpoint()
+        if ranks.main:
+            checkpoint()
 
 
 if __name__ == "__main__":

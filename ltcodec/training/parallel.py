@@ -40,6 +40,12 @@ class Ranks:
         if self.world > 1:
             dist.barrier()
 
+    def broadcast_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Overwrite the tensors, in place, with rank 0's."""
+        if self.world > 1:
+            for t in tensors:
+                dist.broadcast(t, 0)
+
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """The ranks' tensors (of one shape) concatenated along the first axis, in rank order."""
         if self.world == 1:
@@ -47,6 +53,17 @@ class Ranks:
         parts = [torch.empty_like(t) for _ in range(self.world)]
         dist.all_gather(parts, t.contiguous())
         return torch.cat(parts)
+
+    def assert_same(self, model: torch.nn.Module) -> None:
+        """Raise if the ranks' weights differ.  They take the same averaged steps from the same start, so
+        they stay equal bit for bit unless something a rank did alone reached them."""
+        if self.world == 1:
+            return
+        sums = torch.stack([torch.stack([t.double().sum(), t.double().abs().sum()])
+                            for t in model.state_dict().values() if t.is_floating_point()]).flatten()
+        everyone = self.gather(sums[None])
+        if not torch.equal(everyone, everyone[:1].expand_as(everyone)):
+            raise RuntimeError("the training processes' weights have drifted apart")
 
     def average_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Replace every gradient by its mean over the ranks (one reduction of one flat buffer)."""
