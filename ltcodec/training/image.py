@@ -6,7 +6,8 @@
 Design (DESIGN-NOTES §4): random 128² crops, batch 8, fp32, channels_last, 2 threads, data held in
 memory as uint8 and sampled in the main process (no DataLoader workers on 2 cores).  Each sample of a
 batch draws its own quality, so one model learns all of them.  A checkpoint with optimizer and RNG
-state is written atomically every few minutes; ``--resume`` continues bit-for-bit from it.
+state is written atomically every few minutes; ``--resume`` continues bit-for-bit from it (with one
+process: ``--ranks 2 --threads 1`` splits each batch over two processes, which draw their own noise).
 """
 
 from __future__ import annotations
