@@ -33,6 +33,9 @@ def test_one_rank_is_the_whole_batch_and_changes_nothing():
     ranks.average_gradients([p])
     assert torch.equal(p.grad, torch.full((3,), 2.0))
     assert [Ranks(r, 2).part(8) for r in (0, 1)] == [slice(0, 4), slice(4, 8)]
+    losses, rates = torch.rand(4), torch.rand(4)
+    (whole_losses, whole_rates), others = ranks.share([losses, rates], 3.5)
+    assert torch.equal(whole_losses, losses) and torch.equal(whole_rates, rates) and others == 0.0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")

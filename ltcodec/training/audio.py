@@ -458,17 +458,13 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             quality = torch.from_numpy(rng.permutation(len(targets))[: args.batch] if args.batch <= len(targets)
                                        else rng.integers(0, len(targets), args.batch)).float()
             out = rd_loss(model, x[part], quality[part], log_weights, rate, mel_weight)
-            mine = torch.cat([out["per_sample"].detach(), out["kbps"], out["dist"],
-                              torch.tensor([time.process_time() - cpu_start])])
-            shared = ranks.gather(mine[None]).double()
-            n = out["kbps"].numel()
-            per_sample, kbps, distortion = (shared[:, k * n:(k + 1) * n].reshape(-1) for k in range(3))
-            cpu_others = float(shared[:, -1].sum() - shared[ranks.rank, -1])
+            (per_sample, kbps, distortion), cpu_others = ranks.share(
+                [out["per_sample"], out["kbps"], out["dist"]], time.process_time() - cpu_start)
             if not torch.isfinite(per_sample).all():
                 print(f"step {step}: non-finite loss, batch skipped", flush=True)
                 continue
             if weighting == "log":
-                quality_losses.observe(per_sample.float(), quality)
+                quality_losses.observe(per_sample, quality)
                 objective = quality_losses.weight(out["per_sample"], quality[part])
             else:
                 objective = out["loss"]

@@ -624,10 +624,8 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             x = sample_batch(images, rng, args.batch, args.crop)
             quality = torch.from_numpy(rng.integers(0, len(config.lambdas), args.batch)).float()
             out = rd_loss(model, x[part], quality[part], rate)
-            mine = torch.stack([out["per_sample"].detach(), out["mse_per_sample"], out["bpp_per_sample"]], 1)
-            shared = ranks.gather(torch.cat([mine.flatten(), torch.tensor([time.process_time() - cpu_start])])[None])
-            cpu_others = float(shared[:, -1].double().sum() - shared[ranks.rank, -1].double())
-            per_sample, mse, bpp = shared[:, :-1].reshape(-1, 3).unbind(1)
+            (per_sample, mse, bpp), cpu_others = ranks.share(
+                [out["per_sample"], out["mse_per_sample"], out["bpp_per_sample"]], time.process_time() - cpu_start)
             if not torch.isfinite(per_sample).all():
                 print(f"step {step}: non-finite loss, batch skipped", flush=True)
                 continue

@@ -65,6 +65,17 @@ class Ranks:
         if not torch.equal(everyone, everyone[:1].expand_as(everyone)):
             raise RuntimeError("the training processes' weights have drifted apart")
 
+    def share(self, columns: Sequence[torch.Tensor], cpu_seconds: float) -> tuple[list[torch.Tensor], float]:
+        """The whole batch's per-sample columns (each rank's slice in rank order) and the CPU seconds the
+        other ranks have spent, from this rank's columns (one value per sample of its slice) and its own
+        CPU seconds: one gather per step."""
+        mine = torch.cat([torch.stack([c.detach().float() for c in columns], 1).flatten(),
+                          torch.tensor([cpu_seconds], dtype=torch.float32)])
+        everyone = self.gather(mine[None]).double()
+        others = float(everyone[:, -1].sum() - everyone[self.rank, -1])
+        whole = everyone[:, :-1].reshape(-1, len(columns))
+        return [whole[:, k].float() for k in range(len(columns))], others
+
     def average_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Replace every gradient by its mean over the ranks (one reduction of one flat buffer)."""
         if self.world == 1:
