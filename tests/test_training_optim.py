@@ -64,14 +64,15 @@ def test_log_weighting_gives_each_quality_the_gradient_of_its_relative_loss():
     losses = QualityLosses(3)
     quality = torch.tensor([0.0, 2.0, 2.0])
     per_sample = torch.tensor([0.1, 4.0, 4.0], requires_grad=True)
-    losses.weighted(per_sample, quality).backward()
+    losses.observe(per_sample.detach(), quality)
+    losses.weight(per_sample, quality).backward()
     # Running means 0.1 and 4.0 (quality 1 unseen): d/dL_i = mean(0.1, 4.0) / (3·mean of i's quality).
     expected = torch.tensor([2.05 / 0.3, 2.05 / 12.0, 2.05 / 12.0])
     assert torch.allclose(per_sample.grad, expected.float())
     # The plain sum would give the top quality 40× the bottom one's pull; here a sample's pull is the
     # reciprocal of its quality's loss, so a 10% gain counts alike at either end of the ladder.
     assert per_sample.grad[0] * 0.1 == pytest.approx(per_sample.grad[1] * 4.0)
-    losses.weighted(torch.tensor([0.2, 4.0, 4.0]), quality)
+    losses.observe(torch.tensor([0.2, 4.0, 4.0]), quality)
     assert losses.state()[0] == pytest.approx(0.99 * 0.1 + 0.01 * 0.2)
     resumed = QualityLosses(3, losses.state())
     assert torch.allclose(resumed.means, losses.means, equal_nan=True)  # the unseen quality stays unknown

@@ -168,13 +168,10 @@ class QualityLosses:
         self.means = torch.tensor(state if state is not None else [float("nan")] * qualities, dtype=torch.float64)
         self.decay = decay
 
-    def weighted(self, per_sample: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-        self.observe(per_sample.detach(), quality)
-        return self.weight(per_sample, quality)
-
     @torch.no_grad()
     def observe(self, per_sample: torch.Tensor, quality: torch.Tensor) -> None:
-        """Move the running means by a batch's losses (the whole batch's, where processes share one)."""
+        """Move the running means by a batch's losses (the whole batch's, where processes share one);
+        :meth:`weight` then divides by them."""
         q = quality.long()
         for k in q.unique().tolist():
             value = float(per_sample[q == k].mean())
