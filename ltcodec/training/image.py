@@ -83,8 +83,8 @@ def rd_loss(model: LatticeHyperprior, x: torch.Tensor, quality: torch.Tensor,
     per_sample = lam * 255.0 ** 2 * mse + bpp
     penalty = getattr(model.lattice, "orthogonality_penalty", None)
     extra = 0.1 * penalty() if penalty is not None else torch.zeros(())
-    return {"loss": per_sample.mean() + extra, "mse": mse.mean(), "bpp": bpp.mean(), "per_sample": per_sample,
-            "mse_per_sample": mse.detach(), "bpp_per_sample": bpp.detach(), "penalty": extra}
+    return {"loss": per_sample.mean() + extra, "mse": mse.detach(), "bpp": bpp.detach(), "per_sample": per_sample,
+            "penalty": extra}
 
 
 #: The entropy model of the image model: hyper-analysis, hyper-synthesis, hyper-latent density and (if
@@ -625,7 +625,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             quality = torch.from_numpy(rng.integers(0, len(config.lambdas), args.batch)).float()
             out = rd_loss(model, x[part], quality[part], rate)
             (per_sample, mse, bpp), cpu_others = ranks.share(
-                [out["per_sample"], out["mse_per_sample"], out["bpp_per_sample"]], time.process_time() - cpu_start)
+                [out["per_sample"], out["mse"], out["bpp"]], time.process_time() - cpu_start)
             if not torch.isfinite(per_sample).all():
                 print(f"step {step}: non-finite loss, batch skipped", flush=True)
                 continue
