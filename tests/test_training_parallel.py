@@ -10,16 +10,16 @@ import torch
 from ltcodec.training.parallel import Ranks
 
 SLEEPING_RANKS = """
-import os, sys, time
+import argparse, os, sys, time
 from ltcodec.training.parallel import run
 
-def sleep(pids, ranks):
-    with open(pids, "a") as f:
+def sleep(args, ranks):
+    with open(args.pids, "a") as f:
         f.write(f"{os.getpid()}\\n")
     time.sleep(120)
 
 if __name__ == "__main__":
-    run(sleep, sys.argv[1], 2)
+    run(sleep, argparse.Namespace(pids=sys.argv[1], ranks=2, batch=2))
 """
 
 

@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -45,7 +44,8 @@ from .image import save_checkpoint
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, drop_mismatched_state,
                     gain_optimizer, learning_rate_change, resolve_learning_rate, set_learning_rate, split_state,
                     warmup_factor)
-from .parallel import Ranks, run
+from . import parallel
+from .parallel import Ranks
 from .restore import fit_density, float_layers, load_float_layers, table_pmfs, table_radius
 from .widen import COPY_NOISE, widen_state
 
@@ -308,19 +308,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dual-step", type=float, default=0.003, help="step of the rate-weight updates")
     WeightAverage.add_argument(p)
     p.add_argument("--reload-every", type=int, default=2000, help="rescan the data folders (a corpus may still be arriving)")
-    p.add_argument("--ranks", type=int, default=1,
-                   help="processes that share each batch (ltcodec.training.parallel): 2 to use both cores")
+    parallel.add_argument(p)
     args = p.parse_args(argv)
-    if args.ranks < 1 or args.batch % args.ranks:
-        raise SystemExit(f"--ranks {args.ranks}: the batch of {args.batch} must split evenly over the processes")
-    run(train, args, args.ranks)
+    parallel.run(train, args)
 
 
 def train(args: argparse.Namespace, ranks: Ranks) -> None:
     """The run of :func:`main` in one of its processes: every rank computes its slice of each batch; rank 0
     alone logs, evaluates and writes checkpoints."""
-    if not ranks.main:
-        sys.stdout = open(os.devnull, "w")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.out / "last.ckpt"
@@ -403,11 +398,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
     def corpus_now() -> dict[str, list[np.ndarray]]:
         # Rank 0 converts what is new into the cache first; the others then read the same signals, so
         # that their shared random stream draws the same crops (a corpus still arriving may break that).
-        if ranks.main:
-            c = load_corpus([args.data, *args.media], config.sample_rate)
-        ranks.barrier()
-        if not ranks.main:
-            c = load_corpus([args.data, *args.media], config.sample_rate)
+        c = ranks.main_first(lambda: load_corpus([args.data, *args.media], config.sample_rate))
         hours = {k: sum(len(s) for s in v) / config.sample_rate / 3600 for k, v in c.items()}
         print(f"corpus: {len(c['speech'])} speech signals ({hours['speech']:.2f} h), "
               f"{len(c['music'])} music signals ({hours['music']:.2f} h)", flush=True)

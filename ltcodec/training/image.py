@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,7 +32,8 @@ from .card import (RecipeChanges, changed_setting, is_change, recorded_history, 
                    seed_from_card)
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, gain_optimizer, learning_rate_change,
                     resolve_learning_rate, set_learning_rate, split_state, warmup_factor)
-from .parallel import Ranks, run
+from . import parallel
+from .parallel import Ranks
 from .widen import COPY_NOISE, widen_state
 
 DEFAULT_OUT = Path(os.environ.get("LTCODEC_CACHE", Path.home() / ".cache" / "ltcodec")) / "image-e8"
@@ -407,19 +407,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--keep-every", type=int, default=20_000, help="also keep step-N.ckpt every N steps")
     WeightAverage.add_argument(p)
-    p.add_argument("--ranks", type=int, default=1,
-                   help="processes that share each batch (ltcodec.training.parallel), one thread each")
+    parallel.add_argument(p)
     args = p.parse_args(argv)
-    if args.ranks < 1 or args.batch % args.ranks:
-        raise SystemExit(f"--ranks {args.ranks}: the batch of {args.batch} must split evenly over the processes")
-    run(train, args, args.ranks)
+    parallel.run(train, args)
 
 
 def train(args: argparse.Namespace, ranks: Ranks) -> None:
     """The run of :func:`main` in one of its processes: every rank computes its slice of each batch; rank 0
     alone logs, evaluates, fits the entropy model (the others take its result) and writes checkpoints."""
-    if not ranks.main:
-        sys.stdout = open(os.devnull, "w")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.out / "last.ckpt"
@@ -531,11 +526,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
         changes.add({"step": step, "crop_from": before[0], "batch_from": before[1], "crop": args.crop,
                      "batch": args.batch}, "crops")
 
-    if ranks.main:  # the others read the cache it writes
-        images = load_images(args.data, args.out / "train-images.npz")
-    ranks.barrier()
-    if not ranks.main:
-        images = load_images(args.data, args.out / "train-images.npz")
+    images = ranks.main_first(lambda: load_images(args.data, args.out / "train-images.npz"))  # rank 0 writes the cache
     eval_files = sorted(args.eval.glob("*.png"))[: args.eval_images] if args.eval.exists() else []
     eval_images = [np.asarray(Image.open(f).convert("RGB")) for f in eval_files]
     # Four training images measured like the eval images: the gap between the two curves over the

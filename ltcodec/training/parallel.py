@@ -13,12 +13,17 @@ Rank 0 is the run as the recipe knows it (log, evals, checkpoints); the others o
 
 from __future__ import annotations
 
+import argparse
+import os
 import socket
-from typing import Callable, Sequence
+import sys
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+T = TypeVar("T")
 
 
 class Ranks:
@@ -36,9 +41,16 @@ class Ranks:
         share = batch // self.world
         return slice(self.rank * share, (self.rank + 1) * share)
 
-    def barrier(self) -> None:
+    def main_first(self, load: Callable[[], T]) -> T:
+        """``load()`` on rank 0, then on the others: what rank 0 writes on the way (a cache of converted
+        files) the others read instead of writing it at the same time."""
+        if self.main:
+            result = load()
         if self.world > 1:
             dist.barrier()
+        if not self.main:
+            result = load()
+        return result
 
     def broadcast_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Overwrite the tensors, in place, with rank 0's."""
@@ -97,6 +109,8 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, world: int, port: int, fn: Callable, args) -> None:
+    if rank:  # rank 0 speaks for the run
+        sys.stdout = open(os.devnull, "w")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         fn(args, Ranks(rank, world))
@@ -104,12 +118,22 @@ def _rank_main(rank: int, world: int, port: int, fn: Callable, args) -> None:
         dist.destroy_process_group()
 
 
-def run(fn: Callable, args, world: int) -> None:
-    """``fn(args, ranks)`` in ``world`` processes (in this one when ``world`` is 1).
+def add_argument(parser: argparse.ArgumentParser) -> None:
+    """The recipes' ``--ranks`` option."""
+    parser.add_argument("--ranks", type=int, default=1,
+                        help="processes that share each batch (ltcodec.training.parallel), one thread each")
+
+
+def run(fn: Callable, args: argparse.Namespace) -> None:
+    """``fn(args, ranks)`` in ``args.ranks`` processes (in this one when that is 1), each batch of
+    ``args.batch`` split evenly over them.
 
     Killing this process stops the run: torch's spawn has the kernel interrupt each rank when its parent
     dies (PR_SET_PDEATHSIG on Linux), so rank 0 does not train on alone, writing into the run's folder.
     """
+    world = args.ranks
+    if world < 1 or args.batch % world:
+        raise SystemExit(f"--ranks {world}: the batch of {args.batch} must split evenly over the processes")
     if world == 1:
         fn(args, Ranks())
         return
