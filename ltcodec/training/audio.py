@@ -460,7 +460,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             else:
                 objective = out["loss"]
             if not descend(opt, model, average, objective, step,
-                           lambda: ranks.average_gradients(list(model.parameters()))):
+                           lambda: ranks.average_gradients(model.parameters())):
                 continue
             step += 1
             # Dual ascent on the per-quality rate weights.

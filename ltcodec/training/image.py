@@ -625,7 +625,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
                 quality_losses.observe(per_sample, quality)
                 objective = quality_losses.weight(out["per_sample"], quality[part]) + out["penalty"]
             if not descend(opt, model, average, objective, step,
-                           lambda: ranks.average_gradients([p_ for p_ in model.parameters() if p_.requires_grad])):
+                           lambda: ranks.average_gradients(model.parameters())):
                 continue
             step += 1
             for k, v in (("loss", float(per_sample.mean() + out["penalty"])), ("mse", float(mse.mean())),

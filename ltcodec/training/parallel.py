@@ -17,7 +17,7 @@ import argparse
 import os
 import socket
 import sys
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -88,8 +88,9 @@ class Ranks:
         whole = everyone[:, :-1].reshape(-1, len(columns))
         return [whole[:, k].float() for k in range(len(columns))], others
 
-    def average_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
-        """Replace every gradient by its mean over the ranks (one reduction of one flat buffer)."""
+    def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Replace every gradient by its mean over the ranks (one reduction of one flat buffer); parameters
+        without a gradient (held fixed) are left out alike on every rank."""
         if self.world == 1:
             return
         grads = [p.grad for p in params if p.grad is not None]
