@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from ltcodec.training.parallel import Ranks
+from ltcodec.training.parallel import Ranks, run
 
 SLEEPING_RANKS = """
 import argparse, os, sys, time
@@ -21,6 +21,27 @@ def sleep(args, ranks):
 if __name__ == "__main__":
     run(sleep, argparse.Namespace(pids=sys.argv[1], ranks=2, batch=2))
 """
+
+
+def _finish_late_or_fail(args, ranks):
+    """Rank 0 writes its result after the others are done, as it writes the last checkpoint; rank
+    ``args.failing`` raises."""
+    torch.distributed.all_reduce(torch.ones(4))
+    if ranks.rank == args.failing:
+        raise ValueError("this rank failed")
+    if ranks.main:
+        time.sleep(1.0)
+        (args.out / "done").write_text(str(ranks.world))
+
+
+def test_a_run_returns_after_every_rank_is_done_and_fails_when_one_fails(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(out=tmp_path, ranks=2, batch=2, failing=-1)
+    run(_finish_late_or_fail, args)
+    assert (tmp_path / "done").read_text() == "2"
+    with pytest.raises(Exception, match="this rank failed"):
+        run(_finish_late_or_fail, argparse.Namespace(**{**vars(args), "failing": 1}))
 
 
 def test_one_rank_is_the_whole_batch_and_changes_nothing():

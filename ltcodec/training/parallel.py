@@ -113,10 +113,16 @@ def _rank_main(rank: int, world: int, port: int, fn: Callable, args) -> None:
     if rank:  # rank 0 speaks for the run
         sys.stdout = open(os.devnull, "w")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        fn(args, Ranks(rank, world))
-    finally:
-        dist.destroy_process_group()
+    fn(args, Ranks(rank, world))
+    # A rank that raised does not come here: spawn ends the others and reports the error.  The others leave
+    # together (rank 0 writes the last checkpoint while the rest wait) and skip the interpreter's teardown:
+    # a rank has been aborted on its way out ("terminate called without an active exception") after its
+    # work was done, which spawn reports as a failed run.  Everything a rank writes is closed by now.
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def add_argument(parser: argparse.ArgumentParser) -> None:
