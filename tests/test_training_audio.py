@@ -231,5 +231,10 @@ def test_two_processes_train_as_one_on_the_whole_batch(tmp_path, monkeypatch):
     assert two["cpu_seconds"] > 0
     log = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]  # one log, written by the first process
+    # A fresh run records its processes; a run resumed on more of them records the change.
+    assert two["ranks"] == 2 and not any("ranks_from" in h for h in two["history"])
+    train_audio.main(common + ["--out", str(tmp_path / "one"), "--steps", "4", "--ranks", "2", "--resume"])
+    resumed = torch.load(tmp_path / "one" / "last.ckpt", weights_only=False)
+    assert resumed["ranks"] == 2 and resumed["history"][-1] == {"step": 3, "ranks_from": 1, "ranks": 2}
     with pytest.raises(SystemExit, match="must split evenly"):
         train_audio.main(common + ["--out", str(tmp_path / "three"), "--steps", "1", "--ranks", "3"])

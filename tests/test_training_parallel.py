@@ -63,13 +63,15 @@ def test_one_rank_is_the_whole_batch_and_changes_nothing():
 def test_the_ranks_end_when_the_command_that_started_them_is_killed(tmp_path):
     script, pids = tmp_path / "ranks.py", tmp_path / "pids"
     script.write_text(SLEEPING_RANKS)
-    parent = subprocess.Popen([sys.executable, str(script), str(pids)], cwd=tmp_path)
+    # Started as `nohup … &` starts a run: in the background, where SIGINT is ignored.
+    parent = subprocess.Popen([sys.executable, str(script), str(pids)], cwd=tmp_path,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.time() + 60
     while (not pids.exists() or len(pids.read_text().split()) < 2) and time.time() < deadline:
         time.sleep(0.2)
     children = [int(p) for p in pids.read_text().split()]
     assert len(children) == 2
-    parent.send_signal(signal.SIGKILL)  # as `pkill -9 -f` the run: no chance to stop its ranks itself
+    parent.send_signal(signal.SIGTERM)  # as `pkill -f` stops the run: its ranks are not told
     parent.wait()
     deadline = time.time() + 20
     while time.time() < deadline and any(_alive(p) for p in children):

@@ -387,6 +387,9 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
     changes.add(change, "mel term")
     weighting, change = resumed_setting(kept, "quality_weighting", "sum", args.quality_weighting, step)
     changes.add(change, "quality weighting")
+    # Processes sharing each batch (`--ranks`): one until checkpoints kept it; a fresh run records none.
+    world, change = resumed_setting(kept, "ranks", 1 if kept is not None else ranks.world, ranks.world, step)
+    changes.add(change, "processes")
     quality_losses = QualityLosses(len(targets), state.get("quality_losses") if state is not None else None)
     if retarget is not None:
         # The dual ascent moves each quality's rate weight towards its new target from here.
@@ -428,7 +431,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "log_weights": log_weights, "rate_ema": rate_ema, "cpu_seconds": cpu_total(),
             "history": changes.history, "lr": args.lr, "warmup": warmup, "rate": rate,
-            "mel_weight": mel_weight, "quality_weighting": weighting, "quality_losses": quality_losses.state(),
+            "mel_weight": mel_weight, "quality_weighting": weighting, "ranks": world, "quality_losses": quality_losses.state(),
         })
 
     model.train()

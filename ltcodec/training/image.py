@@ -519,6 +519,9 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
     changes.add(change, "rate relaxation")
     weighting, change = resumed_setting(kept, "quality_weighting", "sum", args.quality_weighting, step)
     changes.add(change, "quality weighting")
+    # Processes sharing each batch (`--ranks`): one until checkpoints kept it; a fresh run records none.
+    world, change = resumed_setting(kept, "ranks", 1 if kept is not None else ranks.world, ranks.world, step)
+    changes.add(change, "processes")
     quality_losses = QualityLosses(len(config.lambdas), state.get("quality_losses") if state is not None else None)
     # 128² crops in batches of 8 until checkpoints kept theirs.
     before = (state.get("crop", 128), state.get("batch", 8)) if state is not None else (args.crop, args.batch)
@@ -548,7 +551,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             "ema_decay": args.ema_decay, "lr": args.lr if not args.lr_drop_at else lr_at(step),
             "crop": args.crop, "batch": args.batch, "warmup": warmup, "rate": rate,
             "quality_weighting": weighting, "quality_losses": quality_losses.state(),
-            "fixed_parts": fixed,
+            "fixed_parts": fixed, "ranks": world,
         })
 
     average = WeightAverage(model, args.ema_decay, state.get("ema") if state is not None else None)

@@ -14,7 +14,9 @@ Rank 0 is the run as the recipe knows it (log, evals, checkpoints); the others o
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import signal
 import socket
 import sys
 from typing import Callable, Iterable, Sequence, TypeVar
@@ -109,7 +111,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, fn: Callable, args) -> None:
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when the one that started it dies, however it dies.
+
+    torch's spawn asks for SIGINT, which a command started in the background (``nohup … &``) inherits as
+    ignored: killing such a run left its ranks training on, rank 0 writing into the run's folder."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
+def _rank_main(rank: int, world: int, port: int, fn: Callable, args, parent: int) -> None:
+    _die_with(parent)
     if rank:  # rank 0 speaks for the run
         sys.stdout = open(os.devnull, "w")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -135,8 +150,8 @@ def run(fn: Callable, args: argparse.Namespace) -> None:
     """``fn(args, ranks)`` in ``args.ranks`` processes (in this one when that is 1), each batch of
     ``args.batch`` split evenly over them.
 
-    Killing this process stops the run: torch's spawn has the kernel interrupt each rank when its parent
-    dies (PR_SET_PDEATHSIG on Linux), so rank 0 does not train on alone, writing into the run's folder.
+    Killing this process stops the run: the kernel kills each rank when its parent dies (PR_SET_PDEATHSIG
+    on Linux), so rank 0 does not train on alone, writing into the run's folder.
     """
     world = args.ranks
     if world < 1 or args.batch % world:
@@ -144,4 +159,4 @@ def run(fn: Callable, args: argparse.Namespace) -> None:
     if world == 1:
         fn(args, Ranks())
         return
-    mp.spawn(_rank_main, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+    mp.spawn(_rank_main, args=(world, _free_port(), fn, args, os.getpid()), nprocs=world, join=True)
