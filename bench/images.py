@@ -131,14 +131,21 @@ def write_report(name: str, folder: Path, results: dict, skipped: dict, refs: di
     curves = {k: v["rows"] for k, v in results.items()}
     labels = {k: v["label"] for k, v in results.items()}
     names = list(curves)
-    bd = {a: {b: bd_rate([r["bpp"] for r in curves[a]], [r["psnr"] for r in curves[a]],
-                         [r["bpp"] for r in curves[b]], [r["psnr"] for r in curves[b]]) for b in names} for a in names}
-    def ssim_db(rows):
-        return [-10 * math.log10(max(1 - r["ms_ssim"], 1e-10)) for r in rows]
 
-    bd_ssim = {a: {b: bd_rate([r["bpp"] for r in curves[a]], ssim_db(curves[a]), [r["bpp"] for r in curves[b]],
-                              ssim_db(curves[b])) for b in names} for a in names}
-    bd_ref = {n: {ref: bd_rate(c["bpp"], c["psnr"], [r["bpp"] for r in curves[n]], [r["psnr"] for r in curves[n]])
+    def psnr(r: dict) -> float:
+        return r["psnr"]
+
+    def ssim_db(r: dict) -> float:
+        return -10 * math.log10(max(1 - r["ms_ssim"], 1e-10))
+
+    def bd_of(anchor: list[dict], test: list[dict], score) -> float:
+        return bd_rate([r["bpp"] for r in anchor], [score(r) for r in anchor],
+                       [r["bpp"] for r in test], [score(r) for r in test])
+
+    bd = {a: {b: bd_of(curves[a], curves[b], psnr) for b in names} for a in names}
+    bd_ssim = {a: {b: bd_of(curves[a], curves[b], ssim_db) for b in names} for a in names}
+    # A published reference curve is a pair of lists, not rows.
+    bd_ref = {n: {ref: bd_of([{"bpp": b, "psnr": q} for b, q in zip(c["bpp"], c["psnr"])], curves[n], psnr)
                   for ref, c in refs.items()} for n in names}
     meta = {"command": command, "date": stamp, "machine": machine(), "threads": THREADS, "images": images,
             "set": str(folder), "seconds": seconds}
