@@ -238,3 +238,58 @@ def test_two_processes_train_as_one_on_the_whole_batch(tmp_path, monkeypatch):
     assert resumed["ranks"] == 2 and resumed["history"][-1] == {"step": 3, "ranks_from": 1, "ranks": 2}
     with pytest.raises(SystemExit, match="must split evenly"):
         train_audio.main(common + ["--out", str(tmp_path / "three"), "--steps", "1", "--ranks", "3"])
+
+
+def test_the_adversarial_terms_teach_the_decoder_and_not_the_discriminator():
+    from ltcodec.training.adversary import SpectrogramDiscriminator, discriminator_loss, generator_terms
+
+    torch.manual_seed(0)
+    critic = SpectrogramDiscriminator(filters=4)
+    x = torch.randn(3, 1, 4096) * 0.1
+    x_hat = (x + 0.05 * torch.randn_like(x)).requires_grad_(True)
+    terms = generator_terms(critic, x, x_hat)
+    assert terms.shape == (3,) and torch.isfinite(terms).all()
+    terms.sum().backward()
+    assert x_hat.grad is not None and x_hat.grad.abs().sum() > 0
+    assert all(p.grad is None for p in critic.parameters())  # the decoder's loss leaves the critic alone
+    # On the originals themselves feature matching is zero: only the hinge of their judgement remains.
+    same = generator_terms(critic, x, x.clone())
+    hinge = sum(torch.relu(1 - logits).flatten(1).mean(1) for logits, _ in critic(x)) / len(critic.scales)
+    torch.testing.assert_close(same, hinge)
+    # A few steps of its own loss teach it to tell the two apart.
+    opt = torch.optim.Adam(critic.parameters(), lr=3e-3)
+    noisy = x + 0.3 * torch.randn_like(x)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = discriminator_loss(critic, x, noisy)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_an_adversarial_run_keeps_its_discriminator_across_resumes_and_processes(tmp_path, monkeypatch):
+    from ltcodec.training.card import history_line
+
+    monkeypatch.setenv("LTCODEC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(train_audio, "CACHE", tmp_path / "cache")
+    _corpus(tmp_path / "data")
+    common = ["--data", str(tmp_path / "data"), "--media", str(tmp_path / "none"), "--eval", str(tmp_path / "none"),
+              "--batch", "4", "--frames", "8", "--channels", "4", "--M", "16", "--log-every", "1", "--threads", "1",
+              "--out", str(tmp_path / "run")]
+    train_audio.main(common + ["--steps", "1"])
+    train_audio.main(common + ["--steps", "3", "--resume", "--adversarial", "0.5", "--disc-filters", "4"])
+    first = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)
+    change = first["history"][-1]
+    assert change == {"step": 1, "adversarial_from": 0.0, "adversarial": 0.5}
+    assert "weight 0 to 0.5" in history_line(change)
+    assert first["adversarial"] == 0.5 and first["critic_filters"] == 4
+    # Resumed without the option, on two processes: the weight and the discriminator go on.
+    train_audio.main(common + ["--steps", "4", "--resume", "--ranks", "2"])
+    second = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)
+    assert second["adversarial"] == 0.5 and second["history"][-2:] == [change, {"step": 3, "ranks_from": 1, "ranks": 2}]
+    assert not all(torch.equal(first["critic"][k], second["critic"][k]) for k in first["critic"])
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "adv" in r] == [2, 3, 4] and all(r["adv"] > 0 and r["critic"] > 0
+                                                                       for r in log if "adv" in r)

@@ -45,6 +45,7 @@ from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, d
                     gain_optimizer, learning_rate_change, resolve_learning_rate, set_learning_rate, split_state,
                     warmup_factor)
 from . import parallel
+from .adversary import SpectrogramDiscriminator, discriminator_loss, generator_terms
 from .parallel import Ranks
 from .restore import fit_density, float_layers, load_float_layers, table_pmfs, table_radius
 from .widen import COPY_NOISE, widen_state
@@ -216,7 +217,10 @@ def mel_distance(x: torch.Tensor, x_hat: torch.Tensor, rate: int, spectra: dict 
 
 
 def rd_loss(model: AudioLatticeCodec, x: torch.Tensor, quality: torch.Tensor, log_weights: torch.Tensor,
-            rate: str = "noise", mel_weight: float = 0.0) -> dict:
+            rate: str = "noise", mel_weight: float = 0.0, critic: SpectrogramDiscriminator | None = None,
+            adversarial: float = 0.0) -> dict:
+    """Per example: distortion + the adversarial terms (``adversarial`` times :func:`generator_terms` of
+    ``critic``, if any) + the quality's rate weight times kbps / 10."""
     out = model(x, quality, rate)
     seconds = x.shape[-1] / model.config.sample_rate
     kbps = (out["bits_y"] + out["bits_z"]) / seconds / 1000.0
@@ -226,7 +230,12 @@ def rd_loss(model: AudioLatticeCodec, x: torch.Tensor, quality: torch.Tensor, lo
         dist = dist + mel_weight * mel_distance(x, out["x_hat"], model.config.sample_rate, spectra)
     w = torch.exp(log_weights[quality.long()])
     per_sample = dist + w * kbps / 10.0
-    return {"loss": per_sample.mean(), "dist": dist.detach(), "kbps": kbps.detach(), "per_sample": per_sample}
+    adv = torch.zeros_like(dist)
+    if critic is not None and adversarial:
+        adv = adversarial * generator_terms(critic, x, out["x_hat"])
+        per_sample = per_sample + adv
+    return {"loss": per_sample.mean(), "dist": dist.detach(), "kbps": kbps.detach(), "per_sample": per_sample,
+            "adv": adv.detach(), "x_hat": out["x_hat"].detach()}
 
 
 def si_sdr(x: np.ndarray, x_hat: np.ndarray) -> float:
@@ -293,6 +302,11 @@ def main(argv: list[str] | None = None) -> None:
                         "default) or of the hard lattice point, the coded bits; resumes keep it")
     p.add_argument("--mel-weight", type=float,
                    help="weight of the log-mel term of the distortion (0 before checkpoints kept it); resumes keep it")
+    p.add_argument("--adversarial", type=float,
+                   help="weight of the adversarial and feature-matching terms of a small spectrogram "
+                        "discriminator (ltcodec.training.adversary; 0, the default, trains none); resumes keep it")
+    p.add_argument("--disc-filters", type=int, default=8, help="filters per layer of that discriminator")
+    p.add_argument("--disc-lr", type=float, default=1e-4, help="its Adam learning rate")
     p.add_argument("--target-kbps", type=float, nargs="+",
                    help="the per-quality rate targets (one channel); a resumed run keeps its own unless given")
     p.add_argument("--quality-weighting", choices=QUALITY_WEIGHTINGS,
@@ -387,6 +401,18 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
     changes.add(change, "mel term")
     weighting, change = resumed_setting(kept, "quality_weighting", "sum", args.quality_weighting, step)
     changes.add(change, "quality weighting")
+    adversarial, change = resumed_setting(kept, "adversarial", 0.0, args.adversarial, step)
+    changes.add(change, "adversarial term")
+    critic = critic_opt = None
+    if adversarial:
+        with torch.random.fork_rng(devices=[]):  # the same discriminator on every rank; the run's stream untouched
+            torch.manual_seed(args.seed + 1)
+            critic = SpectrogramDiscriminator(state["critic_filters"] if state and "critic" in state
+                                              else args.disc_filters)
+        critic_opt = torch.optim.Adam(critic.parameters(), lr=args.disc_lr, betas=(0.5, 0.9))
+        if state is not None and "critic" in state:
+            critic.load_state_dict(state["critic"])
+            critic_opt.load_state_dict(state["critic_optimizer"])
     # Processes sharing each batch (`--ranks`): one until checkpoints kept it; a fresh run records none.
     world, change = resumed_setting(kept, "ranks", 1 if kept is not None else ranks.world, ranks.world, step)
     changes.add(change, "processes")
@@ -432,11 +458,14 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             "log_weights": log_weights, "rate_ema": rate_ema, "cpu_seconds": cpu_total(),
             "history": changes.history, "lr": args.lr, "warmup": warmup, "rate": rate,
             "mel_weight": mel_weight, "quality_weighting": weighting, "ranks": world, "quality_losses": quality_losses.state(),
+            "adversarial": adversarial,
+            **({"critic": critic.state_dict(), "critic_optimizer": critic_opt.state_dict(),
+                "critic_filters": critic.filters} if critic is not None else {}),
         })
 
     model.train()
     last_ckpt = time.time()
-    t0, acc, n_acc = time.time(), {"loss": 0.0, "dist": 0.0}, 0
+    t0, acc, n_acc = time.time(), {"loss": 0.0, "dist": 0.0, **({"adv": 0.0, "critic": 0.0} if critic else {})}, 0
     part = ranks.part(args.batch)
     with open(log_path if ranks.main else os.devnull, "a") as log:
         changes.write_new(log)
@@ -451,9 +480,9 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             x = sample_batch(corpus, rng, args.batch, length)
             quality = torch.from_numpy(rng.permutation(len(targets))[: args.batch] if args.batch <= len(targets)
                                        else rng.integers(0, len(targets), args.batch)).float()
-            out = rd_loss(model, x[part], quality[part], log_weights, rate, mel_weight)
-            (per_sample, kbps, distortion), cpu_others = ranks.share(
-                [out["per_sample"], out["kbps"], out["dist"]], time.process_time() - cpu_start)
+            out = rd_loss(model, x[part], quality[part], log_weights, rate, mel_weight, critic, adversarial)
+            (per_sample, kbps, distortion, adv), cpu_others = ranks.share(
+                [out["per_sample"], out["kbps"], out["dist"], out["adv"]], time.process_time() - cpu_start)
             if not torch.isfinite(per_sample).all():
                 print(f"step {step}: non-finite loss, batch skipped", flush=True)
                 continue
@@ -465,6 +494,14 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             if not descend(opt, model, average, objective, step,
                            lambda: ranks.average_gradients(model.parameters())):
                 continue
+            if critic is not None:  # then the discriminator learns from the same crops
+                critic_loss = discriminator_loss(critic, x[part], out["x_hat"])
+                critic_opt.zero_grad(set_to_none=True)  # also drops what the generator's pass left
+                critic_loss.backward()
+                ranks.average_gradients(critic.parameters())
+                critic_opt.step()
+                acc["adv"] += float(adv.mean())
+                acc["critic"] += float(ranks.gather(critic_loss.detach()[None]).mean())
             step += 1
             # Dual ascent on the per-quality rate weights.
             for q, r in zip(quality.long().tolist(), kbps.tolist()):
@@ -475,6 +512,8 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             n_acc += 1
             if step % args.log_every == 0:
                 ranks.assert_same(model)
+                if critic is not None:
+                    ranks.assert_same(critic)
                 rec = {"step": step, **{k: v / n_acc for k, v in acc.items()},
                        "kbps": [round(float(r), 2) for r in rate_ema], "log_w": [round(float(w), 2) for w in log_weights],
                        "s_per_step": (time.time() - t0) / n_acc, "cpu_hours": cpu_total() / 3600}

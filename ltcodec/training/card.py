@@ -42,7 +42,7 @@ CHANGE_KEYS = ("lambdas_from", "lr_from", "scale_floor_level_from", "channels_fr
                "analysis_blocks_from", "latent_from", "crop_from",
                "init_from", "rate_from", "mel_weight_from", "target_kbps_from",
                "likelihood_floor_from", "quality_weighting_from", "context_from", "context_fit_steps",
-               "entropy_fit_steps", "ranks_from")
+               "entropy_fit_steps", "ranks_from", "adversarial_from")
 
 
 def is_change(record: dict) -> bool:
@@ -165,6 +165,10 @@ def history_line(change: dict) -> str:
         return (f"* Processes sharing each batch changed at step {change['step']:,} from {change['ranks_from']} to "
                 f"{change['ranks']}: the same batches and averaged gradients, each process drawing its own rate "
                 "noise (`--ranks`).")
+    if "adversarial_from" in change:
+        return (f"* Adversarial term changed at step {change['step']:,} from weight {change['adversarial_from']:g} to "
+                f"{change['adversarial']:g}: hinge loss and feature matching of a small multi-scale STFT "
+                "discriminator trained alongside (`--adversarial`).")
     if "quality_weighting_from" in change:
         return (f"* Loss over the qualities changed at step {change['step']:,} from the "
                 f"{change['quality_weighting_from']} to the {change['quality_weighting']} of their losses "
@@ -233,6 +237,8 @@ _CARD_CHANGES = (
         "target_kbps": [float(v) for v in m[3].split(",")]}),
     (r"\* Processes sharing each batch changed at step ([\d,]+) from (\d+) to (\d+):", lambda m: {
         "ranks_from": int(m[2]), "ranks": int(m[3])}),
+    (rf"\* Adversarial term changed at step ([\d,]+) from weight {_NUMBER} to {_NUMBER}:", lambda m: {
+        "adversarial_from": float(m[2]), "adversarial": float(m[3])}),
     (r"\* Rate term changed at step ([\d,]+) from the (\w+) to the (\w+) ", lambda m: {
         "rate_from": m[2], "rate": m[3]}),
     (rf"\* Training went on at step ([\d,]+) from the weights of `([^`]+)` .* over ([\d,]+) steps(?: to {_NUMBER})?",
