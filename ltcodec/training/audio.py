@@ -457,8 +457,8 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             "config": config.to_dict(), "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "log_weights": log_weights, "rate_ema": rate_ema, "cpu_seconds": cpu_total(),
             "history": changes.history, "lr": args.lr, "warmup": warmup, "rate": rate,
-            "mel_weight": mel_weight, "quality_weighting": weighting, "ranks": world, "quality_losses": quality_losses.state(),
-            "adversarial": adversarial,
+            "mel_weight": mel_weight, "quality_weighting": weighting, "quality_losses": quality_losses.state(),
+            "ranks": world, "adversarial": adversarial,
             **({"critic": critic.state_dict(), "critic_optimizer": critic_opt.state_dict(),
                 "critic_filters": critic.filters} if critic is not None else {}),
         })
