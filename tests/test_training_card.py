@@ -48,7 +48,7 @@ def test_every_kind_of_change_has_a_card_line():
                 "latent_from": 128, "crop_from": 128, "init_from": "ltc-image-e8.safetensors", "rate_from": "noise",
                 "mel_weight_from": 0.0, "target_kbps_from": [4.0, 6.0],
                 "likelihood_floor_from": 1e-9, "quality_weighting_from": "sum", "context_from": "none",
-                "context_fit_steps": 600, "entropy_fit_steps": 600}
+                "context_fit_steps": 600, "entropy_fit_steps": 600, "ranks_from": 1, "adversarial_from": 0.0}
     assert set(examples) == set(CHANGE_KEYS)
     for key, before in examples.items():
         change = {"step": 1, key: before, key.removesuffix("_from"): before}
@@ -97,7 +97,8 @@ def test_a_cards_history_and_progress_tables_read_back():
                {"step": 5_000, "mel_weight_from": 0.0, "mel_weight": 1.0},
                {"step": 6_000, "target_kbps_from": [4.0, 6.5], "target_kbps": [2.5, 6.5]},
                {"step": 7_000, "likelihood_floor_from": 1e-9, "likelihood_floor": 1.5e-05},
-               {"step": 7_500, "ranks_from": 1, "ranks": 2}]
+               {"step": 7_500, "ranks_from": 1, "ranks": 2},
+               {"step": 8_000, "adversarial_from": 0.0, "adversarial": 0.2}]
     card = "# m\n\n## Training\n\n" + "\n".join(history_line(h) for h in history) + "\n"
     assert history_from_card(card, ladder) == history
     records = [{"step": s, "eval_ema": [{"quality": q, "bpp": 0.1 * q + s / 1e5, "psnr": 20.0 + q} for q in (1, 3)],
