@@ -39,7 +39,8 @@ import torch
 
 from ..audio_model import HYPER_STRIDE, AudioLatticeCodec, AudioModelConfig
 from ..image_model import RATE_RELAXATIONS
-from .card import RecipeChanges, recorded_history, recorded_settings, resumed_setting, seed_from_card
+from .card import (RecipeChanges, processes_setting, recorded_history, recorded_settings, resumed_setting,
+                   seed_from_card)
 from .image import save_checkpoint
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, drop_mismatched_state,
                     gain_optimizer, learning_rate_change, resolve_learning_rate, set_learning_rate, split_state,
@@ -413,8 +414,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
         if state is not None and "critic" in state:
             critic.load_state_dict(state["critic"])
             critic_opt.load_state_dict(state["critic_optimizer"])
-    # Processes sharing each batch (`--ranks`): one until checkpoints kept it; a fresh run records none.
-    world, change = resumed_setting(kept, "ranks", 1 if kept is not None else ranks.world, ranks.world, step)
+    world, change = processes_setting(kept, ranks.world, step)
     changes.add(change, "processes")
     quality_losses = QualityLosses(len(targets), state.get("quality_losses") if state is not None else None)
     if retarget is not None:

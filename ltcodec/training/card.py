@@ -79,6 +79,13 @@ def resumed_setting(state: dict | None, key: str, default, requested, step: int)
     return changed_setting(state.get(key, default) if state is not None else default, key, requested, step)
 
 
+def processes_setting(kept: dict | None, world: int, step: int) -> tuple:
+    """:func:`resumed_setting` for the processes sharing each batch (``--ranks``): one for a run whose
+    checkpoint or history did not keep it (every run before ``--ranks`` existed), none recorded for a
+    fresh run (``kept`` None)."""
+    return resumed_setting(kept, "ranks", 1 if kept is not None else world, world, step)
+
+
 def recorded_settings(history: Sequence[dict]) -> dict:
     """The settings a run's recipe changes left in force (the last value each ``{key}_from`` change set):
     what a run initialized from its weights goes on with, where no checkpoint keeps them."""

@@ -28,8 +28,8 @@ from torch import nn
 
 from ..image_model import (CONTEXT_GROUPS, CONTEXTS, LOG2_SCALE_MIN, RATE_RELAXATIONS, ImageModelConfig,
                            LatticeHyperprior)
-from .card import (RecipeChanges, changed_setting, is_change, recorded_history, recorded_settings, resumed_setting,
-                   seed_from_card)
+from .card import (RecipeChanges, changed_setting, is_change, processes_setting, recorded_history, recorded_settings,
+                   resumed_setting, seed_from_card)
 from .optim import (QUALITY_WEIGHTINGS, QualityLosses, WeightAverage, descend, gain_optimizer, learning_rate_change,
                     resolve_learning_rate, set_learning_rate, split_state, warmup_factor)
 from . import parallel
@@ -519,8 +519,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
     changes.add(change, "rate relaxation")
     weighting, change = resumed_setting(kept, "quality_weighting", "sum", args.quality_weighting, step)
     changes.add(change, "quality weighting")
-    # Processes sharing each batch (`--ranks`): one until checkpoints kept it; a fresh run records none.
-    world, change = resumed_setting(kept, "ranks", 1 if kept is not None else ranks.world, ranks.world, step)
+    world, change = processes_setting(kept, ranks.world, step)
     changes.add(change, "processes")
     quality_losses = QualityLosses(len(config.lambdas), state.get("quality_losses") if state is not None else None)
     # 128² crops in batches of 8 until checkpoints kept theirs.
