@@ -37,8 +37,9 @@ import torch
 
 from .audio_codec import AudioCodecModel
 from .boxcode import CodingError
-from .container import (AUDIO_VERSION, MAX_AUDIO_CHANNELS, MAX_CHUNKS, MEDIA_AUDIO, MEDIA_IMAGE, media_kind, STEREO_INDEPENDENT, STEREO_MID_SIDE,
+from .container import (AUDIO_DETAIL_VERSION, DETAIL_MAX, DETAIL_MIN, AUDIO_VERSION, MAX_AUDIO_CHANNELS, MAX_CHUNKS, MEDIA_AUDIO, MEDIA_IMAGE, media_kind, STEREO_INDEPENDENT, STEREO_MID_SIDE,
                         AudioHeader, ModelId, read_container, write_container)
+from .detail import DetailCoder, coded_bins
 from .errors import LtcError, LtcFormatError, LtcInputError
 from .latent_coding import Streams
 from .ratecontrol import search_quality
@@ -55,7 +56,11 @@ MIN_INPUT_RATE = 8000
 MAX_INPUT_RATE = 192_000
 READ_BLOCK = 1 << 16
 RATE_SEARCH_SEGMENTS = 32
-_KNOWN = frozenset({b"SEGM"})
+_KNOWN = frozenset({b"SEGM", b"DETL"})
+#: Above this many kbit/s per coded channel, ``kbps`` targets are met with a detail layer (§9.7) on a
+#: base coded at ``DETAIL_BASE_SHARE`` of the target: the learned transforms saturate near 35 kbit/s.
+DETAIL_FROM_KBPS = 26.0
+DETAIL_BASE_SHARE = 0.25
 _SEG_HEAD = struct.Struct("<I")
 _CHAN_HEAD = struct.Struct("<II")
 
@@ -131,9 +136,10 @@ def _check_signal_shape(channels: int, rate: int) -> None:
 
 def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channels: int,
              workers: tuple[ThreadPoolExecutor | None, int], progress: Progress = _no_progress,
-             seconds: float | None = None) -> tuple[list[list], int]:
+             seconds: float | None = None, keep: bool = False) -> tuple[list[list], int, list[list]]:
     """Latents y (before gains) of every segment and coded channel, from blocks of input samples, with
-    the transforms on ``workers`` (:func:`ltcodec.workers.single_threaded_workers`).
+    the transforms on ``workers`` (:func:`ltcodec.workers.single_threaded_workers`); with ``keep``,
+    also each segment's model-rate samples (float16, what a detail layer codes against).
 
     Segment k covers model-rate samples [k·S, k·S + S) (the last one is shorter) and is analysed on
     the window that adds ``HALO_FRAMES`` hops on each side, clipped at the signal's ends (zeros past
@@ -161,7 +167,11 @@ def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channe
                 win = np.concatenate([win, np.zeros((w1 - w0 - len(win), coded), np.float32)])
             lo, hi = (a - w0) // hop, (b - w0) // hop
             for c in range(coded):
-                yield lambda x=win[:, c]: m.analysis(x)[..., lo:hi].contiguous()
+                if keep:
+                    yield lambda x=win[:, c]: (m.analysis(x)[..., lo:hi].contiguous(),
+                                               x[lo * hop: hi * hop].astype(np.float16))
+                else:
+                    yield lambda x=win[:, c]: (m.analysis(x)[..., lo:hi].contiguous(), None)
 
         for block in blocks:
             n_in += len(block)
@@ -182,12 +192,97 @@ def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channe
             k += 1
 
     latents: list[list] = []
+    signals: list[list] = []
     for ys in _in_groups(*workers, jobs(), coded):
-        latents.append(ys)
+        latents.append([y for y, _ in ys])
+        if keep:
+            signals.append([x for _, x in ys])
         progress("analysing", min(len(latents) * seg / m.config.sample_rate, seconds or math.inf), seconds)
     if seconds:
         progress("analysing", seconds, seconds)
-    return latents, n_in
+    return latents, n_in, signals
+
+
+def _synthesize(m: AudioCodecModel, prev: list | None, cur: list, nxt: list | None, c: int) -> np.ndarray:
+    """Model-rate samples of one segment's channel ``c`` from its decoded latent, with ``HALO_FRAMES``
+    of its neighbours' on each side (None at the ends or for a lost neighbour)."""
+    parts = ([prev[c][..., -HALO_FRAMES:]] if prev is not None else []) + [cur[c]] + \
+            ([nxt[c][..., :HALO_FRAMES]] if nxt is not None else [])
+    left = parts[0].shape[-1] if prev is not None else 0
+    frames = cur[c].shape[-1]
+    return m.synthesis(torch.cat(parts, dim=-1))[left * m.hop: (left + frames) * m.hop]
+
+
+# -- the detail layer (§9.7) ---------------------------------------------------------------------------
+
+def _uses_detail(m: AudioCodecModel, kbps: float | None, channels: int) -> bool:
+    return kbps is not None and kbps > DETAIL_FROM_KBPS * channels and m.lattice.dim == 8
+
+
+def _residual_spectra(m: AudioCodecModel, latents: list[list], signals: list[list], quality: float,
+                      coder: DetailCoder, workers) -> list[list]:
+    """Per segment and coded channel, the MDCT (float16, coded bins) of input − decoded base at
+    ``quality``: what the decoder adds the detail layer to.  Frees ``signals`` as it goes."""
+    coded = len(latents[0])
+
+    def decoded(k: int):
+        if k < 0 or k >= len(latents):
+            return None
+        return [m.quantized_latent(y, quality) for y in latents[k]]
+
+    def jobs():
+        prev, cur, nxt = None, decoded(0), decoded(1)
+        for k in range(len(latents)):
+            for c in range(coded):
+                def one(k=k, c=c, prev=prev, cur=cur, nxt=nxt):
+                    residual = signals[k][c].astype(np.float64) - _synthesize(m, prev, cur, nxt, c)
+                    signals[k][c] = None
+                    return coder.spectrum(residual).astype(np.float16)
+                yield one
+            prev, cur, nxt = cur, nxt, decoded(k + 2)
+
+    return list(_in_groups(*workers, jobs(), coded))
+
+
+def _detail_payload(coder: DetailCoder, k: int, spectra: list, g: int) -> bytes:
+    return _SEG_HEAD.pack(k) + b"".join(coder.encode(s.astype(np.float64), g) for s in spectra)
+
+
+def _detail_bits(coder: DetailCoder, spectra: list, g: int) -> float:
+    """Expected bits of a segment's detail chunk at step ``g`` (ideal code lengths, as :func:`_segment_bits`)."""
+    bits = 8.0 * (_SEG_HEAD.size + _CHUNK_OVERHEAD)
+    for s in spectra:
+        coefs = s.astype(np.float64)
+        bits += 8.0 * _CHAN_HEAD.size + coder.bits(coefs, coder.energies(coefs), g) + 2 * _STREAM_ROUNDING_BITS
+    return bits
+
+
+def _choose_detail_step(m: AudioCodecModel, latents: list[list], spectra: list[list], quality: float,
+                        kbps: float, coder: DetailCoder) -> int:
+    """The detail step G whose total bitrate (base at ``quality`` plus detail) is nearest ``kbps``,
+    by bisection (the rate grows with G) over the segments :func:`_rate_sample` picks."""
+    sample = _rate_sample(len(latents))
+    seconds = sum(_segment_seconds(m, latents[i]) for i in sample)
+    base = sum(_segment_bits(m, latents[i], quality) for i in sample)
+    cache: dict[int, float] = {}
+
+    def rate(g: int) -> float:
+        if g not in cache:
+            cache[g] = (base + sum(_detail_bits(coder, spectra[i], g) for i in sample)) / seconds / 1000.0
+        return cache[g]
+
+    lo, hi = -16, 48  # where speech and music land; widened if the target lies outside
+    while lo > DETAIL_MIN and rate(lo) > kbps:
+        lo = max(DETAIL_MIN, lo - 48)
+    while hi < DETAIL_MAX and rate(hi) < kbps:
+        hi = min(DETAIL_MAX, hi + 48)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if rate(mid) < kbps:
+            lo = mid
+        else:
+            hi = mid
+    return min((lo, hi), key=lambda g: abs(math.log(rate(g) / kbps)))
 
 
 def _segment_payload(m: AudioCodecModel, k: int, ys: list, quality: float) -> bytes:
@@ -276,19 +371,31 @@ def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frame
     with torch.no_grad(), single_threaded_workers() as workers:
         progress = progress or _no_progress
         seconds = frames_hint / rate if frames_hint else None
-        latents, frames = _analyse(m, blocks, rate, channels, workers, progress, seconds)
+        detail = _uses_detail(m, kbps, channels)
+        latents, frames, signals = _analyse(m, blocks, rate, channels, workers, progress, seconds, keep=detail)
         seconds = frames / rate
-        if kbps is not None:
+        g, spectra = None, None
+        if detail:
+            # Quality and step are searched in turn: the base's rate first, then the detail's on top.
+            q = round(_choose_quality(m, latents, kbps * DETAIL_BASE_SHARE) * 256) / 256
+            coder = DetailCoder(m.lattice, m.y_coder, coded_bins(m.config.sample_rate, rate))
+            spectra = _residual_spectra(m, latents, signals, q, coder, workers)
+            g = _choose_detail_step(m, latents, spectra, q, kbps, coder)
+        elif kbps is not None:
             q = _choose_quality(m, latents, kbps)
         else:
             q = round((4.0 if quality is None else float(quality)) * 256) / 256
         chunks = []
         for k, ys in enumerate(latents):
             chunks.append((b"SEGM", _segment_payload(m, k, ys, q)))
+            if spectra is not None:
+                chunks.append((b"DETL", _detail_payload(coder, k, spectra[k], g)))
+                spectra[k] = None
             progress("coding", min((k + 1) * SEGMENT_FRAMES * m.hop / m.config.sample_rate, seconds), seconds)
     head = AudioHeader(rate, frames, channels, q, m.config.sample_rate, SEGMENT_FRAMES,
-                       STEREO_MID_SIDE if channels == 2 else STEREO_INDEPENDENT, m.config.lattice)
-    return write_container(head.pack(), ModelId(m.name, bytes.fromhex(m.sha256)), chunks, AUDIO_VERSION)
+                       STEREO_MID_SIDE if channels == 2 else STEREO_INDEPENDENT, m.config.lattice, detail=g)
+    return write_container(head.pack(), ModelId(m.name, bytes.fromhex(m.sha256)), chunks,
+                           AUDIO_VERSION if g is None else AUDIO_DETAIL_VERSION)
 
 
 def _as_float(data: np.ndarray) -> np.ndarray:
@@ -374,6 +481,7 @@ class AudioInfo:
     channel_coding: str
     version: str
     damaged: int
+    detail_step: int | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__, kind="audio")
@@ -410,10 +518,11 @@ def _layout(hd: AudioHeader, hop: int, c, conceal: bool) -> list[int]:
     return [min(hd.segment_frames, frames - k * hd.segment_frames) for k in range(n)]
 
 
-def _segments(c, hd: AudioHeader, n: int) -> dict[int, bytes]:
-    """The segment chunks by index; :func:`_layout` has checked that none is missing unless concealing."""
+def _segments(c, hd: AudioHeader, n: int, tag: bytes = b"SEGM") -> dict[int, bytes]:
+    """The segment (or detail) chunks by index; :func:`_layout` has checked that no segment chunk is
+    missing unless concealing, :func:`_details` that no detail chunk is."""
     found: dict[int, bytes] = {}
-    for payload in c.get(b"SEGM"):
+    for payload in c.get(tag):
         if len(payload) < _SEG_HEAD.size:
             raise LtcFormatError("segment chunk is too short")
         (k,) = _SEG_HEAD.unpack_from(payload)
@@ -423,6 +532,37 @@ def _segments(c, hd: AudioHeader, n: int) -> dict[int, bytes]:
             raise LtcFormatError(f"segment {k} appears twice")
         found[k] = payload
     return found
+
+
+def _details(c, hd: AudioHeader, n: int, conceal: bool) -> dict[int, bytes]:
+    """The detail chunks by segment: one for every segment in a file with a detail layer (a segment
+    without one is only allowed where a concealing decoder found damage), none in a file without."""
+    found = _segments(c, hd, n, b"DETL")
+    if hd.detail is None:
+        if found:
+            raise LtcFormatError("detail chunks in a file whose header declares no detail layer")
+        return found
+    missing = n - len(found)
+    if missing and not (conceal and c.damaged):
+        raise LtcFormatError(f"{missing} of {n} detail chunks are missing")
+    return found
+
+
+def _detail_coder(m: AudioCodecModel, hd: AudioHeader) -> DetailCoder:
+    if m.lattice.dim != 8:
+        raise LtcFormatError("this file has a detail layer, which needs a model with an 8-dimensional lattice")
+    return DetailCoder(m.lattice, m.y_coder, coded_bins(hd.model_rate, hd.sample_rate))
+
+
+def _decode_detail(coder: DetailCoder, hd: AudioHeader, payload: bytes, length: int) -> list:
+    """(e, u) of every coded channel of a detail chunk."""
+    pos, out = _SEG_HEAD.size, []
+    for _ in range(hd.channels):
+        e, u, pos = coder.decode_integers(payload, pos, length, hd.detail)
+        out.append((e, u))
+    if pos != len(payload):
+        raise LtcFormatError("detail chunk has trailing bytes")
+    return out
 
 
 def _decode_segment(m: AudioCodecModel, hd: AudioHeader, payload: bytes, frames: int) -> list:
@@ -458,6 +598,8 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
         raise LtcFormatError(f"header lattice {hd.lattice} does not match the model's {m.config.lattice}")
     layout = _layout(hd, m.hop, c, conceal)
     payloads = _segments(c, hd, len(layout))
+    details = _details(c, hd, len(layout), conceal)
+    coder = _detail_coder(m, hd) if hd.detail is not None else None
     hop = m.hop
 
     def latents(k: int):
@@ -470,22 +612,34 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
                 return None
             raise
 
+    def detail(k: int):
+        """The detail layer's (e, u) per channel of segment k, or None (no layer, or a lost chunk)."""
+        if coder is None or k not in details:
+            return None
+        try:
+            return _decode_detail(coder, hd, details[k], layout[k] * hop)
+        except LtcFormatError:
+            if conceal:
+                return None
+            raise
+
     def jobs() -> Iterator[Callable[[], np.ndarray]]:
         """One synthesis per channel of each segment (silence for a lost one), decoding the latents of
         the segment after next meanwhile."""
         prev, cur, nxt = None, latents(0), latents(1)
         for k, frames in enumerate(layout):
+            extra = detail(k) if cur is not None else None
             for c_i in range(hd.channels):
                 if cur is None:
                     yield lambda n=frames * hop: np.zeros(n, np.float32)
                     continue
 
-                def one(c_i=c_i, prev=prev, cur=cur, nxt=nxt, frames=frames) -> np.ndarray:
-                    parts = ([prev[c_i][..., -HALO_FRAMES:]] if prev is not None else []) + [cur[c_i]] + \
-                            ([nxt[c_i][..., :HALO_FRAMES]] if nxt is not None else [])
-                    left = parts[0].shape[-1] if prev is not None else 0
-                    x = m.synthesis(torch.cat(parts, dim=-1))
-                    return x[left * hop: (left + frames) * hop]
+                def one(c_i=c_i, prev=prev, cur=cur, nxt=nxt, extra=extra, frames=frames) -> np.ndarray:
+                    x = _synthesize(m, prev, cur, nxt, c_i)
+                    if extra is not None:
+                        e, u = extra[c_i]
+                        x = (x + coder.reconstruct(e, u, hd.detail, frames * hop)).astype(np.float32)
+                    return x
 
                 yield one
             prev, cur, nxt = cur, nxt, latents(k + 2)
@@ -625,11 +779,14 @@ def _chain(first, rest):
 
 
 def decoded_integers(data: bytes, model: str | AudioCodecModel | None = None) -> bytes:
-    """The normative integers of a file: per segment and coded channel, ẑ then u (little-endian int64)."""
+    """The normative integers of a file: per segment, for each coded channel ẑ then u, then for each
+    coded channel the detail layer's e then u when the file has one (little-endian int64)."""
     c, hd = _parse(data, conceal=False)
     m = model_for_file(c.model, model, "audio")
     layout = _layout(hd, m.hop, c, conceal=False)
     payloads = _segments(c, hd, len(layout))
+    details = _details(c, hd, len(layout), conceal=False)
+    coder = _detail_coder(m, hd) if hd.detail is not None else None
     out = []
     for k, frames in enumerate(layout):
         payload, pos = payloads[k], _SEG_HEAD.size
@@ -643,6 +800,9 @@ def decoded_integers(data: bytes, model: str | AudioCodecModel | None = None) ->
             except CodingError as e:
                 raise LtcFormatError(str(e)) from None
             out += [z_hat.astype("<i8").tobytes(), u.astype("<i8").tobytes()]
+        if hd.detail is not None:
+            for e, u in _decode_detail(coder, hd, details[k], frames * m.hop):
+                out += [e.astype("<i8").tobytes(), u.astype("<i8").tobytes()]
     return b"".join(out)
 
 
@@ -652,7 +812,7 @@ def audio_info(data: bytes) -> AudioInfo:
     return AudioInfo(hd.sample_rate, hd.channels, hd.frames, hd.duration, hd.quality, hd.lattice, c.model.name,
                      c.model.hex, hd.model_rate, n, c.size, 8 * c.size / hd.duration / 1000.0,
                      "mid/side" if hd.stereo == STEREO_MID_SIDE else "independent",
-                     f"{c.version[0]}.{c.version[1]}", c.damaged)
+                     f"{c.version[0]}.{c.version[1]}", c.damaged, hd.detail)
 
 
 def is_audio_bytes(prefix: bytes) -> bool:

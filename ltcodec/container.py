@@ -29,6 +29,7 @@ __all__ = [
 SIGNATURE = b"\x89LTC\r\n\x1a\n"
 VERSION = (1, 0)  # written for images; audio files are 1.1 (the minor version that defined them)
 AUDIO_VERSION = (1, 1)
+AUDIO_DETAIL_VERSION = (1, 2)  # audio files with a detail layer (§9.7)
 
 #: Sanity limits, checked before allocating (formats/ltc-v1.md §5).
 MAX_CHUNK_BYTES = 1 << 30
@@ -105,6 +106,10 @@ class ImageHeader:
 
 _AUDIO_HEAD = struct.Struct("<BBBBIQHBBBBHHI")  # 30 bytes
 
+#: The detail step G of an audio file's detail layer (§9.7) is stored as G + DETAIL_BIAS; 0 means none.
+DETAIL_MIN, DETAIL_MAX = -128, 128
+DETAIL_BIAS = 1024
+
 
 @dataclass
 class AudioHeader:
@@ -120,12 +125,15 @@ class AudioHeader:
     precision: int = 16
     levels_per_octave: int = 8
     mean_grid: int = 16
+    detail: int | None = None  # the detail layer's step G, or None for a file without one
 
     def pack(self) -> bytes:
+        if self.detail is not None and not DETAIL_MIN <= self.detail <= DETAIL_MAX:
+            raise ValueError(f"detail step {self.detail} is outside {DETAIL_MIN}…{DETAIL_MAX}")
         return _AUDIO_HEAD.pack(MEDIA_AUDIO, self.channels, self.stereo, LATTICE_IDS[self.lattice],
                                 self.sample_rate, self.frames, int(round(self.quality * 256)), self.coder,
-                                self.precision, self.levels_per_octave, self.mean_grid, self.segment_frames, 0,
-                                self.model_rate)
+                                self.precision, self.levels_per_octave, self.mean_grid, self.segment_frames,
+                                0 if self.detail is None else self.detail + DETAIL_BIAS, self.model_rate)
 
     @property
     def duration(self) -> float:
@@ -135,7 +143,7 @@ class AudioHeader:
     def unpack(cls, payload: bytes) -> "AudioHeader":
         if len(payload) != _AUDIO_HEAD.size:
             raise LtcFormatError(f"audio header has {len(payload)} bytes, expected {_AUDIO_HEAD.size}")
-        (kind, channels, stereo, lattice, rate, frames, q, coder, precision, lpo, grid, seg, reserved,
+        (kind, channels, stereo, lattice, rate, frames, q, coder, precision, lpo, grid, seg, detail,
          model_rate) = _AUDIO_HEAD.unpack(payload)
         if kind != MEDIA_AUDIO:
             raise LtcFormatError(f"not an audio header (media kind {kind})")
@@ -156,10 +164,10 @@ class AudioHeader:
             raise LtcFormatError("unsupported entropy-coder parameters")
         if not 4 <= seg <= MAX_SEGMENT_FRAMES or seg % 4:
             raise LtcFormatError(f"segment length {seg} is not a multiple of 4 in 4…{MAX_SEGMENT_FRAMES}")
-        if reserved != 0:
-            raise LtcFormatError("reserved header field is not zero")
+        if detail and not DETAIL_MIN <= detail - DETAIL_BIAS <= DETAIL_MAX:
+            raise LtcFormatError(f"detail step {detail - DETAIL_BIAS} is outside {DETAIL_MIN}…{DETAIL_MAX}")
         return cls(rate, frames, channels, q / 256, model_rate, seg, stereo, LATTICE_NAMES[lattice], coder,
-                   precision, lpo, grid)
+                   precision, lpo, grid, detail - DETAIL_BIAS if detail else None)
 
 
 @dataclass

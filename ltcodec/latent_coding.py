@@ -212,6 +212,21 @@ class HyperLatentCoding:
     def _symbols(self, y: Tensor, quality: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
         """What the coder codes for a latent y (1, M, h, w) taken before the quality's encoder gain:
         ẑ (N, h_z·w_z), lattice coordinates u (blocks, n), their scale levels, and (h, w)."""
+        z_hat, u, level_idx, _, shape = self._quantize(y, quality)
+        return z_hat.reshape(z_hat.shape[0], -1), u, self._blocks(level_idx), shape
+
+    @torch.no_grad()
+    def quantized_latent(self, y: Tensor, quality: float) -> Tensor:
+        """The ŷ that :meth:`decompress_latent` returns for :meth:`compress_latent`'s streams, without
+        coding them (an encoder that needs the decoded signal, e.g. for a detail layer)."""
+        _, u, _, mean_int, shape = self._quantize(y, quality)
+        points = self.lattice.points(torch.from_numpy(u), torch.float64).numpy()
+        y_hat = self._unblocks(points, shape) + mean_int / MEAN_GRID
+        _, dec_g = self._gains(quality)
+        return torch.from_numpy(y_hat.astype(np.float32))[None] * dec_g
+
+    def _quantize(self, y: Tensor, quality: float):
+        """ẑ (N, h_z, w_z), coordinates u, scale levels and means (M, h, w), and (h, w) of a latent."""
         enc_g, _ = self._gains(quality)
         y = y * enc_g
         z_hat = torch.round(self.h_a(y))[0].to(torch.int64).numpy()
@@ -223,7 +238,7 @@ class HyperLatentCoding:
             # The anchors' points do not change: the context moves only the other positions' means.
             mean_int, level_idx = self.context_parameters(u, mean_int, level_idx, (lh, lw))
             u = self._coordinates(y_lattice - mean_int / MEAN_GRID)
-        return z_hat.reshape(z_hat.shape[0], -1), u, self._blocks(level_idx), (lh, lw)
+        return z_hat, u, level_idx, mean_int, (lh, lw)
 
     def _coordinates(self, residual: np.ndarray) -> np.ndarray:
         """Coordinates u of the closest lattice points to the blocks of ``residual`` (M, h, w)."""

@@ -1,0 +1,201 @@
+"""The audio detail layer (formats/ltc-v1.md §9.7): the MDCT, the integer streams, the rate it is
+chosen for, and what a file with one does when damaged or crafted."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from ltcodec.audio import (DETAIL_FROM_KBPS, SEGMENT_FRAMES, audio_info, decode_audio, decode_audio_file,
+                           decoded_integers, encode_audio)
+from ltcodec.audio_codec import AudioCodecModel, export_audio_model
+from ltcodec.audio_model import AudioLatticeCodec, AudioModelConfig
+from ltcodec.container import AudioHeader, read_container, write_container
+from ltcodec.detail import (E_MAX, E_SILENT, HOP, DetailCoder, _delta_frequencies, band_edges, coded_bins,
+                            frames_of, imdct, mdct)
+from ltcodec.errors import LtcFormatError
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    net = AudioLatticeCodec(AudioModelConfig(channels=4, M=16, N=8))
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-audio.safetensors"
+    export_audio_model(net, [rng.standard_normal(24000).astype(np.float32) * 0.1], path, "tiny-audio")
+    return AudioCodecModel.from_file(path)
+
+
+def signal(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Tones in noise shaped like speech's spectrum (most energy low, some up to the Nyquist frequency)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    out = []
+    for c in range(channels):
+        noise = np.convolve(rng.standard_normal(t.size), np.ones(4) / 4, mode="same")
+        out.append(0.3 * np.sin(2 * np.pi * (220 + 55 * c) * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
+                   + 0.1 * np.sin(2 * np.pi * 1870 * t) + 0.03 * noise)
+    return np.stack(out, 1).astype(np.float32)
+
+
+def snr(x: np.ndarray, y: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(x.astype(np.float64) ** 2) / np.sum((x.astype(np.float64) - y) ** 2)))
+
+
+# -- the parts -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("length", [1, HOP - 1, 7 * HOP, 96000, 1280 * 3 + 17])
+def test_mdct_restores_any_segment_exactly(length):
+    x = np.random.default_rng(length).standard_normal(length)
+    c = mdct(x)
+    assert c.shape == (frames_of(length), HOP)
+    np.testing.assert_allclose(imdct(c, length), x, rtol=0, atol=1e-12)
+    # Orthonormal: energy is kept (the segment's edges are covered by zero-padded windows).
+    assert np.sum(c ** 2) == pytest.approx(np.sum(x ** 2), rel=1e-9)
+
+
+def test_bands_stop_at_the_inputs_nyquist_frequency():
+    assert coded_bins(24000, 48000) == coded_bins(24000, 24000) == HOP
+    assert coded_bins(24000, 16000) == 320 and band_edges(320)[-1] == 320
+    assert coded_bins(24000, 22050) == 440 and band_edges(440)[-2:] == [384, 440]
+    assert coded_bins(24000, 8000) == 160
+    for bins in (160, 320, 440, 480):
+        e = band_edges(bins)
+        assert e[0] == 0 and all(b > a and (b - a) % 8 == 0 for a, b in zip(e, e[1:]))
+
+
+def test_the_delta_table_is_the_specified_integers():
+    f = _delta_frequencies()
+    assert f.sum() == 1 << 16 and f[-1] == 1
+    assert list(f[24 - 3: 24 + 4]) == [2048, 4096, 10240, 23127, 10240, 4096, 2048]
+
+
+def test_streams_round_trip_and_the_step_sets_the_noise(model):
+    coder = DetailCoder(model.lattice, model.y_coder, 320)
+    rng = np.random.default_rng(1)
+    residual = np.convolve(rng.standard_normal(96000), [0.5, 0.3, 0.2], mode="same") * 0.02
+    coefs = coder.spectrum(residual)
+    band_limited = imdct(np.pad(coefs, ((0, 0), (0, HOP - 320))), len(residual))
+    e = coder.energies(coefs)
+    assert e.shape == (frames_of(96000), len(band_edges(320)) - 1) and (e >= E_SILENT).all() and (e <= E_MAX).all()
+    snrs = []
+    for g in (0, 8, 16, 24):
+        payload = coder.encode(coefs, g)
+        e2, u, pos = coder.decode_integers(payload, 0, len(residual), g)
+        assert pos == len(payload)
+        np.testing.assert_array_equal(e2, e)
+        np.testing.assert_array_equal(u, coder.quantize(coefs, e, g))
+        # The rate search's estimate is the streams' information content: within their final words.
+        assert abs(coder.bits(coefs, e, g) - 8 * (len(payload) - 8)) <= 64 + 0.001 * 8 * len(payload)
+        snrs.append(snr(band_limited, coder.reconstruct(e, u, g, len(residual))))
+    # Each 8 steps of G halve Δ: ≈ 6 dB more SNR once most coefficients are coded.
+    assert snrs[1] > snrs[0] + 3
+    for a, b in zip(snrs[1:], snrs[2:]):
+        assert 4.5 < b - a < 7.5, snrs
+    # A damaged stream is a format error, never a crash.
+    with pytest.raises(LtcFormatError):
+        coder.decode_integers(payload[:len(payload) // 2], 0, len(residual), 24)
+
+
+def test_a_silent_residual_codes_to_its_energy_indices_alone(model):
+    coder = DetailCoder(model.lattice, model.y_coder, HOP)
+    payload = coder.encode(coder.spectrum(np.zeros(96000)), 16)
+    e, u, _ = coder.decode_integers(payload, 0, 96000, 16)
+    assert (e == E_SILENT).all() and u.shape == (0, 8)
+    # No coefficient is coded; each unchanged index costs −log2(23127/65536) = 1.50 bits.
+    assert 8 * len(payload) < 1.51 * e.size + 300
+
+
+# -- in files ------------------------------------------------------------------------------------------
+
+def test_high_targets_add_a_detail_layer_that_meets_them(model):
+    x = signal(12.0, 16000)
+    top = encode_audio(x, 16000, quality=8, model=model)
+    below = encode_audio(x, 16000, kbps=DETAIL_FROM_KBPS - 2, model=model)
+    assert audio_info(below).detail_step is None and audio_info(below).version == "1.1"
+    assert not read_container(below, frozenset({b"SEGM", b"DETL"})).get(b"DETL")
+    base_snr = snr(x[:, 0], decode_audio(top, model=model)[0])
+    last = -np.inf
+    for target in (32.0, 48.0, 64.0):
+        data = encode_audio(x, 16000, kbps=target, model=model)
+        info = audio_info(data)
+        assert info.detail_step is not None and info.version == "1.2"
+        assert len(read_container(data, frozenset({b"SEGM", b"DETL"})).get(b"DETL")) == 3
+        assert abs(info.kbps - target) / target <= 0.10, (target, info.kbps)
+        quality = snr(x[:, 0], decode_audio(data, model=model)[0])
+        assert quality > max(base_snr, last) + 2, (base_snr, last, quality)
+        last = quality
+
+
+def test_a_detail_layer_codes_and_decodes_alike_on_any_thread_count(model):
+    x = signal(5.0, 48000, 2)
+    target = 2 * DETAIL_FROM_KBPS + 12
+    before = torch.get_num_threads()
+    try:
+        files, outs = [], []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            files.append(encode_audio(x, 48000, kbps=target, model=model))
+            buf = io.BytesIO()
+            decode_audio_file(files[0], buf, model=model)
+            outs.append(buf.getvalue())
+    finally:
+        torch.set_num_threads(before)
+    assert audio_info(files[0]).detail_step is not None
+    assert files[0] == files[1] and outs[0] == outs[1]
+
+
+def _rebuilt(data: bytes, drop=frozenset(), **fields) -> bytes:
+    """``data`` with header fields replaced and chunks of the tags in ``drop`` left out, CRCs valid."""
+    c = read_container(data, frozenset({b"SEGM", b"DETL"}))
+    head = AudioHeader(**{**AudioHeader.unpack(c.head).__dict__, **fields})
+    return write_container(head.pack(), c.model, [ch for ch in c.chunks if ch[0] not in drop], (1, 2))
+
+
+def test_a_damaged_detail_chunk_loses_only_its_segments_detail(model):
+    rate = 24000
+    x = signal(13.0, rate)  # 4 segments of 4 s
+    data = encode_audio(x, rate, kbps=48, model=model)
+    base_only = _rebuilt(data, drop={b"DETL"}, detail=None)
+    clean, _ = decode_audio(data, model=model)
+    base, _ = decode_audio(base_only, model=model)
+    bad = bytearray(data)
+    second = data.find(b"DETL", data.find(b"DETL") + 4)
+    bad[second + 40] ^= 0x55
+    with pytest.raises(LtcFormatError, match="damaged"):
+        decode_audio(bytes(bad), model=model)
+    y, _ = decode_audio(bytes(bad), model=model, conceal=True)
+    seg = SEGMENT_FRAMES * model.hop
+    # Segment 1 is decoded as its base alone; the others keep their detail.
+    np.testing.assert_allclose(y[seg:2 * seg], base[seg:2 * seg], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.delete(y, np.s_[seg:2 * seg]), np.delete(clean, np.s_[seg:2 * seg]), rtol=0, atol=1e-6)
+    assert snr(x[:, 0], clean) > snr(x[:, 0], y) > snr(x[:, 0], base)
+
+
+def test_crafted_detail_headers_and_chunks_are_refused(model):
+    data = encode_audio(signal(5.0, 24000), 24000, kbps=48, model=model)
+    with pytest.raises(LtcFormatError, match="detail chunks are missing"):
+        decode_audio(_rebuilt(data, drop={b"DETL"}), model=model)
+    with pytest.raises(LtcFormatError, match="declares no detail layer"):
+        decode_audio(_rebuilt(data, detail=None), model=model)
+    head = read_container(data, frozenset({b"SEGM", b"DETL"})).head
+    for stored in (1024 - 129, 1024 + 129, 1):
+        crafted = head[:24] + stored.to_bytes(2, "little") + head[26:]
+        with pytest.raises(LtcFormatError, match="detail step"):
+            AudioHeader.unpack(crafted)
+    # A step that decodes, but not the file's: the streams no longer parse or reconstruct another signal.
+    other = _rebuilt(data, detail=audio_info(data).detail_step + 9)
+    try:
+        y, _ = decode_audio(other, model=model)
+    except LtcFormatError:
+        pass
+    else:
+        assert not np.allclose(y, decode_audio(data, model=model)[0])
+
+
+def test_the_normative_integers_include_the_detail_layer(model):
+    data = encode_audio(signal(5.0, 24000), 24000, kbps=48, model=model)
+    base_only = _rebuilt(data, drop={b"DETL"}, detail=None)
+    full, base = decoded_integers(data, model=model), decoded_integers(base_only, model=model)
+    assert len(full) > len(base)
