@@ -11,6 +11,11 @@ Rules (also in formats/ltc-v1.md §7):
   one ``SEGM`` chunk, entropy-coded on its own, so a damaged chunk loses only its own 4 s: with
   ``conceal=True`` the decoder puts silence there and decodes the rest.  The transforms see
   ``HALO_FRAMES`` of context on each side of a segment, so segments join without seams.
+* Above ``DETAIL_FROM_KBPS`` per coded channel a ``kbps`` target is met with a detail layer
+  (:mod:`ltcodec.detail`, §9.7): the base is coded at a quarter of the target and the residual of each
+  segment — input minus decoded base, at the model's rate — in one ``DETL`` chunk after its ``SEGM``.
+  The encoder decodes its own base to know the residual, so it holds each segment's model-rate samples
+  (float16) and then their residual spectra (float16) until the file is written.
 * Encoding and decoding stream through the file: memory is bounded by the latents (≈ 30 kB per
   second per channel) and a few segments of samples, whatever the file's length.
 * Output is WAV: 16-bit PCM by default (clipped to full scale, never wrapped), or 32-bit float; RF64
@@ -62,6 +67,7 @@ _KNOWN = frozenset({b"SEGM", b"DETL"})
 DETAIL_FROM_KBPS = 26.0
 DETAIL_BASE_SHARE = 0.25
 _SEG_HEAD = struct.Struct("<I")
+_DETAIL_HEAD = struct.Struct("<Ih")  # segment index, the segment's detail step
 _CHAN_HEAD = struct.Struct("<II")
 
 # ----------------------------------------------------------------------------------------------------
@@ -245,22 +251,25 @@ def _residual_spectra(m: AudioCodecModel, latents: list[list], signals: list[lis
 
 
 def _detail_payload(coder: DetailCoder, k: int, spectra: list, g: int) -> bytes:
-    return _SEG_HEAD.pack(k) + b"".join(coder.encode(s.astype(np.float64), g) for s in spectra)
+    return _DETAIL_HEAD.pack(k, g) + b"".join(coder.encode(s.astype(np.float64), g) for s in spectra)
 
 
 def _detail_bits(coder: DetailCoder, spectra: list, g: int) -> float:
     """Expected bits of a segment's detail chunk at step ``g`` (ideal code lengths, as :func:`_segment_bits`)."""
-    bits = 8.0 * (_SEG_HEAD.size + _CHUNK_OVERHEAD)
+    bits = 8.0 * (_DETAIL_HEAD.size + _CHUNK_OVERHEAD)
     for s in spectra:
         coefs = s.astype(np.float64)
         bits += 8.0 * _CHAN_HEAD.size + coder.bits(coefs, coder.energies(coefs), g) + 2 * _STREAM_ROUNDING_BITS
     return bits
 
 
-def _choose_detail_step(m: AudioCodecModel, latents: list[list], spectra: list[list], quality: float,
-                        kbps: float, coder: DetailCoder) -> int:
-    """The detail step G whose total bitrate (base at ``quality`` plus detail) is nearest ``kbps``,
-    by bisection (the rate grows with G) over the segments :func:`_rate_sample` picks."""
+def _choose_detail_steps(m: AudioCodecModel, latents: list[list], spectra: list[list], quality: float,
+                         kbps: float, coder: DetailCoder) -> list[int]:
+    """Each segment's detail step G, for a total bitrate (base at ``quality`` plus detail) of ``kbps``.
+
+    The rate grows with G, by bisection over the segments :func:`_rate_sample` picks, but in steps that
+    can be large (+10% and more where many bands share one energy and start being coded together), so
+    the two steps around the target are spread over the segments in the proportion that meets it."""
     sample = _rate_sample(len(latents))
     seconds = sum(_segment_seconds(m, latents[i]) for i in sample)
     base = sum(_segment_bits(m, latents[i], quality) for i in sample)
@@ -276,13 +285,16 @@ def _choose_detail_step(m: AudioCodecModel, latents: list[list], spectra: list[l
         lo = max(DETAIL_MIN, lo - 48)
     while hi < DETAIL_MAX and rate(hi) < kbps:
         hi = min(DETAIL_MAX, hi + 48)
+    if rate(lo) >= kbps or rate(hi) <= kbps:
+        return [lo if rate(lo) >= kbps else hi] * len(latents)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if rate(mid) < kbps:
             lo = mid
         else:
             hi = mid
-    return min((lo, hi), key=lambda g: abs(math.log(rate(g) / kbps)))
+    share = (kbps - rate(lo)) / (rate(hi) - rate(lo))  # of segments at the finer step, spread evenly
+    return [hi if math.floor((k + 1) * share) > math.floor(k * share) else lo for k in range(len(latents))]
 
 
 def _segment_payload(m: AudioCodecModel, k: int, ys: list, quality: float) -> bytes:
@@ -374,13 +386,13 @@ def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frame
         detail = _uses_detail(m, kbps, channels)
         latents, frames, signals = _analyse(m, blocks, rate, channels, workers, progress, seconds, keep=detail)
         seconds = frames / rate
-        g, spectra = None, None
+        steps, spectra = None, None
         if detail:
             # Quality and step are searched in turn: the base's rate first, then the detail's on top.
             q = round(_choose_quality(m, latents, kbps * DETAIL_BASE_SHARE) * 256) / 256
             coder = DetailCoder(m.lattice, m.y_coder, coded_bins(m.config.sample_rate, rate))
             spectra = _residual_spectra(m, latents, signals, q, coder, workers)
-            g = _choose_detail_step(m, latents, spectra, q, kbps, coder)
+            steps = _choose_detail_steps(m, latents, spectra, q, kbps, coder)
         elif kbps is not None:
             q = _choose_quality(m, latents, kbps)
         else:
@@ -389,13 +401,14 @@ def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frame
         for k, ys in enumerate(latents):
             chunks.append((b"SEGM", _segment_payload(m, k, ys, q)))
             if spectra is not None:
-                chunks.append((b"DETL", _detail_payload(coder, k, spectra[k], g)))
+                chunks.append((b"DETL", _detail_payload(coder, k, spectra[k], steps[k])))
                 spectra[k] = None
             progress("coding", min((k + 1) * SEGMENT_FRAMES * m.hop / m.config.sample_rate, seconds), seconds)
     head = AudioHeader(rate, frames, channels, q, m.config.sample_rate, SEGMENT_FRAMES,
-                       STEREO_MID_SIDE if channels == 2 else STEREO_INDEPENDENT, m.config.lattice, detail=g)
+                       STEREO_MID_SIDE if channels == 2 else STEREO_INDEPENDENT, m.config.lattice,
+                       detail=None if steps is None else min(steps))
     return write_container(head.pack(), ModelId(m.name, bytes.fromhex(m.sha256)), chunks,
-                           AUDIO_VERSION if g is None else AUDIO_DETAIL_VERSION)
+                           AUDIO_VERSION if steps is None else AUDIO_DETAIL_VERSION)
 
 
 def _as_float(data: np.ndarray) -> np.ndarray:
@@ -554,15 +567,20 @@ def _detail_coder(m: AudioCodecModel, hd: AudioHeader) -> DetailCoder:
     return DetailCoder(m.lattice, m.y_coder, coded_bins(hd.model_rate, hd.sample_rate))
 
 
-def _decode_detail(coder: DetailCoder, hd: AudioHeader, payload: bytes, length: int) -> list:
-    """(e, u) of every coded channel of a detail chunk."""
-    pos, out = _SEG_HEAD.size, []
+def _decode_detail(coder: DetailCoder, hd: AudioHeader, payload: bytes, length: int) -> tuple[int, list]:
+    """The step G and the (e, u) of every coded channel of a detail chunk."""
+    if len(payload) < _DETAIL_HEAD.size:
+        raise LtcFormatError("detail chunk is too short")
+    _, g = _DETAIL_HEAD.unpack_from(payload)
+    if not DETAIL_MIN <= g <= DETAIL_MAX:
+        raise LtcFormatError(f"detail step {g} is outside {DETAIL_MIN}…{DETAIL_MAX}")
+    pos, out = _DETAIL_HEAD.size, []
     for _ in range(hd.channels):
-        e, u, pos = coder.decode_integers(payload, pos, length, hd.detail)
+        e, u, pos = coder.decode_integers(payload, pos, length, g)
         out.append((e, u))
     if pos != len(payload):
         raise LtcFormatError("detail chunk has trailing bytes")
-    return out
+    return g, out
 
 
 def _decode_segment(m: AudioCodecModel, hd: AudioHeader, payload: bytes, frames: int) -> list:
@@ -637,8 +655,9 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
                 def one(c_i=c_i, prev=prev, cur=cur, nxt=nxt, extra=extra, frames=frames) -> np.ndarray:
                     x = _synthesize(m, prev, cur, nxt, c_i)
                     if extra is not None:
-                        e, u = extra[c_i]
-                        x = (x + coder.reconstruct(e, u, hd.detail, frames * hop)).astype(np.float32)
+                        g, parts = extra
+                        e, u = parts[c_i]
+                        x = (x + coder.reconstruct(e, u, g, frames * hop)).astype(np.float32)
                     return x
 
                 yield one
@@ -801,7 +820,9 @@ def decoded_integers(data: bytes, model: str | AudioCodecModel | None = None) ->
                 raise LtcFormatError(str(e)) from None
             out += [z_hat.astype("<i8").tobytes(), u.astype("<i8").tobytes()]
         if hd.detail is not None:
-            for e, u in _decode_detail(coder, hd, details[k], frames * m.hop):
+            g, parts = _decode_detail(coder, hd, details[k], frames * m.hop)
+            out.append(np.array([g], "<i8").tobytes())
+            for e, u in parts:
                 out += [e.astype("<i8").tobytes(), u.astype("<i8").tobytes()]
     return b"".join(out)
 

@@ -292,7 +292,8 @@ def info(input: str, as_json: bool) -> None:
             click.echo(f"  model {d['model']} (sha256 {d['model_sha256'][:16]}…, codes at {d['model_rate']} Hz), "
                        f"format {d['version']}")
             segments = f"{d['segments']} segment" + ("" if d["segments"] == 1 else "s")
-            click.echo(f"  {d['bytes']} bytes in {segments}, {d['kbps']:.2f} kbit/s")
+            layer = "" if d["detail_step"] is None else f", with a detail layer (step {d['detail_step']})"
+            click.echo(f"  {d['bytes']} bytes in {segments}, {d['kbps']:.2f} kbit/s{layer}")
             return
         from .image import image_info
 

@@ -106,7 +106,8 @@ class ImageHeader:
 
 _AUDIO_HEAD = struct.Struct("<BBBBIQHBBBBHHI")  # 30 bytes
 
-#: The detail step G of an audio file's detail layer (§9.7) is stored as G + DETAIL_BIAS; 0 means none.
+#: Detail steps G (§9.7) lie in DETAIL_MIN … DETAIL_MAX; the header stores the smallest as G + DETAIL_BIAS,
+#: 0 meaning no detail layer.
 DETAIL_MIN, DETAIL_MAX = -128, 128
 DETAIL_BIAS = 1024
 
@@ -125,7 +126,7 @@ class AudioHeader:
     precision: int = 16
     levels_per_octave: int = 8
     mean_grid: int = 16
-    detail: int | None = None  # the detail layer's step G, or None for a file without one
+    detail: int | None = None  # the smallest detail step G of the file's segments, or None without a detail layer
 
     def pack(self) -> bytes:
         if self.detail is not None and not DETAIL_MIN <= self.detail <= DETAIL_MAX:

@@ -7,7 +7,7 @@ segment and coded channel at the model's rate, in a sine-windowed MDCT of ``HOP`
 Each band of each MDCT frame carries an integer energy index e (half-octaves of its RMS; ``E_SILENT``
 marks a band sent as zeros); its coefficients, divided by the step Δ = 2^((3e − G)/8), are quantized
 to the closest points of the model's lattice in blocks of 8 and coded with the model's own box code at
-σ level e + G (eighths of an octave), where G is the file's detail step (finer as it grows).  The step
+σ level e + G (eighths of an octave), where G is the segment's detail step (finer as it grows).  The step
 grows as the band's amplitude to the power 3/4, so quantization noise follows the residual's spectrum
 three quarters of the way: of the shapings tried (powers 1/4, 1/2, 3/4, 7/8, 1) it scored best on
 speech ViSQOL at 32 and 48 kbit/s.

@@ -2,15 +2,19 @@
 chosen for, and what a file with one does when damaged or crafted."""
 
 import io
+import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
+from click.testing import CliRunner
 
 from ltcodec.audio import (DETAIL_FROM_KBPS, SEGMENT_FRAMES, audio_info, decode_audio, decode_audio_file,
                            decoded_integers, encode_audio)
 from ltcodec.audio_codec import AudioCodecModel, export_audio_model
 from ltcodec.audio_model import AudioLatticeCodec, AudioModelConfig
+from ltcodec.cli import main
 from ltcodec.container import AudioHeader, read_container, write_container
 from ltcodec.detail import (E_MAX, E_SILENT, HOP, DetailCoder, _delta_frequencies, band_edges, coded_bins,
                             frames_of, imdct, mdct)
@@ -18,13 +22,18 @@ from ltcodec.errors import LtcFormatError
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model_path(tmp_path_factory):
     torch.manual_seed(0)
     net = AudioLatticeCodec(AudioModelConfig(channels=4, M=16, N=8))
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("models") / "tiny-audio.safetensors"
     export_audio_model(net, [rng.standard_normal(24000).astype(np.float32) * 0.1], path, "tiny-audio")
-    return AudioCodecModel.from_file(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return AudioCodecModel.from_file(model_path)
 
 
 def signal(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -184,14 +193,38 @@ def test_crafted_detail_headers_and_chunks_are_refused(model):
         crafted = head[:24] + stored.to_bytes(2, "little") + head[26:]
         with pytest.raises(LtcFormatError, match="detail step"):
             AudioHeader.unpack(crafted)
-    # A step that decodes, but not the file's: the streams no longer parse or reconstruct another signal.
-    other = _rebuilt(data, detail=audio_info(data).detail_step + 9)
-    try:
-        y, _ = decode_audio(other, model=model)
-    except LtcFormatError:
-        pass
-    else:
-        assert not np.allclose(y, decode_audio(data, model=model)[0])
+    # Each chunk carries its step: out of range is refused; another valid one decodes other integers.
+    c = read_container(data, frozenset({b"SEGM", b"DETL"}))
+    first = c.get(b"DETL")[0]
+    step = int.from_bytes(first[4:6], "little", signed=True)
+    for other, ok in ((129, False), (-129, False), (step + 9, True)):
+        chunks = [(t, p[:4] + other.to_bytes(2, "little", signed=True) + p[6:] if p is first else p) for t, p in c.chunks]
+        crafted = write_container(c.head, c.model, chunks, (1, 2))
+        if not ok:
+            with pytest.raises(LtcFormatError, match="detail step"):
+                decode_audio(crafted, model=model)
+            continue
+        try:
+            y, _ = decode_audio(crafted, model=model)
+        except LtcFormatError:
+            pass
+        else:
+            assert not np.allclose(y, decode_audio(data, model=model)[0])
+
+
+def test_segments_mix_two_steps_to_meet_a_target_between_them(model):
+    """Bands of one energy start being coded at one step, so the rate can jump by far more than 10%
+    between two steps: a share of the segments takes the finer one."""
+    rng = np.random.default_rng(3)
+    n = 24000 * 20
+    t = np.arange(n) / 24000
+    x = (0.2 * np.sin(2 * np.pi * 330 * t) + 0.01 * rng.standard_normal(n)).astype(np.float32)[:, None]
+    for target in (40.0, 47.0, 55.0):
+        data = encode_audio(x, 24000, kbps=target, model=model)
+        steps = [int.from_bytes(p[4:6], "little", signed=True)
+                 for p in read_container(data, frozenset({b"SEGM", b"DETL"})).get(b"DETL")]
+        assert max(steps) - min(steps) <= 1 and audio_info(data).detail_step == min(steps)
+        assert abs(audio_info(data).kbps - target) / target <= 0.05, (target, audio_info(data).kbps, steps)
 
 
 def test_the_normative_integers_include_the_detail_layer(model):
@@ -199,3 +232,16 @@ def test_the_normative_integers_include_the_detail_layer(model):
     base_only = _rebuilt(data, drop={b"DETL"}, detail=None)
     full, base = decoded_integers(data, model=model), decoded_integers(base_only, model=model)
     assert len(full) > len(base)
+
+
+def test_the_command_line_reports_the_detail_layer(model_path, tmp_path):
+    src = tmp_path / "in.wav"
+    sf.write(src, signal(5.0, 16000), 16000)
+    run = CliRunner().invoke
+    r = run(main, ["encode", str(src), str(tmp_path / "a.ltc"), "--kbps", "48", "--model", str(model_path)])
+    assert r.exit_code == 0 and "note" not in r.output, r.output
+    info = json.loads(run(main, ["info", str(tmp_path / "a.ltc"), "--json"]).output)
+    assert info["detail_step"] is not None and info["version"] == "1.2" and abs(info["kbps"] - 48) <= 4.8
+    assert f"with a detail layer (step {info['detail_step']})" in run(main, ["info", str(tmp_path / "a.ltc")]).output
+    r = run(main, ["decode", str(tmp_path / "a.ltc"), str(tmp_path / "a.wav"), "--model", str(model_path)])
+    assert r.exit_code == 0 and sf.info(str(tmp_path / "a.wav")).frames == 80000

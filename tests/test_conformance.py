@@ -52,6 +52,10 @@ def test_audio_vectors_are_for_the_shipped_audio_model():
     m = load_audio_model(MANIFEST["audio_model"])
     assert m.sha256 == MANIFEST["audio_model_sha256"], "regenerate with formats/conformance/make_vectors.py"
     assert len(AUDIO) >= 3
+    from ltcodec.audio import audio_info
+
+    # The detail layer (§9.7) is among the vectors.
+    assert any(audio_info((HERE / v["file"]).read_bytes()).detail_step is not None for v in AUDIO)
 
 
 def _on_reference_platform() -> bool:

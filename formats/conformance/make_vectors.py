@@ -59,6 +59,7 @@ AUDIO_CASES = [
     ("mono-16k-1s-q3", 16000, 1, 1.0, 3.0),
     ("stereo-22k-4.5s-q6", 22050, 2, 4.5, 6.0),  # two segments, mid/side
     ("3ch-8k-0.3s-q1.5", 8000, 3, 0.3, 1.5),
+    ("mono-detail-16k-5s-40kbps", 16000, 1, 5.0, "40kbps"),  # a detail layer (§9.7) on two segments
 ]
 
 
@@ -78,12 +79,14 @@ def audio_vectors() -> dict:
     model = load_audio_model(DEFAULT_AUDIO_MODEL)
     vectors = []
     for name, rate, ch, seconds, q in AUDIO_CASES:
-        data = audio.encode_audio(synthetic_audio(rate, ch, seconds, seed=len(name)), rate, quality=q, model=model)
+        target = {"kbps": float(q[:-4])} if isinstance(q, str) else {"quality": q}
+        data = audio.encode_audio(synthetic_audio(rate, ch, seconds, seed=len(name)), rate, model=model, **target)
         (HERE / f"{name}.ltc").write_bytes(data)
         samples, _ = audio.decode_audio(data, dtype="int16", model=model)
         sf.write(HERE / f"{name}.reference.flac", samples, rate, subtype="PCM_16")
         vectors.append({
-            "file": f"{name}.ltc", "sample_rate": rate, "channels": ch, "frames": int(rate * seconds), "quality": q,
+            "file": f"{name}.ltc", "sample_rate": rate, "channels": ch, "frames": int(rate * seconds),
+            "quality": audio.audio_info(data).quality, **({"kbps": target["kbps"]} if "kbps" in target else {}),
             "integers_sha256": hashlib.sha256(audio.decoded_integers(data, model=model)).hexdigest(),
             "samples_sha256": hashlib.sha256(np.ascontiguousarray(samples).astype("<i2").tobytes()).hexdigest(),
         })
