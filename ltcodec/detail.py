@@ -54,6 +54,11 @@ def _delta_frequencies() -> np.ndarray:
 
 _DELTA_TABLE = ChannelTables((_delta_frequencies() - 1).astype(np.uint16), np.array([0, 2 * DELTA_RADIUS + 2]),
                              np.array([-DELTA_RADIUS]))
+#: Decoded coordinates move this much (in steps) toward zero: the coefficients' density falls off
+#: across a quantization cell, so its centre of mass lies nearer zero than the lattice point.  On
+#: speech at 32 / 48 / 64 kbit/s this raised ViSQOL by 0.009 / 0.013 / 0.003 (1/16: 0.008 / 0.009 /
+#: 0.004; 1/5: 0.001 / 0.007 at 32 / 48).
+RECONSTRUCTION_SHRINK = 0.125
 #: Bands whose coefficients' σ is below half a step (level −8) are not coded: they decode as zeros.
 SKIP_LEVEL = -8
 _CHAN_HEAD = struct.Struct("<II")
@@ -219,6 +224,7 @@ class DetailCoder:
         f, s, eb = self._blocks(e, g)
         if f.size:
             points = self.lattice.points(torch.from_numpy(u), torch.float64).numpy()
+            points = np.sign(points) * np.maximum(np.abs(points) - RECONSTRUCTION_SHRINK, 0.0)
             idx = s[:, None] + np.arange(BLOCK)[None, :]
             coefs[f[:, None], idx] = points * self.step(eb, g)[:, None]
         return imdct(coefs, length)

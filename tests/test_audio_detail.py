@@ -107,6 +107,19 @@ def test_streams_round_trip_and_the_step_sets_the_noise(model):
         coder.decode_integers(payload[:len(payload) // 2], 0, len(residual), 24)
 
 
+def test_decoded_coefficients_sit_an_eighth_of_a_step_inside_their_lattice_points(model):
+    coder = DetailCoder(model.lattice, model.y_coder, 8)
+    e = np.full((frames_of(HOP), 1), -4)
+    g = 20
+    coefs = np.zeros((frames_of(HOP), 8))
+    step = coder.step(np.array([-4]), g)[0]
+    coefs[1] = np.array([3, -2, 1, 0, 0, 0, 0, 0]) * step  # a point of E8 (even coordinate sum)
+    u = coder.quantize(coefs, e, g)
+    expected = np.zeros((frames_of(HOP), HOP))
+    expected[1, :8] = np.array([2.875, -1.875, 0.875, 0, 0, 0, 0, 0]) * step
+    np.testing.assert_allclose(coder.reconstruct(e, u, g, HOP), imdct(expected, HOP), rtol=0, atol=1e-12)
+
+
 def test_a_silent_residual_codes_to_its_energy_indices_alone(model):
     coder = DetailCoder(model.lattice, model.y_coder, HOP)
     payload = coder.encode(coder.spectrum(np.zeros(96000)), 16)
