@@ -74,3 +74,19 @@ def test_rate_control_codes_the_set_as_one_file(tmp_path):
     rows = rate_control(clips, [6, 12], model)
     assert [r["target_kbps"] for r in rows] == [6, 12]
     assert all(r["seconds"] == pytest.approx(2.0) and r["kbps"] > 0 for r in rows)
+
+
+def test_the_report_sets_ltcodec_at_mp3s_actual_bitrates_beside_mp3(tmp_path, monkeypatch):
+    import bench.audio as bench_audio
+
+    monkeypatch.setattr(bench_audio, "RESULTS", tmp_path)
+    mp3 = [{"target_kbps": 32, "kbps": 33.06, "visqol": 4.834}, {"target_kbps": 48, "kbps": 49.45, "visqol": 4.945}]
+    matched = [{"target_kbps": 33.06, "kbps": 32.9, "visqol": 4.80, "measured": {"date": "D", "command": "C"}},
+               {"target_kbps": 49.45, "kbps": 49.3, "visqol": 4.95, "measured": {"date": "D", "command": "C"}}]
+    meta = {"date": "D0", "machine": "M", "command": "C0", "sets": {"speech": {"clips": 2, "seconds": 9.0}}}
+    bench_audio.write_report({"speech": {"mp3": mp3, bench_audio.AT_MP3_RATES: matched}}, meta)
+    text = (tmp_path / "audio.md").read_text()
+    assert "measured D on M; command `C`" in text
+    assert "| 32 | 33.06 | 4.834 | 32.90 | 4.800 | -0.034 |" in text
+    assert "| 48 | 49.45 | 4.945 | 49.30 | 4.950 | +0.005 |" in text
+    assert "| ltcodec_at_mp3 |" not in text  # not a row of the main table
