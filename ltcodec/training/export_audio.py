@@ -22,7 +22,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from ..audio import decode_audio, encode_audio
+from ..audio import DETAIL_FROM_KBPS, decode_audio, encode_audio
 from ..audio_codec import AudioCodecModel, export_audio_model
 from ..audio_model import AudioLatticeCodec, AudioModelConfig
 from .audio import load_corpus, si_sdr
@@ -207,8 +207,9 @@ def status_section(step: int, rows: list[dict], config: AudioModelConfig) -> lis
         f"reaches speech SI-SDR {top['speech_si_sdr']:.1f} dB and music SI-SDR {top['music_si_sdr']:.1f} dB; the "
         f"{config.sample_rate // 1000} kHz model drops everything above {config.sample_rate // 2000} kHz. Its "
         f"highest quality spends only ≈ {top['speech_kbps']:.0f} kbps on mono speech and ≈ "
-        f"{top['music_kbps']:.0f} kbps on stereo music, so `--kbps` above those saturates at quality "
-        f"{top['quality']}. Training continues from `~/.cache/ltcodec/audio-e8/last.ckpt` (`python -m "
+        f"{top['music_kbps']:.0f} kbps on stereo music; from {DETAIL_FROM_KBPS:g} kbps per channel `--kbps` codes the base lower "
+        "and adds the codec's detail layer (formats/ltc-v1.md §9.7), which is what reaches higher bitrates. "
+        "Training continues from `~/.cache/ltcodec/audio-e8/last.ckpt` (`python -m "
         "ltcodec.training.audio --out ~/.cache/ltcodec/audio-e8 --resume --media <corpus folders>`).", "",
     ]
 
