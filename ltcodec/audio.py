@@ -14,8 +14,8 @@ Rules (also in formats/ltc-v1.md §7):
 * Above ``DETAIL_FROM_KBPS`` per coded channel a ``kbps`` target is met with a detail layer
   (:mod:`ltcodec.detail`, §9.7): the base is coded at a quarter of the target and the residual of each
   segment — input minus decoded base, at the model's rate — in one ``DETL`` chunk after its ``SEGM``.
-  The encoder decodes its own base to know the residual, so it holds each segment's model-rate samples
-  (float16) and then their residual spectra (float16) until the file is written.
+  The encoder decodes its own base to know the residual, so it holds each segment's input spectrum
+  (float16), turned into the residual's in place, until the file is written.
 * Encoding and decoding stream through the file: memory is bounded by the latents (≈ 30 kB per
   second per channel) and a few segments of samples, whatever the file's length.
 * Output is WAV: 16-bit PCM by default (clipped to full scale, never wrapped), or 32-bit float; RF64
@@ -142,10 +142,11 @@ def _check_signal_shape(channels: int, rate: int) -> None:
 
 def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channels: int,
              workers: tuple[ThreadPoolExecutor | None, int], progress: Progress = _no_progress,
-             seconds: float | None = None, keep: bool = False) -> tuple[list[list], int, list[list]]:
+             seconds: float | None = None, keep: Callable[[np.ndarray], np.ndarray] | None = None
+             ) -> tuple[list[list], int, list[list]]:
     """Latents y (before gains) of every segment and coded channel, from blocks of input samples, with
     the transforms on ``workers`` (:func:`ltcodec.workers.single_threaded_workers`); with ``keep``,
-    also each segment's model-rate samples (float16, what a detail layer codes against).
+    also ``keep`` of each segment's model-rate samples (a detail layer keeps their spectrum).
 
     Segment k covers model-rate samples [k·S, k·S + S) (the last one is shorter) and is analysed on
     the window that adds ``HALO_FRAMES`` hops on each side, clipped at the signal's ends (zeros past
@@ -174,8 +175,7 @@ def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channe
             lo, hi = (a - w0) // hop, (b - w0) // hop
             for c in range(coded):
                 if keep:
-                    yield lambda x=win[:, c]: (m.analysis(x)[..., lo:hi].contiguous(),
-                                               x[lo * hop: hi * hop].astype(np.float16))
+                    yield lambda x=win[:, c]: (m.analysis(x)[..., lo:hi].contiguous(), keep(x[lo * hop: hi * hop]))
                 else:
                     yield lambda x=win[:, c]: (m.analysis(x)[..., lo:hi].contiguous(), None)
 
@@ -198,15 +198,15 @@ def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channe
             k += 1
 
     latents: list[list] = []
-    signals: list[list] = []
+    kept: list[list] = []
     for ys in _in_groups(*workers, jobs(), coded):
         latents.append([y for y, _ in ys])
         if keep:
-            signals.append([x for _, x in ys])
+            kept.append([x for _, x in ys])
         progress("analysing", min(len(latents) * seg / m.config.sample_rate, seconds or math.inf), seconds)
     if seconds:
         progress("analysing", seconds, seconds)
-    return latents, n_in, signals
+    return latents, n_in, kept
 
 
 def _synthesize(m: AudioCodecModel, prev: list | None, cur: list, nxt: list | None, c: int) -> np.ndarray:
@@ -225,10 +225,17 @@ def _uses_detail(m: AudioCodecModel, kbps: float | None, channels: int) -> bool:
     return kbps is not None and kbps > DETAIL_FROM_KBPS * channels and m.lattice.dim == 8
 
 
-def _residual_spectra(m: AudioCodecModel, latents: list[list], signals: list[list], quality: float,
+def _input_spectrum(coder: DetailCoder, x: np.ndarray) -> np.ndarray:
+    """What an encoder with a detail layer keeps of a segment: its MDCT (float16: rounding at −78 dB of
+    the signal, some 70 dB below the residual that is coded), no larger than its samples."""
+    return coder.spectrum(x.astype(np.float64)).astype(np.float16)
+
+
+def _residual_spectra(m: AudioCodecModel, latents: list[list], spectra: list[list], quality: float,
                       coder: DetailCoder, workers) -> list[list]:
-    """Per segment and coded channel, the MDCT (float16, coded bins) of input − decoded base at
-    ``quality``: what the decoder adds the detail layer to.  Frees ``signals`` as it goes."""
+    """Turns each segment's input spectrum into that of input − decoded base at ``quality`` (the MDCT
+    is linear), in place: what the decoder adds the detail layer to.  Holding one array per segment and
+    channel, from analysis to writing, keeps an hour of stereo within a few hundred MiB."""
     coded = len(latents[0])
 
     def decoded(k: int):
@@ -241,13 +248,14 @@ def _residual_spectra(m: AudioCodecModel, latents: list[list], signals: list[lis
         for k in range(len(latents)):
             for c in range(coded):
                 def one(k=k, c=c, prev=prev, cur=cur, nxt=nxt):
-                    residual = signals[k][c].astype(np.float64) - _synthesize(m, prev, cur, nxt, c)
-                    signals[k][c] = None
-                    return coder.spectrum(residual).astype(np.float16)
+                    x = spectra[k][c]
+                    x[:] = x.astype(np.float64) - coder.spectrum(_synthesize(m, prev, cur, nxt, c).astype(np.float64))
                 yield one
             prev, cur, nxt = cur, nxt, decoded(k + 2)
 
-    return list(_in_groups(*workers, jobs(), coded))
+    for _ in _in_groups(*workers, jobs(), coded):
+        pass
+    return spectra
 
 
 def _detail_payload(coder: DetailCoder, k: int, spectra: list, g: int) -> bytes:
@@ -383,15 +391,16 @@ def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frame
     with torch.no_grad(), single_threaded_workers() as workers:
         progress = progress or _no_progress
         seconds = frames_hint / rate if frames_hint else None
-        detail = _uses_detail(m, kbps, channels)
-        latents, frames, signals = _analyse(m, blocks, rate, channels, workers, progress, seconds, keep=detail)
+        coder = DetailCoder(m.lattice, m.y_coder, coded_bins(m.config.sample_rate, rate)) \
+            if _uses_detail(m, kbps, channels) else None
+        keep = (lambda x: _input_spectrum(coder, x)) if coder else None
+        latents, frames, spectra = _analyse(m, blocks, rate, channels, workers, progress, seconds, keep=keep)
         seconds = frames / rate
-        steps, spectra = None, None
-        if detail:
+        steps = None
+        if coder:
             # Quality and step are searched in turn: the base's rate first, then the detail's on top.
             q = round(_choose_quality(m, latents, kbps * DETAIL_BASE_SHARE) * 256) / 256
-            coder = DetailCoder(m.lattice, m.y_coder, coded_bins(m.config.sample_rate, rate))
-            spectra = _residual_spectra(m, latents, signals, q, coder, workers)
+            spectra = _residual_spectra(m, latents, spectra, q, coder, workers)
             steps = _choose_detail_steps(m, latents, spectra, q, kbps, coder)
         elif kbps is not None:
             q = _choose_quality(m, latents, kbps)
@@ -400,7 +409,7 @@ def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frame
         chunks = []
         for k, ys in enumerate(latents):
             chunks.append((b"SEGM", _segment_payload(m, k, ys, q)))
-            if spectra is not None:
+            if steps is not None:
                 chunks.append((b"DETL", _detail_payload(coder, k, spectra[k], steps[k])))
                 spectra[k] = None
             progress("coding", min((k + 1) * SEGMENT_FRAMES * m.hop / m.config.sample_rate, seconds), seconds)
