@@ -21,3 +21,19 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="session")
 def picture():
     return smooth_image(96, 80)
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_model_path(tmp_path_factory):
+    """A small untrained audio model exported as a shipped file (E8, M = 16): fast to code with."""
+    import torch
+
+    from ltcodec.audio_codec import export_audio_model
+    from ltcodec.audio_model import AudioLatticeCodec, AudioModelConfig
+
+    torch.manual_seed(0)
+    net = AudioLatticeCodec(AudioModelConfig(channels=4, M=16, N=8))
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-audio.safetensors"
+    export_audio_model(net, [rng.standard_normal(24000).astype(np.float32) * 0.1], path, "tiny-audio")
+    return path

@@ -25,13 +25,8 @@ from ltcodec.errors import LtcError, LtcFormatError, LtcInputError, LtcModelErro
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    net = AudioLatticeCodec(AudioModelConfig(channels=4, M=16, N=8))
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("models") / "tiny-audio.safetensors"
-    export_audio_model(net, [rng.standard_normal(24000).astype(np.float32) * 0.1], path, "tiny-audio")
-    return path
+def model_path(tiny_audio_model_path):
+    return tiny_audio_model_path
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from click.testing import CliRunner
 
 from ltcodec.audio import (DETAIL_FROM_KBPS, SEGMENT_FRAMES, audio_info, decode_audio, decode_audio_file,
                            decoded_integers, encode_audio)
-from ltcodec.audio_codec import AudioCodecModel, export_audio_model
-from ltcodec.audio_model import AudioLatticeCodec, AudioModelConfig
+from ltcodec.audio_codec import AudioCodecModel
 from ltcodec.cli import main
 from ltcodec.container import AudioHeader, read_container, write_container
 from ltcodec.detail import (E_MAX, E_SILENT, HOP, DetailCoder, _delta_frequencies, band_edges, coded_bins,
@@ -22,13 +21,8 @@ from ltcodec.errors import LtcFormatError
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    net = AudioLatticeCodec(AudioModelConfig(channels=4, M=16, N=8))
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("models") / "tiny-audio.safetensors"
-    export_audio_model(net, [rng.standard_normal(24000).astype(np.float32) * 0.1], path, "tiny-audio")
-    return path
+def model_path(tiny_audio_model_path):
+    return tiny_audio_model_path
 
 
 @pytest.fixture(scope="module")
