@@ -220,6 +220,10 @@ class HyperLatentCoding:
         """The ŷ that :meth:`decompress_latent` returns for :meth:`compress_latent`'s streams, without
         coding them (an encoder that needs the decoded signal, e.g. for a detail layer)."""
         _, u, _, mean_int, shape = self._quantize(y, quality)
+        return self._latent(u, mean_int, shape, quality)
+
+    def _latent(self, u: np.ndarray, mean_int: np.ndarray, shape: tuple[int, int], quality: float) -> Tensor:
+        """ŷ (1, M, h, w) of lattice coordinates and integer means, after the quality's decoder gain."""
         points = self.lattice.points(torch.from_numpy(u), torch.float64).numpy()
         y_hat = self._unblocks(points, shape) + mean_int / MEAN_GRID
         _, dec_g = self._gains(quality)
@@ -294,10 +298,7 @@ class HyperLatentCoding:
     def decompress_latent(self, streams: Streams, quality: float) -> Tensor:
         """ŷ (1, M, h, w) after the quality's decoder gain, ready for the synthesis transform."""
         _, u, mean_int = self.decode_symbols(streams)
-        points = self.lattice.points(torch.from_numpy(u), torch.float64).numpy()
-        y_hat = self._unblocks(points, streams.latent_shape) + mean_int / MEAN_GRID
-        _, dec_g = self._gains(quality)
-        return torch.from_numpy(y_hat.astype(np.float32))[None] * dec_g
+        return self._latent(u, mean_int, streams.latent_shape, quality)
 
 
 def check_context_lattice(lattice) -> None:
