@@ -640,7 +640,7 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
             raise
 
     def detail(k: int):
-        """The detail layer's (e, u) per channel of segment k, or None (no layer, or a lost chunk)."""
+        """Segment k's detail step and (e, u) per channel, or None (no detail layer, or a lost chunk)."""
         if coder is None or k not in details:
             return None
         try:
