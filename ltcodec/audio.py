@@ -232,10 +232,11 @@ def _input_spectrum(coder: DetailCoder, x: np.ndarray) -> np.ndarray:
 
 
 def _residual_spectra(m: AudioCodecModel, latents: list[list], spectra: list[list], quality: float,
-                      coder: DetailCoder, workers) -> list[list]:
+                      coder: DetailCoder, workers, progress: Progress, seconds: float) -> list[list]:
     """Turns each segment's input spectrum into that of input − decoded base at ``quality`` (the MDCT
     is linear), in place: what the decoder adds the detail layer to.  Holding one array per segment and
-    channel, from analysis to writing, keeps an hour of stereo within a few hundred MiB."""
+    channel, from analysis to writing, keeps an hour of stereo within a few hundred MiB.  Reported as
+    the stage "decoding base" (a synthesis per segment: as long as decoding the file)."""
     coded = len(latents[0])
 
     def decoded(k: int):
@@ -253,8 +254,10 @@ def _residual_spectra(m: AudioCodecModel, latents: list[list], spectra: list[lis
                 yield one
             prev, cur, nxt = cur, nxt, decoded(k + 2)
 
-    for _ in _in_groups(*workers, jobs(), coded):
-        pass
+    done = 0.0
+    for k, _ in enumerate(_in_groups(*workers, jobs(), coded)):
+        done = min(done + _segment_seconds(m, latents[k]), seconds)
+        progress("decoding base", done, seconds)
     return spectra
 
 
@@ -400,7 +403,7 @@ def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frame
         if coder:
             # Quality and step are searched in turn: the base's rate first, then the detail's on top.
             q = round(_choose_quality(m, latents, kbps * DETAIL_BASE_SHARE) * 256) / 256
-            spectra = _residual_spectra(m, latents, spectra, q, coder, workers)
+            spectra = _residual_spectra(m, latents, spectra, q, coder, workers, progress, seconds)
             steps = _choose_detail_steps(m, latents, spectra, q, kbps, coder)
         elif kbps is not None:
             q = _choose_quality(m, latents, kbps)

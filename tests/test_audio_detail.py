@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from ltcodec.audio import (DETAIL_FROM_KBPS, SEGMENT_FRAMES, audio_info, decode_audio, decode_audio_file,
-                           decoded_integers, encode_audio)
+                           decoded_integers, encode_audio, encode_audio_file)
 from ltcodec.audio_codec import AudioCodecModel
 from ltcodec.cli import main
 from ltcodec.container import AudioHeader, read_container, write_container
@@ -265,3 +265,15 @@ def test_the_command_line_reports_the_detail_layer(model_path, tmp_path):
     assert f"with a detail layer (step {info['detail_step']})" in run(main, ["info", str(tmp_path / "a.ltc")]).output
     r = run(main, ["decode", str(tmp_path / "a.ltc"), str(tmp_path / "a.wav"), "--model", str(model_path)])
     assert r.exit_code == 0 and sf.info(str(tmp_path / "a.wav")).frames == 80000
+
+
+def test_progress_reports_the_base_decoding_stage(model, tmp_path):
+    src = tmp_path / "in.wav"
+    sf.write(src, signal(9.5, 16000), 16000)
+    seen = []
+    encode_audio_file(src, kbps=48, model=model, progress=lambda *a: seen.append(a))
+    order = ["analysing", "decoding base", "coding"]
+    stages = [s for s, _, _ in seen]
+    assert set(stages) == set(order) and stages == sorted(stages, key=order.index)
+    done = [d for s, d, _ in seen if s == "decoding base"]
+    assert len(done) == 3 and done == sorted(done) and done[-1] == pytest.approx(9.5)
