@@ -37,3 +37,10 @@ def tiny_audio_model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny-audio.safetensors"
     export_audio_model(net, [rng.standard_normal(24000).astype(np.float32) * 0.1], path, "tiny-audio")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_model(tiny_audio_model_path):
+    from ltcodec.audio_codec import AudioCodecModel
+
+    return AudioCodecModel.from_file(tiny_audio_model_path)

@@ -12,22 +12,11 @@ from click.testing import CliRunner
 
 from ltcodec.audio import (DETAIL_FROM_KBPS, SEGMENT_FRAMES, audio_info, decode_audio, decode_audio_file,
                            decoded_integers, encode_audio, encode_audio_file)
-from ltcodec.audio_codec import AudioCodecModel
 from ltcodec.cli import main
 from ltcodec.container import AudioHeader, read_container, write_container
 from ltcodec.detail import (E_MAX, E_SILENT, HOP, DetailCoder, _delta_frequencies, band_edges, coded_bins,
                             frames_of, imdct, mdct)
 from ltcodec.errors import LtcFormatError
-
-
-@pytest.fixture(scope="module")
-def model_path(tiny_audio_model_path):
-    return tiny_audio_model_path
-
-
-@pytest.fixture(scope="module")
-def model(model_path):
-    return AudioCodecModel.from_file(model_path)
 
 
 def signal(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -67,7 +56,8 @@ def test_mdct_is_the_specified_sum():
     c = mdct(x)
     for j in (0, 1, frames_of(len(x)) - 1):
         for k in (0, 1, 200, HOP - 1):
-            direct = np.sqrt(2 / HOP) * np.sum(w * padded[j * HOP + t] * np.cos(np.pi / HOP * (t + 0.5 + HOP / 2) * (k + 0.5)))
+            basis = np.cos(np.pi / HOP * (t + 0.5 + HOP / 2) * (k + 0.5))
+            direct = np.sqrt(2 / HOP) * np.sum(w * padded[j * HOP + t] * basis)
             assert c[j, k] == pytest.approx(direct, abs=1e-10)
 
 
@@ -87,8 +77,8 @@ def test_the_delta_table_is_the_specified_integers():
     assert list(f[24 - 3: 24 + 4]) == [2048, 4096, 10240, 23127, 10240, 4096, 2048]
 
 
-def test_streams_round_trip_and_the_step_sets_the_noise(model):
-    coder = DetailCoder(model.lattice, model.y_coder, 320)
+def test_streams_round_trip_and_the_step_sets_the_noise(tiny_audio_model):
+    coder = DetailCoder(tiny_audio_model.lattice, tiny_audio_model.y_coder, 320)
     rng = np.random.default_rng(1)
     residual = np.convolve(rng.standard_normal(96000), [0.5, 0.3, 0.2], mode="same") * 0.02
     coefs = coder.spectrum(residual)
@@ -114,8 +104,8 @@ def test_streams_round_trip_and_the_step_sets_the_noise(model):
         coder.decode_integers(payload[:len(payload) // 2], 0, len(residual), 24)
 
 
-def test_decoded_coefficients_sit_an_eighth_of_a_step_inside_their_lattice_points(model):
-    coder = DetailCoder(model.lattice, model.y_coder, 8)
+def test_decoded_coefficients_sit_an_eighth_of_a_step_inside_their_lattice_points(tiny_audio_model):
+    coder = DetailCoder(tiny_audio_model.lattice, tiny_audio_model.y_coder, 8)
     e = np.full((frames_of(HOP), 1), -4)
     g = 20
     coefs = np.zeros((frames_of(HOP), 8))
@@ -127,8 +117,8 @@ def test_decoded_coefficients_sit_an_eighth_of_a_step_inside_their_lattice_point
     np.testing.assert_allclose(coder.reconstruct(e, u, g, HOP), imdct(expected, HOP), rtol=0, atol=1e-12)
 
 
-def test_a_silent_residual_codes_to_its_energy_indices_alone(model):
-    coder = DetailCoder(model.lattice, model.y_coder, HOP)
+def test_a_silent_residual_codes_to_its_energy_indices_alone(tiny_audio_model):
+    coder = DetailCoder(tiny_audio_model.lattice, tiny_audio_model.y_coder, HOP)
     payload = coder.encode(coder.spectrum(np.zeros(96000)), 16)
     e, u, _ = coder.decode_integers(payload, 0, 96000, 16)
     assert (e == E_SILENT).all() and u.shape == (0, 8)
@@ -138,26 +128,26 @@ def test_a_silent_residual_codes_to_its_energy_indices_alone(model):
 
 # -- in files ------------------------------------------------------------------------------------------
 
-def test_high_targets_add_a_detail_layer_that_meets_them(model):
+def test_high_targets_add_a_detail_layer_that_meets_them(tiny_audio_model):
     x = signal(12.0, 16000)
-    top = encode_audio(x, 16000, quality=8, model=model)
-    below = encode_audio(x, 16000, kbps=DETAIL_FROM_KBPS - 2, model=model)
+    top = encode_audio(x, 16000, quality=8, model=tiny_audio_model)
+    below = encode_audio(x, 16000, kbps=DETAIL_FROM_KBPS - 2, model=tiny_audio_model)
     assert audio_info(below).detail_step is None and audio_info(below).version == "1.1"
     assert not read_container(below, frozenset({b"SEGM", b"DETL"})).get(b"DETL")
-    base_snr = snr(x[:, 0], decode_audio(top, model=model)[0])
+    base_snr = snr(x[:, 0], decode_audio(top, model=tiny_audio_model)[0])
     last = -np.inf
     for target in (32.0, 48.0, 64.0):
-        data = encode_audio(x, 16000, kbps=target, model=model)
+        data = encode_audio(x, 16000, kbps=target, model=tiny_audio_model)
         info = audio_info(data)
         assert info.detail_step is not None and info.version == "1.2"
         assert len(read_container(data, frozenset({b"SEGM", b"DETL"})).get(b"DETL")) == 3
         assert abs(info.kbps - target) / target <= 0.10, (target, info.kbps)
-        quality = snr(x[:, 0], decode_audio(data, model=model)[0])
+        quality = snr(x[:, 0], decode_audio(data, model=tiny_audio_model)[0])
         assert quality > max(base_snr, last) + 2, (base_snr, last, quality)
         last = quality
 
 
-def test_a_detail_layer_codes_and_decodes_alike_on_any_thread_count(model):
+def test_a_detail_layer_codes_and_decodes_alike_on_any_thread_count(tiny_audio_model):
     x = signal(5.0, 48000, 2)
     target = 2 * DETAIL_FROM_KBPS + 12
     before = torch.get_num_threads()
@@ -165,9 +155,9 @@ def test_a_detail_layer_codes_and_decodes_alike_on_any_thread_count(model):
         files, outs = [], []
         for n in (1, 2):
             torch.set_num_threads(n)
-            files.append(encode_audio(x, 48000, kbps=target, model=model))
+            files.append(encode_audio(x, 48000, kbps=target, model=tiny_audio_model))
             buf = io.BytesIO()
-            decode_audio_file(files[0], buf, model=model)
+            decode_audio_file(files[0], buf, model=tiny_audio_model)
             outs.append(buf.getvalue())
     finally:
         torch.set_num_threads(before)
@@ -182,32 +172,33 @@ def _rebuilt(data: bytes, drop=frozenset(), **fields) -> bytes:
     return write_container(head.pack(), c.model, [ch for ch in c.chunks if ch[0] not in drop], (1, 2))
 
 
-def test_a_damaged_detail_chunk_loses_only_its_segments_detail(model):
+def test_a_damaged_detail_chunk_loses_only_its_segments_detail(tiny_audio_model):
     rate = 24000
     x = signal(13.0, rate)  # 4 segments of 4 s
-    data = encode_audio(x, rate, kbps=48, model=model)
+    data = encode_audio(x, rate, kbps=48, model=tiny_audio_model)
     base_only = _rebuilt(data, drop={b"DETL"}, detail=None)
-    clean, _ = decode_audio(data, model=model)
-    base, _ = decode_audio(base_only, model=model)
+    clean, _ = decode_audio(data, model=tiny_audio_model)
+    base, _ = decode_audio(base_only, model=tiny_audio_model)
     bad = bytearray(data)
     second = data.find(b"DETL", data.find(b"DETL") + 4)
     bad[second + 40] ^= 0x55
     with pytest.raises(LtcFormatError, match="damaged"):
-        decode_audio(bytes(bad), model=model)
-    y, _ = decode_audio(bytes(bad), model=model, conceal=True)
-    seg = SEGMENT_FRAMES * model.hop
+        decode_audio(bytes(bad), model=tiny_audio_model)
+    y, _ = decode_audio(bytes(bad), model=tiny_audio_model, conceal=True)
+    seg = SEGMENT_FRAMES * tiny_audio_model.hop
     # Segment 1 is decoded as its base alone; the others keep their detail.
     np.testing.assert_allclose(y[seg:2 * seg], base[seg:2 * seg], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(np.delete(y, np.s_[seg:2 * seg]), np.delete(clean, np.s_[seg:2 * seg]), rtol=0, atol=1e-6)
+    lost = np.s_[seg:2 * seg]
+    np.testing.assert_allclose(np.delete(y, lost), np.delete(clean, lost), rtol=0, atol=1e-6)
     assert snr(x[:, 0], clean) > snr(x[:, 0], y) > snr(x[:, 0], base)
 
 
-def test_crafted_detail_headers_and_chunks_are_refused(model):
-    data = encode_audio(signal(5.0, 24000), 24000, kbps=48, model=model)
+def test_crafted_detail_headers_and_chunks_are_refused(tiny_audio_model):
+    data = encode_audio(signal(5.0, 24000), 24000, kbps=48, model=tiny_audio_model)
     with pytest.raises(LtcFormatError, match="detail chunks are missing"):
-        decode_audio(_rebuilt(data, drop={b"DETL"}), model=model)
+        decode_audio(_rebuilt(data, drop={b"DETL"}), model=tiny_audio_model)
     with pytest.raises(LtcFormatError, match="declares no detail layer"):
-        decode_audio(_rebuilt(data, detail=None), model=model)
+        decode_audio(_rebuilt(data, detail=None), model=tiny_audio_model)
     head = read_container(data, frozenset({b"SEGM", b"DETL"})).head
     for stored in (1024 - 129, 1024 + 129, 1):
         crafted = head[:24] + stored.to_bytes(2, "little") + head[26:]
@@ -218,21 +209,22 @@ def test_crafted_detail_headers_and_chunks_are_refused(model):
     first = c.get(b"DETL")[0]
     step = int.from_bytes(first[4:6], "little", signed=True)
     for other, ok in ((129, False), (-129, False), (step + 9, True)):
-        chunks = [(t, p[:4] + other.to_bytes(2, "little", signed=True) + p[6:] if p is first else p) for t, p in c.chunks]
+        chunks = [(t, p[:4] + other.to_bytes(2, "little", signed=True) + p[6:] if p is first else p)
+                  for t, p in c.chunks]
         crafted = write_container(c.head, c.model, chunks, (1, 2))
         if not ok:
             with pytest.raises(LtcFormatError, match="detail step"):
-                decode_audio(crafted, model=model)
+                decode_audio(crafted, model=tiny_audio_model)
             continue
         try:
-            y, _ = decode_audio(crafted, model=model)
+            y, _ = decode_audio(crafted, model=tiny_audio_model)
         except LtcFormatError:
             pass
         else:
-            assert not np.allclose(y, decode_audio(data, model=model)[0])
+            assert not np.allclose(y, decode_audio(data, model=tiny_audio_model)[0])
 
 
-def test_segments_mix_two_steps_to_meet_a_target_between_them(model):
+def test_segments_mix_two_steps_to_meet_a_target_between_them(tiny_audio_model):
     """Bands of one energy start being coded at one step, so the rate can jump by far more than 10%
     between two steps: a share of the segments takes the finer one."""
     rng = np.random.default_rng(3)
@@ -240,38 +232,38 @@ def test_segments_mix_two_steps_to_meet_a_target_between_them(model):
     t = np.arange(n) / 24000
     x = (0.2 * np.sin(2 * np.pi * 330 * t) + 0.01 * rng.standard_normal(n)).astype(np.float32)[:, None]
     for target in (40.0, 47.0, 55.0):
-        data = encode_audio(x, 24000, kbps=target, model=model)
+        data = encode_audio(x, 24000, kbps=target, model=tiny_audio_model)
         steps = [int.from_bytes(p[4:6], "little", signed=True)
                  for p in read_container(data, frozenset({b"SEGM", b"DETL"})).get(b"DETL")]
         assert max(steps) - min(steps) <= 1 and audio_info(data).detail_step == min(steps)
         assert abs(audio_info(data).kbps - target) / target <= 0.05, (target, audio_info(data).kbps, steps)
 
 
-def test_the_normative_integers_include_the_detail_layer(model):
-    data = encode_audio(signal(5.0, 24000), 24000, kbps=48, model=model)
+def test_the_normative_integers_include_the_detail_layer(tiny_audio_model):
+    data = encode_audio(signal(5.0, 24000), 24000, kbps=48, model=tiny_audio_model)
     base_only = _rebuilt(data, drop={b"DETL"}, detail=None)
-    full, base = decoded_integers(data, model=model), decoded_integers(base_only, model=model)
+    full, base = decoded_integers(data, model=tiny_audio_model), decoded_integers(base_only, model=tiny_audio_model)
     assert len(full) > len(base)
 
 
-def test_the_command_line_reports_the_detail_layer(model_path, tmp_path):
+def test_the_command_line_reports_the_detail_layer(tiny_audio_model_path, tmp_path):
     src = tmp_path / "in.wav"
     sf.write(src, signal(5.0, 16000), 16000)
     run = CliRunner().invoke
-    r = run(main, ["encode", str(src), str(tmp_path / "a.ltc"), "--kbps", "48", "--model", str(model_path)])
+    r = run(main, ["encode", str(src), str(tmp_path / "a.ltc"), "--kbps", "48", "--model", str(tiny_audio_model_path)])
     assert r.exit_code == 0 and "note" not in r.output, r.output
     info = json.loads(run(main, ["info", str(tmp_path / "a.ltc"), "--json"]).output)
     assert info["detail_step"] is not None and info["version"] == "1.2" and abs(info["kbps"] - 48) <= 4.8
     assert f"with a detail layer (step {info['detail_step']})" in run(main, ["info", str(tmp_path / "a.ltc")]).output
-    r = run(main, ["decode", str(tmp_path / "a.ltc"), str(tmp_path / "a.wav"), "--model", str(model_path)])
+    r = run(main, ["decode", str(tmp_path / "a.ltc"), str(tmp_path / "a.wav"), "--model", str(tiny_audio_model_path)])
     assert r.exit_code == 0 and sf.info(str(tmp_path / "a.wav")).frames == 80000
 
 
-def test_progress_reports_the_base_decoding_stage(model, tmp_path):
+def test_progress_reports_the_base_decoding_stage(tiny_audio_model, tmp_path):
     src = tmp_path / "in.wav"
     sf.write(src, signal(9.5, 16000), 16000)
     seen = []
-    encode_audio_file(src, kbps=48, model=model, progress=lambda *a: seen.append(a))
+    encode_audio_file(src, kbps=48, model=tiny_audio_model, progress=lambda *a: seen.append(a))
     order = ["analysing", "decoding base", "coding"]
     stages = [s for s, _, _ in seen]
     assert set(stages) == set(order) and stages == sorted(stages, key=order.index)
