@@ -42,8 +42,9 @@ import torch
 
 from .audio_codec import AudioCodecModel
 from .boxcode import CodingError
-from .container import (AUDIO_DETAIL_VERSION, DETAIL_MAX, DETAIL_MIN, AUDIO_VERSION, MAX_AUDIO_CHANNELS, MAX_CHUNKS, MEDIA_AUDIO, MEDIA_IMAGE, media_kind, STEREO_INDEPENDENT, STEREO_MID_SIDE,
-                        AudioHeader, ModelId, read_container, write_container)
+from .container import (AUDIO_DETAIL_VERSION, AUDIO_VERSION, DETAIL_MAX, DETAIL_MIN, MAX_AUDIO_CHANNELS, MAX_CHUNKS,
+                        MEDIA_AUDIO, MEDIA_IMAGE, STEREO_INDEPENDENT, STEREO_MID_SIDE, AudioHeader, ModelId,
+                        media_kind, read_container, write_container)
 from .detail import DetailCoder, coded_bins
 from .errors import LtcError, LtcFormatError, LtcInputError
 from .latent_coding import Streams
@@ -174,10 +175,8 @@ def _analyse(m: AudioCodecModel, blocks: Iterator[np.ndarray], rate: int, channe
                 win = np.concatenate([win, np.zeros((w1 - w0 - len(win), coded), np.float32)])
             lo, hi = (a - w0) // hop, (b - w0) // hop
             for c in range(coded):
-                if keep:
-                    yield lambda x=win[:, c]: (m.analysis(x)[..., lo:hi].contiguous(), keep(x[lo * hop: hi * hop]))
-                else:
-                    yield lambda x=win[:, c]: (m.analysis(x)[..., lo:hi].contiguous(), None)
+                yield lambda x=win[:, c]: (m.analysis(x)[..., lo:hi].contiguous(),
+                                           keep(x[lo * hop: hi * hop]) if keep else None)
 
         for block in blocks:
             n_in += len(block)
@@ -227,8 +226,8 @@ def _uses_detail(m: AudioCodecModel, kbps: float | None, channels: int) -> bool:
 
 def _input_spectrum(coder: DetailCoder, x: np.ndarray) -> np.ndarray:
     """What an encoder with a detail layer keeps of a segment: its MDCT (float16: rounding at −78 dB of
-    the signal, some 70 dB below the residual that is coded), no larger than its samples."""
-    return coder.spectrum(x.astype(np.float64)).astype(np.float16)
+    the signal, some 70 dB below the residual that is coded), about the size of its samples."""
+    return coder.spectrum(x).astype(np.float16)
 
 
 def _residual_spectra(m: AudioCodecModel, latents: list[list], spectra: list[list], quality: float,
@@ -250,7 +249,7 @@ def _residual_spectra(m: AudioCodecModel, latents: list[list], spectra: list[lis
             for c in range(coded):
                 def one(k=k, c=c, prev=prev, cur=cur, nxt=nxt):
                     x = spectra[k][c]
-                    x[:] = x.astype(np.float64) - coder.spectrum(_synthesize(m, prev, cur, nxt, c).astype(np.float64))
+                    x[:] = x.astype(np.float64) - coder.spectrum(_synthesize(m, prev, cur, nxt, c))
                 yield one
             prev, cur, nxt = cur, nxt, decoded(k + 2)
 

@@ -166,18 +166,21 @@ class DetailCoder:
 
     def quantize(self, coefs: np.ndarray, e: np.ndarray, g: int) -> np.ndarray:
         """Lattice coordinates (blocks, 8) of the coded blocks at detail step ``g``."""
+        return self._quantized(coefs, e, g)[0]
+
+    def _quantized(self, coefs: np.ndarray, e: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
+        """The coded blocks' coordinates and energy indices."""
         f, s, eb = self._blocks(e, g)
         if f.size == 0:
-            return np.zeros((0, BLOCK), np.int64)
+            return np.zeros((0, BLOCK), np.int64), eb
         idx = s[:, None] + np.arange(BLOCK)[None, :]
         v = coefs[f[:, None], idx] / self.step(eb, g)[:, None]
         points = self.lattice.closest(torch.from_numpy(v))
-        return self.lattice.coordinates(points).numpy().astype(np.int64)
+        return self.lattice.coordinates(points).numpy().astype(np.int64), eb
 
     def bits(self, coefs: np.ndarray, e: np.ndarray, g: int) -> float:
         """Information content of :meth:`encode`'s two streams, in bits (without running the coder)."""
-        u = self.quantize(coefs, e, g)
-        _, _, eb = self._blocks(e, g)
+        u, eb = self._quantized(coefs, e, g)
         coef_bits = self.coder.ideal_bits(u, self.levels(eb, g)) if len(u) else 0.0
         return _DELTA_TABLE.ideal_bits(self._deltas(e)) + coef_bits
 
@@ -187,16 +190,15 @@ class DetailCoder:
         return (e - prev).reshape(1, -1)
 
     # -- the streams ---------------------------------------------------------------------------------
-    def spectrum(self, residual: np.ndarray) -> np.ndarray:
-        """The coded bins (frames, bins) of a segment's residual."""
-        return mdct(residual)[:, :self.bins]
+    def spectrum(self, x: np.ndarray) -> np.ndarray:
+        """The coded bins (frames, bins) of a segment's samples (float64 whatever their type)."""
+        return mdct(x)[:, :self.bins]
 
     def encode(self, coefs: np.ndarray, g: int) -> bytes:
         """The payload of one segment and channel: the energy indices and coefficients of its
         residual's coded bins ``coefs`` (:meth:`spectrum`)."""
         e = self.energies(coefs)
-        u = self.quantize(coefs, e, g)
-        _, _, eb = self._blocks(e, g)
+        u, eb = self._quantized(coefs, e, g)
         side = _DELTA_TABLE.encode(self._deltas(e))
         words = self.coder.encode(u, self.levels(eb, g)) if len(u) else np.zeros(0, np.uint32)
         return _CHAN_HEAD.pack(side.size, words.size) + side.astype("<u4").tobytes() + words.astype("<u4").tobytes()
