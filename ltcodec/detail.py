@@ -9,7 +9,7 @@ marks a band sent as zeros); its coefficients, divided by the step Δ = 2^((3e �
 to the closest points of the model's lattice in blocks of 8 and coded with the model's own box code at
 σ level e + G (eighths of an octave), where G is the segment's detail step (finer as it grows).  The step
 grows as the band's amplitude to the power 3/4, so quantization noise follows the residual's spectrum
-three quarters of the way: of the shapings tried (powers 1/4, 1/2, 3/4, 7/8, 1) it scored best on
+three quarters of the way: of the shapings tried (powers 1/4, 1/2, 3/4, 7/8, 1) it was chosen on
 speech ViSQOL at 32 and 48 kbit/s.
 
 Determinism: the entropy decoder sees only integers — the e deltas under a fixed integer table, the
@@ -55,13 +55,11 @@ def _delta_frequencies() -> np.ndarray:
 _DELTA_TABLE = ChannelTables((_delta_frequencies() - 1).astype(np.uint16), np.array([0, 2 * DELTA_RADIUS + 2]),
                              np.array([-DELTA_RADIUS]))
 #: Decoded coordinates move this much (in steps) toward zero: the coefficients' density falls off
-#: across a quantization cell, so its centre of mass lies nearer zero than the lattice point.  On
-#: speech at 32 / 48 / 64 kbit/s this raised ViSQOL by 0.009 / 0.013 / 0.003 (1/16: 0.008 / 0.009 /
-#: 0.004; 1/5: 0.001 / 0.007 at 32 / 48).
+#: across a quantization cell, so its centre of mass lies nearer zero than the lattice point (chosen
+#: among 0, 1/16, 1/8, 3/16 and 1/5 on speech ViSQOL at 32–64 kbit/s).
 RECONSTRUCTION_SHRINK = 0.125
 #: Bands whose coefficients' σ is below 2^(−3/2) of a step (level −12) are not coded: they decode as
-#: zeros.  Speech ViSQOL at MP3's 33 / 49 / 66 kbit/s: 4.743 / 4.928 / 4.978 from level −4, 4.794 /
-#: 4.937 / 4.978 from −8, 4.809 / 4.937 / 4.978 from −12, 4.806 / 4.936 / 4.978 from −16.
+#: zeros (chosen among levels −4, −8, −12, −16 and −24 on speech ViSQOL at 33–66 kbit/s).
 SKIP_LEVEL = -12
 _CHAN_HEAD = struct.Struct("<II")
 BLOCK = 8
