@@ -45,7 +45,7 @@ from .boxcode import CodingError
 from .container import (AUDIO_DETAIL_VERSION, AUDIO_VERSION, DETAIL_MAX, DETAIL_MIN, MAX_AUDIO_CHANNELS, MAX_CHUNKS,
                         MEDIA_AUDIO, MEDIA_IMAGE, STEREO_INDEPENDENT, STEREO_MID_SIDE, AudioHeader, ModelId,
                         media_kind, read_container, write_container)
-from .detail import DetailCoder, coded_bins
+from .detail import SLOPE_MAX, SLOPE_MIN, DetailCoder, coded_bins, slope_for
 from .errors import LtcError, LtcFormatError, LtcInputError
 from .latent_coding import Streams
 from .ratecontrol import search_quality
@@ -68,7 +68,7 @@ _KNOWN = frozenset({b"SEGM", b"DETL"})
 DETAIL_FROM_KBPS = 26.0
 DETAIL_BASE_SHARE = 0.25
 _SEG_HEAD = struct.Struct("<I")
-_DETAIL_HEAD = struct.Struct("<Ih")  # segment index, the segment's detail step
+_DETAIL_HEAD = struct.Struct("<Ihb")  # segment index, the segment's detail step and tilt slope
 _CHAN_HEAD = struct.Struct("<II")
 
 # ----------------------------------------------------------------------------------------------------
@@ -260,21 +260,21 @@ def _residual_spectra(m: AudioCodecModel, latents: list[list], spectra: list[lis
     return spectra
 
 
-def _detail_payload(coder: DetailCoder, k: int, spectra: list, g: int) -> bytes:
-    return _DETAIL_HEAD.pack(k, g) + b"".join(coder.encode(s.astype(np.float64), g) for s in spectra)
+def _detail_payload(coder: DetailCoder, k: int, spectra: list, g: int, slope: int) -> bytes:
+    return _DETAIL_HEAD.pack(k, g, slope) + b"".join(coder.encode(s.astype(np.float64), g, slope) for s in spectra)
 
 
-def _detail_bits(coder: DetailCoder, spectra: list, g: int) -> float:
+def _detail_bits(coder: DetailCoder, spectra: list, g: int, slope: int) -> float:
     """Expected bits of a segment's detail chunk at step ``g`` (ideal code lengths, as :func:`_segment_bits`)."""
     bits = 8.0 * (_DETAIL_HEAD.size + _CHUNK_OVERHEAD)
     for s in spectra:
         coefs = s.astype(np.float64)
-        bits += 8.0 * _CHAN_HEAD.size + coder.bits(coefs, coder.energies(coefs), g) + 2 * _STREAM_ROUNDING_BITS
+        bits += 8.0 * _CHAN_HEAD.size + coder.bits(coefs, coder.energies(coefs), g, slope) + 2 * _STREAM_ROUNDING_BITS
     return bits
 
 
 def _choose_detail_steps(m: AudioCodecModel, latents: list[list], spectra: list[list], quality: float,
-                         kbps: float, coder: DetailCoder) -> list[int]:
+                         kbps: float, coder: DetailCoder, slope: int) -> list[int]:
     """Each segment's detail step G, for a total bitrate (base at ``quality`` plus detail) of ``kbps``.
 
     The rate grows with G, by bisection over the segments :func:`_rate_sample` picks, but in steps that
@@ -287,7 +287,7 @@ def _choose_detail_steps(m: AudioCodecModel, latents: list[list], spectra: list[
 
     def rate(g: int) -> float:
         if g not in cache:
-            cache[g] = (base + sum(_detail_bits(coder, spectra[i], g) for i in sample)) / seconds / 1000.0
+            cache[g] = (base + sum(_detail_bits(coder, spectra[i], g, slope) for i in sample)) / seconds / 1000.0
         return cache[g]
 
     lo, hi = -16, 48  # where speech and music land; widened if the target lies outside
@@ -403,7 +403,8 @@ def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frame
             # Quality and step are searched in turn: the base's rate first, then the detail's on top.
             q = round(_choose_quality(m, latents, kbps * DETAIL_BASE_SHARE) * 256) / 256
             spectra = _residual_spectra(m, latents, spectra, q, coder, workers, progress, seconds)
-            steps = _choose_detail_steps(m, latents, spectra, q, kbps, coder)
+            slope = slope_for(rate)
+            steps = _choose_detail_steps(m, latents, spectra, q, kbps, coder, slope)
         elif kbps is not None:
             q = _choose_quality(m, latents, kbps)
         else:
@@ -412,7 +413,7 @@ def _encode_blocks(blocks: Iterator[np.ndarray], rate: int, channels: int, frame
         for k, ys in enumerate(latents):
             chunks.append((b"SEGM", _segment_payload(m, k, ys, q)))
             if steps is not None:
-                chunks.append((b"DETL", _detail_payload(coder, k, spectra[k], steps[k])))
+                chunks.append((b"DETL", _detail_payload(coder, k, spectra[k], steps[k], slope)))
                 spectra[k] = None
             progress("coding", min((k + 1) * SEGMENT_FRAMES * m.hop / m.config.sample_rate, seconds), seconds)
     head = AudioHeader(rate, frames, channels, q, m.config.sample_rate, SEGMENT_FRAMES,
@@ -578,20 +579,22 @@ def _detail_coder(m: AudioCodecModel, hd: AudioHeader) -> DetailCoder:
     return DetailCoder(m.lattice, m.y_coder, coded_bins(hd.model_rate, hd.sample_rate))
 
 
-def _decode_detail(coder: DetailCoder, hd: AudioHeader, payload: bytes, length: int) -> tuple[int, list]:
-    """The step G and the (e, u) of every coded channel of a detail chunk."""
+def _decode_detail(coder: DetailCoder, hd: AudioHeader, payload: bytes, length: int) -> tuple[int, int, list]:
+    """The step G, the tilt slope and the (e, u) of every coded channel of a detail chunk."""
     if len(payload) < _DETAIL_HEAD.size:
         raise LtcFormatError("detail chunk is too short")
-    _, g = _DETAIL_HEAD.unpack_from(payload)
+    _, g, slope = _DETAIL_HEAD.unpack_from(payload)
     if not DETAIL_MIN <= g <= DETAIL_MAX:
         raise LtcFormatError(f"detail step {g} is outside {DETAIL_MIN}…{DETAIL_MAX}")
+    if not SLOPE_MIN <= slope <= SLOPE_MAX:
+        raise LtcFormatError(f"detail tilt slope {slope} is outside {SLOPE_MIN}…{SLOPE_MAX}")
     pos, out = _DETAIL_HEAD.size, []
     for _ in range(hd.channels):
-        e, u, pos = coder.decode_integers(payload, pos, length, g)
+        e, u, pos = coder.decode_integers(payload, pos, length, g, slope)
         out.append((e, u))
     if pos != len(payload):
         raise LtcFormatError("detail chunk has trailing bytes")
-    return g, out
+    return g, slope, out
 
 
 def _decode_segment(m: AudioCodecModel, hd: AudioHeader, payload: bytes, frames: int) -> list:
@@ -642,7 +645,7 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
             raise
 
     def detail(k: int):
-        """Segment k's detail step and (e, u) per channel, or None (no detail layer, or a lost chunk)."""
+        """Segment k's detail step, tilt slope and (e, u) per channel, or None (no detail layer, or a lost chunk)."""
         if coder is None or k not in details:
             return None
         try:
@@ -666,9 +669,9 @@ def _model_rate_segments(m: AudioCodecModel, c, hd: AudioHeader, conceal: bool,
                 def one(c_i=c_i, prev=prev, cur=cur, nxt=nxt, extra=extra, frames=frames) -> np.ndarray:
                     x = _synthesize(m, prev, cur, nxt, c_i)
                     if extra is not None:
-                        g, parts = extra
+                        g, slope, parts = extra
                         e, u = parts[c_i]
-                        x = (x + coder.reconstruct(e, u, g, frames * hop)).astype(np.float32)
+                        x = (x + coder.reconstruct(e, u, g, slope, frames * hop)).astype(np.float32)
                     return x
 
                 yield one
@@ -809,8 +812,9 @@ def _chain(first, rest):
 
 
 def decoded_integers(data: bytes, model: str | AudioCodecModel | None = None) -> bytes:
-    """The normative integers of a file: per segment, for each coded channel ẑ then u, then for each
-    coded channel the detail layer's e then u when the file has one (little-endian int64)."""
+    """The normative integers of a file: per segment, for each coded channel ẑ then u, then, when the
+    file has a detail layer, the segment's step G and tilt slope and for each coded channel e then u
+    (little-endian int64)."""
     c, hd = _parse(data, conceal=False)
     m = model_for_file(c.model, model, "audio")
     layout = _layout(hd, m.hop, c, conceal=False)
@@ -831,8 +835,8 @@ def decoded_integers(data: bytes, model: str | AudioCodecModel | None = None) ->
                 raise LtcFormatError(str(e)) from None
             out += [z_hat.astype("<i8").tobytes(), u.astype("<i8").tobytes()]
         if hd.detail is not None:
-            g, parts = _decode_detail(coder, hd, details[k], frames * m.hop)
-            out.append(np.array([g], "<i8").tobytes())
+            g, slope, parts = _decode_detail(coder, hd, details[k], frames * m.hop)
+            out.append(np.array([g, slope], "<i8").tobytes())
             for e, u in parts:
                 out += [e.astype("<i8").tobytes(), u.astype("<i8").tobytes()]
     return b"".join(out)

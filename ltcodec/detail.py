@@ -5,12 +5,15 @@ synthesis cannot reproduce the waveform closer than ≈ 11 dB SI-SDR whatever it
 bitrates the encoder therefore sends a second layer: the residual (input − decoded base) of each
 segment and coded channel at the model's rate, in a sine-windowed MDCT of ``HOP`` samples, in bands.
 Each band of each MDCT frame carries an integer energy index e (half-octaves of its RMS; ``E_SILENT``
-marks a band sent as zeros); its coefficients, divided by the step Δ = 2^((3e − G)/8), are quantized
-to the closest points of the model's lattice in blocks of 8 and coded with the model's own box code at
-σ level e + G (eighths of an octave), where G is the segment's detail step (finer as it grows).  The step
-grows as the band's amplitude to the power 3/4, so quantization noise follows the residual's spectrum
-three quarters of the way: of the shapings tried (powers 1/4, 1/2, 3/4, 7/8, 1) it was chosen on
-speech ViSQOL at 32 and 48 kbit/s.
+marks a band sent as zeros); its coefficients, divided by the step Δ = 2^((3e − G − t)/8), are
+quantized to the closest points of the model's lattice in blocks of 8 and coded with the model's own
+box code at σ level e + G + t (eighths of an octave), where G is the segment's detail step (finer as it
+grows) and t the band's tilt.  The step grows as the band's amplitude to the power 3/4, so quantization
+noise follows the residual's spectrum three quarters of the way: of the shapings tried (powers 1/4,
+1/2, 3/4, 7/8, 1) it was chosen on speech ViSQOL at 32 and 48 kbit/s.  The tilt t = ⌊s·W/8⌋ then
+tips the noise across frequency, W being the band centre's distance from 2 kHz in eighths of an octave
+and s the segment's slope: speech (ViSQOL's speech mode) is served by finer low bands (s = −3), music
+(its audio mode) by finer high ones (s = +2).
 
 Determinism: the entropy decoder sees only integers — the e deltas under a fixed integer table, the
 lattice coordinates under the box code's shipped tables at integer levels — so a stream parses
@@ -28,7 +31,8 @@ import torch
 from .boxcode import BoxCoder, ChannelTables, CodingError
 from .errors import LtcFormatError
 
-__all__ = ["HOP", "E_SILENT", "E_MAX", "band_edges", "mdct", "imdct", "DetailCoder"]
+__all__ = ["HOP", "E_SILENT", "E_MAX", "SLOPE_MIN", "SLOPE_MAX", "band_edges", "slope_for", "mdct", "imdct",
+           "DetailCoder"]
 
 #: MDCT hop (frame advance) at the model's rate: 20 ms at 24 kHz.
 HOP = 480
@@ -58,6 +62,13 @@ _DELTA_TABLE = ChannelTables((_delta_frequencies() - 1).astype(np.uint16), np.ar
 #: across a quantization cell, so its centre of mass lies nearer zero than the lattice point (chosen
 #: among 0, 1/16, 1/8, 3/16 and 1/5 on speech ViSQOL at 32–64 kbit/s).
 RECONSTRUCTION_SHRINK = 0.125
+#: Each full band's centre against 2 kHz (80 bins), in eighths of an octave: round(8·log2(centre/80)).
+TILT_SHAPE = (-35, -22, -16, -12, -9, -7, -5, -3, -1, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 20)
+#: Tilt slopes a chunk may carry: the band's tilt is ⌊slope·TILT_SHAPE/8⌋ eighths of an octave.
+SLOPE_MIN, SLOPE_MAX = -16, 16
+#: The slopes an encoder uses: inputs sampled at up to 16 kHz are coded as speech, others as music
+#: (chosen on ViSQOL, speech mode at 32–64 kbit/s and audio mode at 64: see :func:`slope_for`).
+SPEECH_SLOPE, MUSIC_SLOPE = -3, 2
 #: Bands whose coefficients' σ is below 2^(−3/2) of a step (level −12) are not coded: they decode as
 #: zeros (chosen among levels −4, −8, −12, −16 and −24 on speech ViSQOL at 33–66 kbit/s).
 SKIP_LEVEL = -12
@@ -69,6 +80,15 @@ def coded_bins(model_rate: int, input_rate: int) -> int:
     """MDCT bins a file codes: those below the input's Nyquist frequency, a multiple of 8 (≥ 8)."""
     nyquist = HOP * min(input_rate, model_rate) // model_rate
     return max(BLOCK, nyquist // BLOCK * BLOCK)
+
+
+def slope_for(input_rate: int) -> int:
+    """The tilt slope an encoder gives a file: speech's at narrow sample rates, music's otherwise.
+
+    Speech scored by ViSQOL's speech mode gains from finer low bands (at 33 kbit/s on the first 12
+    speech clips 4.810 → 4.853 with −3, and on 22 others 4.765 → 4.840), where music in its audio mode
+    loses (3.351 → 3.217 at 64 kbit/s) and gains from finer high bands instead (3.388 with +2)."""
+    return SPEECH_SLOPE if input_rate <= 16000 else MUSIC_SLOPE
 
 
 def band_edges(bins: int) -> list[int]:
@@ -121,6 +141,7 @@ class DetailCoder:
         self.coder = coder
         self.edges = band_edges(bins)
         self.bins = bins
+        self._shape = np.array(TILT_SHAPE[:len(self.edges) - 1], np.int64)
 
     # -- analysis (encoder side) ---------------------------------------------------------------------
     def energies(self, coefs: np.ndarray) -> np.ndarray:
@@ -132,54 +153,59 @@ class DetailCoder:
         e = np.minimum(e, E_MAX)
         return np.where(e <= E_SILENT, E_SILENT, e)
 
-    def _blocks(self, e: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The coded blocks: frame, first bin and energy index of each, frame by frame, bin by bin.
+    def tilts(self, slope: int) -> np.ndarray:
+        """Each band's tilt t = ⌊slope·W/8⌋ (eighths of an octave; exact integers)."""
+        return (slope * self._shape) // 8
+
+    def _blocks(self, e: np.ndarray, g: int, slope: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The coded blocks: frame, first bin and tilted step G + t of each, frame by frame, bin by bin,
+        and their energy indices.
 
         A band is coded unless it is silent or its coefficients would sit far below a step
-        (σ level e + G < ``SKIP_LEVEL``), where nearly all of them quantize to zero."""
-        frames, bins, steps = [], [], []
-        for b, (lo, hi) in enumerate(zip(self.edges, self.edges[1:])):
-            f = np.nonzero((e[:, b] != E_SILENT) & (self.level(e[:, b], g) >= SKIP_LEVEL))[0]
+        (σ level e + G + t < ``SKIP_LEVEL``), where nearly all of them quantize to zero."""
+        frames, bins, steps, gs = [], [], [], []
+        for b, ((lo, hi), t) in enumerate(zip(zip(self.edges, self.edges[1:]), self.tilts(slope))):
+            f = np.nonzero((e[:, b] != E_SILENT) & (self.level(e[:, b], g + t) >= SKIP_LEVEL))[0]
             for start in range(lo, hi, BLOCK):
                 frames.append(f)
                 bins.append(np.full(f.size, start))
                 steps.append(e[f, b])
-        f, s, eb = np.concatenate(frames), np.concatenate(bins), np.concatenate(steps)
+                gs.append(np.full(f.size, g + t))
+        f, s, eb, gb = (np.concatenate(a) for a in (frames, bins, steps, gs))
         order = np.lexsort((s, f))  # frame by frame, bin by bin
-        f, s, eb = f[order], s[order], eb[order]
-        return f, s, eb
+        return f[order], s[order], eb[order], gb[order]
 
     @staticmethod
-    def step(e: np.ndarray, g: int) -> np.ndarray:
-        """Quantization step Δ = 2^((3e − G)/8) of blocks with energy index e."""
+    def step(e: np.ndarray, g) -> np.ndarray:
+        """Quantization step Δ = 2^((3e − g)/8) of blocks with energy index e and tilted step g = G + t."""
         return np.exp2((3.0 * np.asarray(e, np.float64) - g) / 8.0)
 
     @staticmethod
-    def level(e: np.ndarray, g: int) -> np.ndarray:
-        """σ level e + G of blocks with energy index e: log2(RMS/Δ) = e/2 − (3e − G)/8, in eighths."""
+    def level(e: np.ndarray, g) -> np.ndarray:
+        """σ level e + g of blocks with energy index e: log2(RMS/Δ) = e/2 − (3e − g)/8, in eighths."""
         return np.asarray(e, np.int64) + g
 
-    def levels(self, e: np.ndarray, g: int) -> np.ndarray:
+    def levels(self, e: np.ndarray, g) -> np.ndarray:
         return np.repeat(self.level(e, g)[:, None], BLOCK, axis=1)
 
-    def quantize(self, coefs: np.ndarray, e: np.ndarray, g: int) -> np.ndarray:
-        """Lattice coordinates (blocks, 8) of the coded blocks at detail step ``g``."""
-        return self._quantized(coefs, e, g)[0]
+    def quantize(self, coefs: np.ndarray, e: np.ndarray, g: int, slope: int) -> np.ndarray:
+        """Lattice coordinates (blocks, 8) of the coded blocks at detail step ``g`` and tilt ``slope``."""
+        return self._quantized(coefs, e, g, slope)[0]
 
-    def _quantized(self, coefs: np.ndarray, e: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
-        """The coded blocks' coordinates and energy indices."""
-        f, s, eb = self._blocks(e, g)
+    def _quantized(self, coefs: np.ndarray, e: np.ndarray, g: int, slope: int) -> tuple[np.ndarray, np.ndarray]:
+        """The coded blocks' coordinates and σ levels (blocks, 8)."""
+        f, s, eb, gb = self._blocks(e, g, slope)
         if f.size == 0:
-            return np.zeros((0, BLOCK), np.int64), eb
+            return np.zeros((0, BLOCK), np.int64), np.zeros((0, BLOCK), np.int64)
         idx = s[:, None] + np.arange(BLOCK)[None, :]
-        v = coefs[f[:, None], idx] / self.step(eb, g)[:, None]
+        v = coefs[f[:, None], idx] / self.step(eb, gb)[:, None]
         points = self.lattice.closest(torch.from_numpy(v))
-        return self.lattice.coordinates(points).numpy().astype(np.int64), eb
+        return self.lattice.coordinates(points).numpy().astype(np.int64), self.levels(eb, gb)
 
-    def bits(self, coefs: np.ndarray, e: np.ndarray, g: int) -> float:
+    def bits(self, coefs: np.ndarray, e: np.ndarray, g: int, slope: int) -> float:
         """Information content of :meth:`encode`'s two streams, in bits (without running the coder)."""
-        u, eb = self._quantized(coefs, e, g)
-        coef_bits = self.coder.ideal_bits(u, self.levels(eb, g)) if len(u) else 0.0
+        u, levels = self._quantized(coefs, e, g, slope)
+        coef_bits = self.coder.ideal_bits(u, levels) if len(u) else 0.0
         return _DELTA_TABLE.ideal_bits(self._deltas(e)) + coef_bits
 
     @staticmethod
@@ -192,16 +218,17 @@ class DetailCoder:
         """The coded bins (frames, bins) of a segment's samples (float64 whatever their type)."""
         return mdct(x)[:, :self.bins]
 
-    def encode(self, coefs: np.ndarray, g: int) -> bytes:
+    def encode(self, coefs: np.ndarray, g: int, slope: int) -> bytes:
         """The payload of one segment and channel: the energy indices and coefficients of its
         residual's coded bins ``coefs`` (:meth:`spectrum`)."""
         e = self.energies(coefs)
-        u, eb = self._quantized(coefs, e, g)
+        u, levels = self._quantized(coefs, e, g, slope)
         side = _DELTA_TABLE.encode(self._deltas(e))
-        words = self.coder.encode(u, self.levels(eb, g)) if len(u) else np.zeros(0, np.uint32)
+        words = self.coder.encode(u, levels) if len(u) else np.zeros(0, np.uint32)
         return _CHAN_HEAD.pack(side.size, words.size) + side.astype("<u4").tobytes() + words.astype("<u4").tobytes()
 
-    def decode_integers(self, payload: bytes, pos: int, length: int, g: int) -> tuple[np.ndarray, np.ndarray, int]:
+    def decode_integers(self, payload: bytes, pos: int, length: int, g: int,
+                        slope: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Energy indices e (frames, bands) and coordinates u of one channel's payload at ``pos``;
         returns them and the position after it."""
         frames = frames_of(length)
@@ -220,19 +247,19 @@ class DetailCoder:
             e = np.cumsum(d, axis=0) + E_REFERENCE
             if (e < E_SILENT).any() or (e > E_MAX).any():
                 raise CodingError("energy index out of range")
-            _, _, eb = self._blocks(e, g)
-            u = self.coder.decode(words[ns:], self.levels(eb, g)) if eb.size else np.zeros((0, BLOCK), np.int64)
+            _, _, eb, gb = self._blocks(e, g, slope)
+            u = self.coder.decode(words[ns:], self.levels(eb, gb)) if eb.size else np.zeros((0, BLOCK), np.int64)
         except CodingError as err:
             raise LtcFormatError(f"detail data is damaged: {err}") from None
         return e, u, pos
 
-    def reconstruct(self, e: np.ndarray, u: np.ndarray, g: int, length: int) -> np.ndarray:
+    def reconstruct(self, e: np.ndarray, u: np.ndarray, g: int, slope: int, length: int) -> np.ndarray:
         """The decoded residual (length,) of energy indices and coordinates."""
         coefs = np.zeros((frames_of(length), HOP))
-        f, s, eb = self._blocks(e, g)
+        f, s, eb, gb = self._blocks(e, g, slope)
         if f.size:
             points = self.lattice.points(torch.from_numpy(u), torch.float64).numpy()
             points = np.sign(points) * np.maximum(np.abs(points) - RECONSTRUCTION_SHRINK, 0.0)
             idx = s[:, None] + np.arange(BLOCK)[None, :]
-            coefs[f[:, None], idx] = points * self.step(eb, g)[:, None]
+            coefs[f[:, None], idx] = points * self.step(eb, gb)[:, None]
         return imdct(coefs, length)

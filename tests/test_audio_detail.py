@@ -14,8 +14,9 @@ from ltcodec.audio import (DETAIL_FROM_KBPS, SEGMENT_FRAMES, audio_info, decode_
                            decoded_integers, encode_audio, encode_audio_file)
 from ltcodec.cli import main
 from ltcodec.container import AudioHeader, read_container, write_container
-from ltcodec.detail import (E_MAX, E_SILENT, HOP, DetailCoder, _delta_frequencies, band_edges, coded_bins,
-                            frames_of, imdct, mdct)
+from ltcodec.detail import (E_MAX, E_SILENT, EDGES, HOP, MUSIC_SLOPE, SLOPE_MAX, SLOPE_MIN, SPEECH_SLOPE, TILT_SHAPE,
+                            DetailCoder, _delta_frequencies, band_edges, coded_bins, frames_of, imdct, mdct,
+                            slope_for)
 from ltcodec.errors import LtcFormatError
 
 
@@ -87,21 +88,24 @@ def test_streams_round_trip_and_the_step_sets_the_noise(tiny_audio_model):
     assert e.shape == (frames_of(96000), len(band_edges(320)) - 1) and (e >= E_SILENT).all() and (e <= E_MAX).all()
     snrs = []
     for g in (0, 8, 16, 24):
-        payload = coder.encode(coefs, g)
-        e2, u, pos = coder.decode_integers(payload, 0, len(residual), g)
-        assert pos == len(payload)
-        np.testing.assert_array_equal(e2, e)
-        np.testing.assert_array_equal(u, coder.quantize(coefs, e, g))
-        # The rate search's estimate is the streams' information content: within their final words.
-        assert abs(coder.bits(coefs, e, g) - 8 * (len(payload) - 8)) <= 64 + 0.001 * 8 * len(payload)
-        snrs.append(snr(band_limited, coder.reconstruct(e, u, g, len(residual))))
+        for slope in (0, SPEECH_SLOPE, SLOPE_MAX):
+            payload = coder.encode(coefs, g, slope)
+            e2, u, pos = coder.decode_integers(payload, 0, len(residual), g, slope)
+            assert pos == len(payload)
+            np.testing.assert_array_equal(e2, e)
+            np.testing.assert_array_equal(u, coder.quantize(coefs, e, g, slope))
+            # The rate search's estimate is the streams' information content: within their final words.
+            assert abs(coder.bits(coefs, e, g, slope) - 8 * (len(payload) - 8)) <= 64 + 0.001 * 8 * len(payload)
+        payload = coder.encode(coefs, g, 0)
+        u = coder.quantize(coefs, e, g, 0)
+        snrs.append(snr(band_limited, coder.reconstruct(e, u, g, 0, len(residual))))
     # Each 8 steps of G halve Δ: ≈ 6 dB more SNR once most coefficients are coded.
     assert snrs[1] > snrs[0] + 3
     for a, b in zip(snrs[1:], snrs[2:]):
         assert 4.5 < b - a < 7.5, snrs
     # A damaged stream is a format error, never a crash.
     with pytest.raises(LtcFormatError):
-        coder.decode_integers(payload[:len(payload) // 2], 0, len(residual), 24)
+        coder.decode_integers(payload[:len(payload) // 2], 0, len(residual), 24, 0)
 
 
 def test_decoded_coefficients_sit_an_eighth_of_a_step_inside_their_lattice_points(tiny_audio_model):
@@ -111,16 +115,40 @@ def test_decoded_coefficients_sit_an_eighth_of_a_step_inside_their_lattice_point
     coefs = np.zeros((frames_of(HOP), 8))
     step = coder.step(np.array([-4]), g)[0]
     coefs[1] = np.array([3, -2, 1, 0, 0, 0, 0, 0]) * step  # a point of E8 (even coordinate sum)
-    u = coder.quantize(coefs, e, g)
+    u = coder.quantize(coefs, e, g, 0)
     expected = np.zeros((frames_of(HOP), HOP))
     expected[1, :8] = np.array([2.875, -1.875, 0.875, 0, 0, 0, 0, 0]) * step
-    np.testing.assert_allclose(coder.reconstruct(e, u, g, HOP), imdct(expected, HOP), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(coder.reconstruct(e, u, g, 0, HOP), imdct(expected, HOP), rtol=0, atol=1e-12)
+
+
+def test_the_tilt_is_the_specified_integers_and_tips_the_noise_across_frequency(tiny_audio_model):
+    # W: each full band's centre against 2 kHz (80 bins of 25 Hz) in eighths of an octave.
+    assert TILT_SHAPE == tuple(round(8 * np.log2((lo + hi) / 2 / 80)) for lo, hi in zip(EDGES, EDGES[1:]))
+    coder = DetailCoder(tiny_audio_model.lattice, tiny_audio_model.y_coder, 320)
+    assert coder.tilts(-3).tolist() == [13, 8, 6, 4, 3, 2, 1, 1, 0, -1, -2, -2, -3, -4, -5, -5, -6]  # ⌊−3·W/8⌋
+    assert coder.tilts(0).tolist() == [0] * 17
+    assert (slope_for(8000), slope_for(16000), slope_for(22050), slope_for(48000)) == \
+        (SPEECH_SLOPE, SPEECH_SLOPE, MUSIC_SLOPE, MUSIC_SLOPE)
+    # White noise: the step of band b is Δ = 2^((3e − G − t_b)/8), so a negative slope quantizes the
+    # low bands finer and the high ones coarser than a flat one does at the same G.
+    rng = np.random.default_rng(4)
+    residual = 0.01 * rng.standard_normal(48000)
+    coefs = coder.spectrum(residual)
+    e = coder.energies(coefs)
+
+    def band_noise(slope):
+        u = coder.quantize(coefs, e, 8, slope)
+        err = coefs - coder.spectrum(coder.reconstruct(e, u, 8, slope, len(residual)))
+        return [float(np.mean(err[:, lo:hi] ** 2)) for lo, hi in ((0, 8), (256, 320))]
+
+    (flat_low, flat_high), (tilt_low, tilt_high) = band_noise(0), band_noise(-3)
+    assert tilt_low < flat_low / 4 and tilt_high > flat_high * 1.5
 
 
 def test_a_silent_residual_codes_to_its_energy_indices_alone(tiny_audio_model):
     coder = DetailCoder(tiny_audio_model.lattice, tiny_audio_model.y_coder, HOP)
-    payload = coder.encode(coder.spectrum(np.zeros(96000)), 16)
-    e, u, _ = coder.decode_integers(payload, 0, 96000, 16)
+    payload = coder.encode(coder.spectrum(np.zeros(96000)), 16, SPEECH_SLOPE)
+    e, u, _ = coder.decode_integers(payload, 0, 96000, 16, SPEECH_SLOPE)
     assert (e == E_SILENT).all() and u.shape == (0, 8)
     # No coefficient is coded; each unchanged index costs −log2(23127/65536) = 1.50 bits.
     assert 8 * len(payload) < 1.51 * e.size + 300
@@ -208,12 +236,15 @@ def test_crafted_detail_headers_and_chunks_are_refused(tiny_audio_model):
     c = read_container(data, frozenset({b"SEGM", b"DETL"}))
     first = c.get(b"DETL")[0]
     step = int.from_bytes(first[4:6], "little", signed=True)
-    for other, ok in ((129, False), (-129, False), (step + 9, True)):
-        chunks = [(t, p[:4] + other.to_bytes(2, "little", signed=True) + p[6:] if p is first else p)
-                  for t, p in c.chunks]
+    assert first[6] == MUSIC_SLOPE  # a 24 kHz input is coded with music's tilt
+    for other, slope, refused in ((129, MUSIC_SLOPE, "detail step"), (-129, MUSIC_SLOPE, "detail step"),
+                                  (step, SLOPE_MAX + 1, "tilt slope"), (step, SLOPE_MIN - 1, "tilt slope"),
+                                  (step + 9, MUSIC_SLOPE, None), (step, SPEECH_SLOPE, None)):
+        head = other.to_bytes(2, "little", signed=True) + slope.to_bytes(1, "little", signed=True)
+        chunks = [(t, p[:4] + head + p[7:] if p is first else p) for t, p in c.chunks]
         crafted = write_container(c.head, c.model, chunks, (1, 2))
-        if not ok:
-            with pytest.raises(LtcFormatError, match="detail step"):
+        if refused:
+            with pytest.raises(LtcFormatError, match=refused):
                 decode_audio(crafted, model=tiny_audio_model)
             continue
         try:
