@@ -67,7 +67,7 @@ TILT_SHAPE = (-35, -22, -16, -12, -9, -7, -5, -3, -1, 1, 3, 5, 7, 9, 11, 13, 15,
 #: Tilt slopes a chunk may carry: the band's tilt is ⌊slope·TILT_SHAPE/8⌋ eighths of an octave.
 SLOPE_MIN, SLOPE_MAX = -16, 16
 #: The slopes an encoder uses: inputs sampled at up to 16 kHz are coded as speech, others as music
-#: (chosen on ViSQOL, speech mode at 32–64 kbit/s and audio mode at 64: see :func:`slope_for`).
+#: (chosen among −6 … 4 on ViSQOL, speech mode at 33 kbit/s and audio mode at 64: see :func:`slope_for`).
 SPEECH_SLOPE, MUSIC_SLOPE = -3, 2
 #: Bands whose coefficients' σ is below 2^(−3/2) of a step (level −12) are not coded: they decode as
 #: zeros (chosen among levels −4, −8, −12, −16 and −24 on speech ViSQOL at 33–66 kbit/s).
@@ -85,9 +85,8 @@ def coded_bins(model_rate: int, input_rate: int) -> int:
 def slope_for(input_rate: int) -> int:
     """The tilt slope an encoder gives a file: speech's at narrow sample rates, music's otherwise.
 
-    Speech scored by ViSQOL's speech mode gains from finer low bands (at 33 kbit/s on the first 12
-    speech clips 4.810 → 4.853 with −3, and on 22 others 4.765 → 4.840), where music in its audio mode
-    loses (3.351 → 3.217 at 64 kbit/s) and gains from finer high bands instead (3.388 with +2)."""
+    Speech scored by ViSQOL's speech mode gains from finer low bands, where music in its audio mode
+    loses and gains from finer high bands instead (bench/results/README.md gives the measures)."""
     return SPEECH_SLOPE if input_rate <= 16000 else MUSIC_SLOPE
 
 
