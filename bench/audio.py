@@ -3,6 +3,8 @@
     python -m bench.audio                       # both sets, all bitrates, writes bench/results/audio.*
     python -m bench.audio --quick               # a few clips per set (a smoke run; not committed)
     python -m bench.audio --sets music --codecs ltcodec   # re-measure one codec, keep the others' rows
+    python -m bench.audio --sets speech --skip 12 --codecs ltcodec mp3 --name audio-speech-heldout
+                                                # clips the settings were not chosen on, in their own files
 
 Sets (``../shared/data/eval/audio``): ``speech`` (16 kHz mono read speech) and ``music`` (TCDAudio14
 excerpts, 48 kHz stereo), or any folder with ``--set DIR --kind speech|music``.  Codecs: ltcodec at
@@ -187,8 +189,8 @@ class Metrics:
 # The run
 # ----------------------------------------------------------------------------------------------------
 
-def load_set(folder: Path, limit: int | None) -> list[tuple[str, np.ndarray, int]]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".flac", ".wav", ".ogg"))
+def load_set(folder: Path, limit: int | None, skip: int = 0) -> list[tuple[str, np.ndarray, int]]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".flac", ".wav", ".ogg"))[skip:]
     out = []
     for f in files[:limit]:
         x, rate = sf.read(f, dtype="float32", always_2d=True)
@@ -281,9 +283,9 @@ def _accuracy_text(row: dict) -> str:
     return f"{row['long_within_10pct']}/{row['long_clips']} ({row['long_worst_error']:+.0%})"
 
 
-def write_report(results: dict, meta: dict) -> None:
+def write_report(results: dict, meta: dict, stem: str = "audio") -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "audio.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     lines = ["# Audio: ltcodec vs Opus and MP3", "",
              f"Measured {meta['date']} on {meta['machine']}; command `{meta['command']}`; "
              f"model {meta.get('model', '?')}.", ""]
@@ -328,11 +330,11 @@ def write_report(results: dict, meta: dict) -> None:
         if timing:
             lines += [f"ltcodec speed on this set: encode {timing['encode']:.3f}× real time, decode "
                       f"{timing['decode']:.3f}× real time (2 threads, includes rate control).", ""]
-    (RESULTS / "audio.md").write_text("\n".join(lines) + "\n")
-    plot(results)
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    plot(results, stem)
 
 
-def plot(results: dict) -> None:
+def plot(results: dict, stem: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -351,7 +353,7 @@ def plot(results: dict) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "audio.png", dpi=110)
+    fig.savefig(RESULTS / f"{stem}.png", dpi=110)
     plt.close(fig)
 
 
@@ -363,15 +365,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kind", choices=["speech", "music"], default="music", help="metrics for --set")
     p.add_argument("--codecs", nargs="+", default=list(CODECS), choices=CODECS)
     p.add_argument("--limit", type=int, help="clips per set")
+    p.add_argument("--skip", type=int, default=0, help="leave out each set's first clips (in name order)")
+    p.add_argument("--name", default="audio", help="results files bench/results/NAME.{md,json,png}")
     p.add_argument("--quick", action="store_true", help="3 clips per set, 3 bitrates; prints, writes nothing")
     p.add_argument("--model", help="audio model (default: the shipped one)")
-    p.add_argument("--report", action="store_true", help="redraw the report from bench/results/audio.json")
+    p.add_argument("--report", action="store_true", help="redraw the report from bench/results/NAME.json")
     p.add_argument("--at-mp3-rates", action="store_true",
                    help=f"code ltcodec at the actual bitrates of the committed MP3 rows from {MATCH_FROM_KBPS} kbps up")
     args = p.parse_args(argv)
     if args.report:
-        saved = json.loads((RESULTS / "audio.json").read_text())
-        write_report(saved["results"], saved["meta"])
+        saved = json.loads((RESULTS / f"{args.name}.json").read_text())
+        write_report(saved["results"], saved["meta"], args.name)
         return
     if shutil.which("ffmpeg") is None and set(args.codecs) & {"opus", "mp3"}:
         raise SystemExit("ffmpeg (with libopus and libmp3lame) is needed for the Opus and MP3 peers")
@@ -385,7 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    old = json.loads((RESULTS / "audio.json").read_text()) if (RESULTS / "audio.json").exists() and not args.quick else None
+    saved = RESULTS / f"{args.name}.json"
+    old = json.loads(saved.read_text()) if saved.exists() and not args.quick else None
     results = old["results"] if old else {}
     meta = old["meta"] if old else {"sets": {}}
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -394,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     for kind, folder in jobs:
         if not folder.is_dir():
             raise SystemExit(f"{folder} is not a folder of audio files")
-        clips = load_set(folder, limit)
+        clips = load_set(folder, limit, args.skip)
         if ltc:
             ltc.enc_seconds = ltc.dec_seconds = 0.0
         if args.at_mp3_rates:
@@ -431,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         print(json.dumps(results, indent=1))
         return
-    write_report(results, meta)
+    write_report(results, meta, args.name)
 
 
 if __name__ == "__main__":

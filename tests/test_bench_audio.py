@@ -4,8 +4,9 @@ import math
 
 import numpy as np
 import pytest
+import soundfile as sf
 
-from bench.audio import _accuracy_text, _mp3_mode, log_mel_distance, measure_set, opus_equivalent, si_sdr
+from bench.audio import _accuracy_text, _mp3_mode, load_set, log_mel_distance, measure_set, opus_equivalent, si_sdr
 
 
 def test_si_sdr_is_scale_invariant_and_matches_the_noise_level():
@@ -90,3 +91,12 @@ def test_the_report_sets_ltcodec_at_mp3s_actual_bitrates_beside_mp3(tmp_path, mo
     assert "| 32 | 33.06 | 4.834 | 32.90 | 4.800 | -0.034 |" in text
     assert "| 48 | 49.45 | 4.945 | 49.30 | 4.950 | +0.005 |" in text
     assert "| ltcodec_at_mp3 |" not in text  # not a row of the main table
+
+
+def test_a_set_can_leave_out_its_first_clips(tmp_path):
+    for i in range(4):
+        sf.write(tmp_path / f"clip{i}.wav", np.full((100, 1), i / 10, np.float32), 8000)
+    (tmp_path / "SOURCES.md").write_text("not audio")
+    names = [n for n, _, _ in load_set(tmp_path, None, skip=1)]
+    assert names == ["clip1.wav", "clip2.wav", "clip3.wav"]
+    assert [n for n, _, _ in load_set(tmp_path, 2, skip=1)] == ["clip1.wav", "clip2.wav"]
