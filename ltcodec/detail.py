@@ -156,9 +156,9 @@ class DetailCoder:
         """Each band's tilt t = ⌊slope·W/8⌋ (eighths of an octave; exact integers)."""
         return (slope * self._shape) // 8
 
-    def _blocks(self, e: np.ndarray, g: int, slope: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The coded blocks: frame, first bin and tilted step G + t of each, frame by frame, bin by bin,
-        and their energy indices.
+    def _blocks(self, e: np.ndarray, g: int, slope: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The coded blocks: frame, first bin, energy index and tilted step G + t of each, frame by
+        frame, bin by bin.
 
         A band is coded unless it is silent or its coefficients would sit far below a step
         (σ level e + G + t < ``SKIP_LEVEL``), where nearly all of them quantize to zero."""
