@@ -283,6 +283,18 @@ def _accuracy_text(row: dict) -> str:
     return f"{row['long_within_10pct']}/{row['long_clips']} ({row['long_worst_error']:+.0%})"
 
 
+def _provenance(rows: dict) -> str:
+    """Which run measured each codec's rows: a rerun of one codec keeps the others' rows."""
+    runs: dict[tuple, list[str]] = {}
+    for name in CODECS:
+        for r in rows.get(name, [])[:1]:
+            m = r.get("measured", {})
+            runs.setdefault((m.get("date", "?"), m.get("command", "?"), m.get("machine")), []).append(name)
+    return "Rows measured: " + "; ".join(
+        f"{', '.join(names)} {date}{f' on {host}' if host else ''} by `{command}`"
+        for (date, command, host), names in runs.items()) + "."
+
+
 def write_report(results: dict, meta: dict, stem: str = "audio") -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
@@ -294,6 +306,7 @@ def write_report(results: dict, meta: dict, stem: str = "audio") -> None:
     for kind, rows in results.items():
         info = meta["sets"].get(kind, {})
         lines += [f"## {kind} ({info.get('clips', '?')} clips, {info.get('seconds', 0):.0f} s)", ""]
+        lines += [_provenance(rows), ""]
         keys = [k for k in metric_names if any(k in r for rs in rows.values() for r in rs)]
         lines.append("| codec | target kbps | actual kbps | " + " | ".join(metric_names[k] for k in keys)
                      + f" | clips ≥ {LONG_CLIP_SECONDS:.0f} s within ±10% (worst) | Opus kbps at same ViSQOL |")
@@ -394,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     results = old["results"] if old else {}
     meta = old["meta"] if old else {"sets": {}}
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    host = machine()
     command = "python -m bench.audio " + " ".join(argv if argv is not None else sys.argv[1:])
     jobs = [(args.kind, args.folder)] if args.folder else [(k, DATA / k) for k in args.sets]
     for kind, folder in jobs:
@@ -409,13 +423,13 @@ def main(argv: list[str] | None = None) -> None:
             rates = [r["kbps"] for r in peer if r["target_kbps"] >= MATCH_FROM_KBPS]
             rows = measure_set(kind, clips, {"ltcodec": ltc}, {"ltcodec": rates}, metrics, log)
             for row in rows["ltcodec"]:
-                row["measured"] = {"date": stamp, "command": command}
+                row["measured"] = {"date": stamp, "command": command, "machine": host}
             results[kind][AT_MP3_RATES] = rows["ltcodec"]
             continue
         rows = measure_set(kind, clips, codecs, targets, metrics, log)
         for r in rows.values():
             for row in r:
-                row["measured"] = {"date": stamp, "command": command}
+                row["measured"] = {"date": stamp, "command": command, "machine": host}
         merged = dict(results.get(kind, {}))
         merged.update(rows)
         opus_equivalent(merged)
@@ -429,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
             info["rate_control"] = rate_control(clips, targets["ltcodec"], ltc.model)
         meta["sets"][kind] = info
     if not args.at_mp3_rates:  # those rows carry their own date and command; the header is the main run's
-        meta.update({"date": stamp, "machine": machine(), "command": command,
+        meta.update({"date": stamp, "machine": host, "command": command,
                      "opus": "opusenc (opus-tools)" if shutil.which("opusenc") else "ffmpeg libopus"})
     if ltc:
         meta["model"] = f"{ltc.model.name} (sha256 {ltc.model.sha256[:12]}…)"

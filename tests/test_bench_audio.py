@@ -81,7 +81,9 @@ def test_the_report_sets_ltcodec_at_mp3s_actual_bitrates_beside_mp3(tmp_path, mo
     import bench.audio as bench_audio
 
     monkeypatch.setattr(bench_audio, "RESULTS", tmp_path)
-    mp3 = [{"target_kbps": 32, "kbps": 33.06, "visqol": 4.834}, {"target_kbps": 48, "kbps": 49.45, "visqol": 4.945}]
+    old = {"date": "D1", "command": "C1", "machine": "M1"}
+    mp3 = [{"target_kbps": 32, "kbps": 33.06, "visqol": 4.834, "measured": old},
+           {"target_kbps": 48, "kbps": 49.45, "visqol": 4.945, "measured": old}]
     matched = [{"target_kbps": 33.06, "kbps": 32.9, "visqol": 4.80, "measured": {"date": "D", "command": "C"}},
                {"target_kbps": 49.45, "kbps": 49.3, "visqol": 4.95, "measured": {"date": "D", "command": "C"}}]
     meta = {"date": "D0", "machine": "M", "command": "C0", "sets": {"speech": {"clips": 2, "seconds": 9.0}}}
@@ -91,6 +93,7 @@ def test_the_report_sets_ltcodec_at_mp3s_actual_bitrates_beside_mp3(tmp_path, mo
     assert "| 32 | 33.06 | 4.834 | 32.90 | 4.800 | -0.034 |" in text
     assert "| 48 | 49.45 | 4.945 | 49.30 | 4.950 | +0.005 |" in text
     assert "| ltcodec_at_mp3 |" not in text  # not a row of the main table
+    assert "Rows measured: mp3 D1 on M1 by `C1`." in text  # kept rows name their own run
 
 
 def test_a_set_can_leave_out_its_first_clips(tmp_path):
