@@ -30,8 +30,8 @@ def model_path(tiny_audio_model_path):
 
 
 @pytest.fixture(scope="module")
-def model(model_path):
-    return AudioCodecModel.from_file(model_path)
+def model(tiny_audio_model):
+    return tiny_audio_model
 
 
 def tone(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
