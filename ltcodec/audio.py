@@ -264,12 +264,12 @@ def _detail_payload(coder: DetailCoder, k: int, spectra: list, g: int, slope: in
     return _DETAIL_HEAD.pack(k, g, slope) + b"".join(coder.encode(s.astype(np.float64), g, slope) for s in spectra)
 
 
-def _detail_bits(coder: DetailCoder, spectra: list, g: int, slope: int) -> float:
-    """Expected bits of a segment's detail chunk at step ``g`` (ideal code lengths, as :func:`_segment_bits`)."""
+def _detail_bits(coder: DetailCoder, analysed: list, g: int, slope: int) -> float:
+    """Expected bits of a segment's detail chunk at step ``g`` (ideal code lengths, as :func:`_segment_bits`),
+    from each coded channel's (coefficients, energy indices): these do not depend on the step."""
     bits = 8.0 * (_DETAIL_HEAD.size + _CHUNK_OVERHEAD)
-    for s in spectra:
-        coefs = s.astype(np.float64)
-        bits += 8.0 * _CHAN_HEAD.size + coder.bits(coefs, coder.energies(coefs), g, slope) + 2 * _STREAM_ROUNDING_BITS
+    for coefs, e in analysed:
+        bits += 8.0 * _CHAN_HEAD.size + coder.bits(coefs, e, g, slope) + 2 * _STREAM_ROUNDING_BITS
     return bits
 
 
@@ -284,10 +284,11 @@ def _choose_detail_steps(m: AudioCodecModel, latents: list[list], spectra: list[
     seconds = sum(_segment_seconds(m, latents[i]) for i in sample)
     base = sum(_segment_bits(m, latents[i], quality) for i in sample)
     cache: dict[int, float] = {}
+    analysed = {i: [(c, coder.energies(c)) for c in (s.astype(np.float64) for s in spectra[i])] for i in sample}
 
     def rate(g: int) -> float:
         if g not in cache:
-            cache[g] = (base + sum(_detail_bits(coder, spectra[i], g, slope) for i in sample)) / seconds / 1000.0
+            cache[g] = (base + sum(_detail_bits(coder, analysed[i], g, slope) for i in sample)) / seconds / 1000.0
         return cache[g]
 
     lo, hi = -16, 48  # where speech and music land; widened if the target lies outside
