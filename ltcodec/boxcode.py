@@ -114,7 +114,8 @@ class LatticeCodingSpec:
 
 
 class ScaleTables:
-    """Integer frequency tables of the discretized Gaussian, indexed by (level, offset).
+    """Integer frequency tables of a zero-mean density at each scale, indexed by (level, offset): the
+    discretized Gaussian as :meth:`build` makes them, or as :meth:`refitted` to a coder's symbols.
 
     Tables for levels ``lmin … lmax`` (s = 2^(ℓ/8)) and every offset f of a lattice, each over the
     symbols −R_ℓ … R_ℓ plus a trailing escape symbol, frequencies summing to 2^16.  Stored as one flat
@@ -174,6 +175,43 @@ class ScaleTables:
             m = constriction.stream.model.Categorical(probs, perfect=False)
             self._models[key] = m
         return m
+
+    def refitted(self, counts: np.ndarray, prior: float) -> "ScaleTables":
+        """Tables fitted to the symbols a coder wrote, on the same levels, offsets and radii.
+
+        ``counts`` is flat like :attr:`freqs` (:meth:`BoxCoder.count_symbols`).  Each table's counts are
+        averaged with their mirror image, the boxes at −(v + f) in the table of offset −f (a zero-mean
+        density is symmetric, and this halves the noise), and ``prior`` pseudo-counts are spread as the
+        table's own pmf, so that rare levels and far tails keep these tables' masses.  Why: the codec's
+        residuals, divided by the predicted σ, are not exactly Gaussian (the prediction's own error makes
+        them a scale mixture); their own frequencies code them in fewer bits, and the coder reads whatever
+        frequencies the model file holds.
+        """
+        counts = np.asarray(counts, dtype=np.float64)
+        if counts.shape != self.freqs.shape:
+            raise ValueError("counts must be flat like the tables' frequencies")
+        freqs = self.freqs.copy()
+        for fi, f in enumerate(self.fractions):
+            mirror = -f if -f < Fraction(1, 2) else -f - 1
+            fj = self.findex(mirror)
+            shift = int(-(f + mirror))  # v' = −v + shift puts box v of offset f onto box v' of the mirror
+            for li in range(self.levels):
+                r = int(self.radii[li])
+                own = counts[self.starts[fi, li]: self.starts[fi, li] + 2 * r + 2]
+                other = counts[self.starts[fj, li]: self.starts[fj, li] + 2 * r + 2]
+                s_mirror = r - np.arange(-r, r + 1) + shift
+                inside = (s_mirror >= 0) & (s_mirror <= 2 * r)
+                mirrored = np.zeros(2 * r + 2)
+                mirrored[:-1][inside] = other[s_mirror[inside]]
+                mirrored[-1] = other.sum() - mirrored[:-1].sum()
+                seen = 0.5 * (own + mirrored)
+                start = self.starts[fi, li]
+                # The stored frequencies less the 1 every symbol gets: requantized alone, they come back
+                # unchanged (quantize_pmf adds that 1 again).
+                pmf = self.freqs[start: start + 2 * r + 2].astype(np.float64)
+                pmf /= pmf.sum()
+                freqs[start: start + 2 * r + 2] = quantize_pmf(seen + prior * pmf)
+        return ScaleTables(self.lmin, self.lmax, self.fractions, freqs, self.starts.copy(), self.radii.copy())
 
     def findex(self, f: Fraction) -> int:
         try:
@@ -370,18 +408,16 @@ class BoxCoder:
                 encode_escape(enc, int(v[j]), r)
         return enc.get_compressed()
 
-    def ideal_bits(self, coords: np.ndarray, levels: np.ndarray) -> float:
-        """The information content of what :meth:`encode` would write for u and ``levels``, in bits: the
-        stream's size up to the range coder's final word, without running the coder (a rate search's
-        trial costs a table lookup per coordinate)."""
+    def _table_symbols(self, coords: np.ndarray, levels: np.ndarray):
+        """For each coordinate i: where each block's symbol sits in the tables' flat frequencies, and the
+        escaped values with their tables' radii (what :meth:`encode` codes, without the coder)."""
         if self.per_dimension:
-            raise ValueError("ideal_bits takes σ levels (not per-dimension tables)")
+            raise ValueError("symbol positions take σ levels (not per-dimension tables)")
         coords = np.ascontiguousarray(coords, dtype=np.int64)
         levels = np.asarray(levels, dtype=np.int64)
         if coords.ndim != 2 or coords.shape[1] != self.spec.dim or levels.shape != coords.shape:
             raise ValueError("coords and levels must both have shape (blocks, n)")
         t = self.tables
-        bits = 0.0
         for i in range(self.spec.dim):
             k, fidx, tl = self._select(coords, i, levels, None)
             v = coords[:, i] + k
@@ -389,10 +425,26 @@ class BoxCoder:
             r = t.radii[li]
             sym = v + r
             out = (sym < 0) | (sym > 2 * r)
-            bits += float(t.code_lengths[t.starts[fidx, li] + np.where(out, 2 * r + 1, sym)].sum())
-            if out.any():
-                bits += escape_bits(v[out], r[out])
+            yield t.starts[fidx, li] + np.where(out, 2 * r + 1, sym), v[out], r[out]
+
+    def ideal_bits(self, coords: np.ndarray, levels: np.ndarray) -> float:
+        """The information content of what :meth:`encode` would write for u and ``levels``, in bits: the
+        stream's size up to the range coder's final word, without running the coder (a rate search's
+        trial costs a table lookup per coordinate)."""
+        bits = 0.0
+        for positions, escaped, radii in self._table_symbols(coords, levels):
+            bits += float(self.tables.code_lengths[positions].sum())
+            if escaped.size:
+                bits += escape_bits(escaped, radii)
         return bits
+
+    def count_symbols(self, coords: np.ndarray, levels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Add to ``counts`` (flat like the tables' frequencies) one for every symbol :meth:`encode` would
+        code for u and ``levels``, escapes at their tables' escape symbol; returns ``counts``
+        (:meth:`ScaleTables.refitted` fits tables to them)."""
+        for positions, _, _ in self._table_symbols(coords, levels):
+            counts += np.bincount(positions, minlength=counts.size)
+        return counts
 
     def decode(self, words: np.ndarray, levels: np.ndarray | None, conditional=None,
                blocks: int | None = None) -> np.ndarray:

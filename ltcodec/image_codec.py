@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .boxcode import ScaleTables
 from .image_model import CONTEXT_CLAMP, CONTEXT_GRID, ImageModelConfig, LatticeHyperprior, anchor_mask
 from .latent_coding import (MEAN_GRID, Z_CLAMP, HyperLatentCoding, Streams, freeze_context, freeze_entropy_model,
                             write_model_file)
@@ -156,11 +157,13 @@ def _calibration_context(net: LatticeHyperprior, images: list[np.ndarray]) -> Te
 
 @torch.no_grad()
 def export_image_model(net: LatticeHyperprior, calibration_images: list[np.ndarray], path: str | Path,
-                       name: str, half: bool = True, extra_meta: dict | None = None) -> str:
+                       name: str, half: bool = True, extra_meta: dict | None = None,
+                       table_images: list[np.ndarray] | None = None) -> str:
     """Freeze a trained model into a shipped model file; returns the file's SHA-256.
 
     Snaps a learned lattice's basis to its grid (in place), quantizes h_s to an integer network on hyper-latents of the calibration images at every quality,
-    freezes the hyper-latent density into per-channel tables and builds the box-code tables.
+    freezes the hyper-latent density into per-channel tables and builds the box-code tables: Gaussian,
+    or with ``table_images`` refitted to the symbols the model codes for them (:func:`fit_latent_tables`).
     """
     net = net.eval()
     if hasattr(net.lattice, "snap"):
@@ -173,5 +176,31 @@ def export_image_model(net: LatticeHyperprior, calibration_images: list[np.ndarr
         entropy_arrays.update(ctx_arrays)
         extra_meta = {**(extra_meta or {}), **ctx_meta}
 
+    if table_images:
+        write_model_file(path, "image", name, net.config.to_dict(), net.state_dict(), h_s_int, entropy_arrays,
+                         specs, half, extra_meta)
+        tables = fit_latent_tables(ImageCodecModel.from_file(path, name), table_images)
+        entropy_arrays.update(tables.to_arrays("y_tables."))
+        extra_meta = {**(extra_meta or {}), "y_tables_fit": {"images": len(table_images), "prior": TABLE_PRIOR}}
     return write_model_file(path, "image", name, net.config.to_dict(), net.state_dict(), h_s_int, entropy_arrays,
                             specs, half, extra_meta)
+
+
+#: Pseudo-counts of the Gaussian table that each refitted box-code table keeps (:func:`fit_latent_tables`).
+TABLE_PRIOR = 50.0
+
+
+@torch.no_grad()
+def fit_latent_tables(model: ImageCodecModel, images: list[np.ndarray], prior: float = TABLE_PRIOR) -> ScaleTables:
+    """The model's box-code tables refitted (:meth:`ScaleTables.refitted`) to the symbols its coder
+    writes for some (training) images at every integer quality, both streams.  One set of tables
+    serves every quality, so their symbols are pooled."""
+    coder = model.y_coder
+    counts = np.zeros(coder.tables.freqs.size, np.float64)
+    for img in images:
+        y = model.analysis(img)
+        for q in range(1, model.qualities + 1):
+            _, u, levels, shape = model._symbols(y, float(q))
+            for coords, lv in model._stream_parts(u, levels, shape):
+                coder.count_symbols(coords, lv, counts)
+    return coder.tables.refitted(counts, prior)

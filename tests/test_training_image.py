@@ -604,3 +604,21 @@ def test_two_processes_train_as_one_and_share_the_entropy_fit(tmp_path):
     log = [json.loads(line) for line in (runs["two"] / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]  # one log, written by the first process
     assert [r["step"] for r in log if "entropy_fit_steps" in r] == [0]
+
+
+def test_export_writes_a_model_with_refitted_tables_and_its_card(tmp_path):
+    """The export command end to end on a tiny run: model file, card naming the refitted tables, Kodak table."""
+    from ltcodec.image_codec import ImageCodecModel
+    from ltcodec.training.export_image import main as export
+    from ltcodec.training.image import main
+
+    out = tmp_path / "run"
+    main(_tiny_run(tmp_path, out) + ["--steps", "2"])
+    export(["--ckpt", str(out / "last.ckpt"), "--name", "tiny", "--out", str(tmp_path / "models"),
+            "--kodak", str(tmp_path / "data"), "--calibration", str(tmp_path / "data"), "--table-every", "1",
+            "--scale-floor-level", "-32"])
+    model = ImageCodecModel.from_file(tmp_path / "models" / "tiny.safetensors")
+    assert model.qualities == 8
+    card = (tmp_path / "models" / "tiny.md").read_text()
+    assert "Box-code tables of the latent refitted at export" in card and "2 training crops" in card
+    assert card.count("\n| 8 |") == 1  # the measured table reaches the top quality

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..image import decode_image, encode_image
-from ..image_codec import ImageCodecModel, export_image_model
+from ..image_codec import TABLE_PRIOR, ImageCodecModel, export_image_model
 from ..entropy import box_likelihood
 from ..image_model import LOG2_SCALE_MIN, ImageModelConfig, LatticeHyperprior
 from .card import cpu_name, eval_records, history_line, learning_rate_line, progress_section, weights_line
@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--raw", action="store_true", help="export the training weights, not their moving average")
     p.add_argument("--scale-floor-level", type=int,
                    help="σ' floor level ℓ (σ' ≥ 2^(ℓ/8)); default: fitted on the calibration images")
+    p.add_argument("--table-every", type=int, default=3,
+                   help="refit the box-code tables to the symbols coded for every N-th image of --calibration at "
+                        "every quality (0: keep the Gaussian tables)")
     p.add_argument("--log", type=Path, help="the run's log.jsonl, for the card's training progress "
                    "(default: the one beside --ckpt)")
     args = p.parse_args(argv)
@@ -124,7 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     path = args.out / f"{args.name}.safetensors"
     meta = {"train_step": state["step"], "train_cpu_hours": round(state.get("cpu_seconds", 0) / 3600, 2),
             "history": json.dumps(state.get("history", []))}
-    sha = export_image_model(net, calibration, path, args.name, extra_meta=meta)
+    table_images = ([np.asarray(Image.open(f).convert("RGB")) for f in sorted(args.calibration.glob("*.png"))
+                     [::args.table_every]] if args.table_every else None)
+    sha = export_image_model(net, calibration, path, args.name, extra_meta=meta, table_images=table_images)
     print(f"wrote {path} sha256 {sha}")
     model = ImageCodecModel.from_file(path, args.name)
     t0 = time.perf_counter()
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     params = sum(p.numel() for p in net.parameters())
     progress = eval_records(args.log or args.ckpt.parent / "log.jsonl", state["step"])
     write_card(args.out / f"{args.name}.md", args.name, sha, config, params, state, rows, timing, load_s, path,
-               progress)
+               progress, len(table_images) if table_images else 0)
 
 
 def lattice_section(shipped: str, ablation: Path = REPO / "bench" / "results" / "ablation-kodak.json") -> list[str]:
@@ -181,7 +186,8 @@ def image_progress(records: list[dict]) -> list[str]:
 
 
 def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params: int, state: dict,
-               rows: list[dict], timing: dict, load_s: float, weights: Path, progress: list[dict] = ()) -> None:
+               rows: list[dict], timing: dict, load_s: float, weights: Path, progress: list[dict] = (),
+               table_images: int = 0) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     cpu = cpu_name()
     lines = [
@@ -203,6 +209,10 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         + (f", floored at σ' = {2 ** (config.scale_floor_level / 8):.3f} (level {config.scale_floor_level}, "
            "fitted at export on training images: fewer bits at the lowest qualities, same pixels)."
            if config.scale_floor_level > int(LOG2_SCALE_MIN * 8) else "."),
+        *([f"* Box-code tables of the latent refitted at export to the symbols the coder writes for "
+           f"{table_images} training crops at every quality (each table averaged with its mirror image and "
+           f"{TABLE_PRIOR:g} pseudo-counts of the discretized Gaussian it replaces): the residuals over their "
+           "predicted scale are not quite Gaussian."] if table_images else []),
         *(["* Checkerboard context: the anchor half of the latent positions (row + column even) is coded "
            "first under the hyperprior alone; an exact integer network (5×5 grouped convolution, then 1×1) "
            "sees the decoded anchors and moves the mean and scale of the other half, coded in a second stream."]
