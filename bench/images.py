@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .bdrate import bd_rate
+from .bdrate import bd_rate, bd_rate_segments
 from .host import machine
 from .codecs import THREADS, all_codecs
 from .metrics import ms_ssim, psnr
@@ -125,6 +125,32 @@ def keep_previous(old: dict, rerun: Sequence[str], model_of: Callable[[str], str
     return kept, dropped
 
 
+def where_lost(curves: dict[str, list[dict]], labels: dict[str, str], anchor: str = "webp") -> list[str]:
+    """Report lines: the PSNR BD-rate of each ltcodec row against ``anchor`` cut at its own points
+    (:func:`bd_rate_segments`): which part of the range costs how many bits, i.e. which qualities to
+    improve first."""
+    lines = []
+    for n in (n for n in curves if n.startswith("ltcodec") and anchor in curves):
+        a, t = curves[anchor], curves[n]
+        pieces = bd_rate_segments([r["bpp"] for r in a], [r["psnr"] for r in a],
+                                  [r["bpp"] for r in t], [r["psnr"] for r in t])
+        if not pieces:
+            continue
+        total = math.exp(sum(p["share"] * math.log(p["ratio"]) for p in pieces)) - 1
+        lines += ["", f"## Where the BD-rate of {n} against {anchor} comes from", "",
+                  f"The BD-rate ({total * 100:+.1f}%) averages the log of the bits ratio over the PSNR range both "
+                  f"curves cover ({pieces[0]['from']:.2f}–{pieces[-1]['to']:.2f} dB); cut at {n}'s own points, "
+                  "each piece's share of that range and its mean ratio of bits at equal PSNR, and what the piece "
+                  "adds to the BD-rate's log:", "",
+                  f"| PSNR (dB) | share of the range | {n} bits / {anchor} bits | share of the log |",
+                  "|---|---|---|---|"]
+        logs = [p["share"] * math.log(p["ratio"]) for p in pieces]
+        whole = sum(logs)
+        lines += [f"| {p['from']:.2f}–{p['to']:.2f} | {p['share'] * 100:.0f}% | {p['ratio']:.3f} | "
+                  + (f"{g / whole * 100:+.0f}% |" if whole else "– |") for p, g in zip(pieces, logs)]
+    return lines
+
+
 def write_report(name: str, folder: Path, results: dict, skipped: dict, refs: dict, command: str,
                  seconds: float, images: int) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -172,6 +198,7 @@ def write_report(name: str, folder: Path, results: dict, skipped: dict, refs: di
         cells = [f"{bd[b][a]:+.1f}" if not math.isnan(bd[b][a]) else "–" for b in names]
         cells += [f"{bd_ref[a][r]:+.1f}" if not math.isnan(bd_ref[a][r]) else "–" for r in refs]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    lines += where_lost(curves, labels)
     lines += ["", "## BD-rate (%, MS-SSIM in dB = −10·log10(1 − MS-SSIM)), row codec against column anchor", "",
               "| codec | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for a in names:

@@ -1,6 +1,8 @@
 """The image bench's codec list (the slow encodes run only when named) and the rows it keeps on a rerun."""
 
 from bench.codecs import all_codecs
+import pytest
+
 
 
 def test_slow_encodes_run_only_when_named():
@@ -29,3 +31,20 @@ def test_ltcodec_rows_name_their_model():
     assert codec.model_sha256() is None
     assert codec.available() is None  # the shipped default model
     assert len(codec.model_sha256()) == 64
+
+
+def test_the_report_says_which_psnr_range_costs_ltcodec_its_bd_rate():
+    from bench.images import where_lost
+
+    def webp_bpp(q):  # doubles every 3 dB
+        return 0.1 * 2 ** ((q - 26) / 3)
+
+    webp = [{"bpp": webp_bpp(q), "psnr": q} for q in (26.0, 29.0, 32.0, 35.0, 38.0)]
+    ours = [{"bpp": webp_bpp(q) * f, "psnr": q} for q, f in ((27.0, 1.6), (30.0, 0.9), (33.0, 0.9), (36.0, 1.6))]
+    lines = where_lost({"webp": webp, "ltcodec": ours}, {"webp": "WebP", "ltcodec": "ltcodec"})
+    rows = [line for line in lines if line.startswith("| 2") or line.startswith("| 3")]
+    assert [r.split(" | ")[0] for r in rows] == ["| 27.00–30.00", "| 30.00–33.00", "| 33.00–36.00"]
+    ratios = [float(r.split(" | ")[2]) for r in rows]
+    assert ratios[1] < 1.0 < 1.1 < min(ratios[0], ratios[2])  # the ends are where the bits go
+    assert sum(float(r.split(" | ")[3].rstrip("% |")) for r in rows) == pytest.approx(100, abs=2)
+    assert where_lost({"ltcodec": ours}, {"ltcodec": "ltcodec"}) == []

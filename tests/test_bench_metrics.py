@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.bdrate import bd_psnr, bd_rate
+from bench.bdrate import bd_psnr, bd_rate, bd_rate_segments
 from bench.metrics import ms_ssim, psnr
 
 
@@ -25,6 +25,23 @@ def test_bd_rate_on_log_linear_curves_with_different_sample_points():
     qt = 10 * np.log10(rt) + 31
     assert bd_rate(ra, qa, rt, qt) == pytest.approx((10 ** (-0.1) - 1) * 100, abs=1e-6)
     assert bd_psnr(ra, qa, rt, qt) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_bd_rate_segments_make_up_the_bd_rate_and_find_where_it_is_lost():
+    psnrs = [26.0, 29.0, 32.0, 35.0, 38.0]
+    anchor = [0.15, 0.3, 0.6, 1.1, 2.0]
+    test_q = [27.0, 30.0, 33.0, 36.0]
+    test = [0.25, 0.33, 0.62, 1.6]  # worst at the ends
+    pieces = bd_rate_segments(anchor, psnrs, test, test_q)
+    assert [p["from"] for p in pieces] == [27.0, 30.0, 33.0] and pieces[-1]["to"] == 36.0
+    assert sum(p["share"] for p in pieces) == pytest.approx(1.0)
+    total = math.exp(sum(p["share"] * math.log(p["ratio"]) for p in pieces)) - 1
+    assert total * 100 == pytest.approx(bd_rate(anchor, psnrs, test, test_q), abs=1e-9)
+    middle = pieces[1]["ratio"]
+    assert middle < pieces[0]["ratio"] and middle < pieces[2]["ratio"]
+    same = bd_rate_segments(anchor, psnrs, [0.9 * r for r in anchor], psnrs)
+    assert all(p["ratio"] == pytest.approx(0.9) for p in same)
+    assert bd_rate_segments([0.1, 0.2], [20, 22], [1, 2], [40, 42]) == []
 
 
 def test_bd_rate_without_overlap_is_nan():
