@@ -226,7 +226,8 @@ def write_card(path: Path, name: str, sha: str, config: ImageModelConfig, params
         "its own quality), on `../shared/data/train/images` (610 crops of 256² from 105 freely licensed "
         "photographs; see that folder's manifest).",
         f"* Steps: {state['step']:,}; CPU time: {state.get('cpu_seconds', 0) / 3600:.1f} CPU-hours "
-        f"({cpu}, 1–2 threads; the time of every thread counts).",
+        "(1–2 threads on whichever 2-core machine the run was on, Intel Xeon or AMD EPYC; the time of every "
+        "thread counts).",
         weights_line(state),
         *learning_rate_line(state),
         *[history_line(h) for h in state.get("history", [])], "",
