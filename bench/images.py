@@ -125,7 +125,7 @@ def keep_previous(old: dict, rerun: Sequence[str], model_of: Callable[[str], str
     return kept, dropped
 
 
-def where_lost(curves: dict[str, list[dict]], labels: dict[str, str], anchor: str = "webp") -> list[str]:
+def where_lost(curves: dict[str, list[dict]], anchor: str = "webp") -> list[str]:
     """Report lines: the PSNR BD-rate of each ltcodec row against ``anchor`` cut at its own points
     (:func:`bd_rate_segments`): which part of the range costs how many bits, i.e. which qualities to
     improve first."""
@@ -198,7 +198,7 @@ def write_report(name: str, folder: Path, results: dict, skipped: dict, refs: di
         cells = [f"{bd[b][a]:+.1f}" if not math.isnan(bd[b][a]) else "–" for b in names]
         cells += [f"{bd_ref[a][r]:+.1f}" if not math.isnan(bd_ref[a][r]) else "–" for r in refs]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    lines += where_lost(curves, labels)
+    lines += where_lost(curves)
     lines += ["", "## BD-rate (%, MS-SSIM in dB = −10·log10(1 − MS-SSIM)), row codec against column anchor", "",
               "| codec | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for a in names:

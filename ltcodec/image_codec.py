@@ -177,9 +177,15 @@ def export_image_model(net: LatticeHyperprior, calibration_images: list[np.ndarr
         extra_meta = {**(extra_meta or {}), **ctx_meta}
 
     if table_images:
-        write_model_file(path, "image", name, net.config.to_dict(), net.state_dict(), h_s_int, entropy_arrays,
-                         specs, half, extra_meta)
-        tables = fit_latent_tables(ImageCodecModel.from_file(path, name), table_images)
+        # The Gaussian tables' model codes the images whose symbols the refitted tables follow; it is
+        # written beside the target and removed, so a failed fit leaves no other model at ``path``.
+        draft = Path(path).with_name(Path(path).name + ".draft")
+        try:
+            write_model_file(draft, "image", name, net.config.to_dict(), net.state_dict(), h_s_int,
+                             entropy_arrays, specs, half, extra_meta)
+            tables = fit_latent_tables(ImageCodecModel.from_file(draft, name), table_images)
+        finally:
+            draft.unlink(missing_ok=True)
         entropy_arrays.update(tables.to_arrays("y_tables."))
         extra_meta = {**(extra_meta or {}), "y_tables_fit": {"images": len(table_images), "prior": TABLE_PRIOR}}
     return write_model_file(path, "image", name, net.config.to_dict(), net.state_dict(), h_s_int, entropy_arrays,

@@ -139,6 +139,7 @@ def test_tables_refitted_at_export_code_the_same_pixels_in_fewer_bits(tmp_path):
     plain, fitted = tmp_path / "plain.safetensors", tmp_path / "fitted.safetensors"
     export_image_model(net, images, plain, "plain")
     export_image_model(net, images, fitted, "fitted", table_images=[smooth_image(128, 128, s) for s in range(4)])
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["fitted.safetensors", "plain.safetensors"]  # no draft left
     a, b = ImageCodecModel.from_file(plain), ImageCodecModel.from_file(fitted)
     assert not np.array_equal(a.y_coder.tables.freqs, b.y_coder.tables.freqs)
     img = smooth_image(96, 80, 11)
