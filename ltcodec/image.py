@@ -135,7 +135,9 @@ def encode_image(image, quality: float | None = None, bpp: float | None = None,
                           (lambda done, total: progress("refining", done, total)) if progress else None)
         # The search ranks its iterates by the float hyperprior's ideal bits; the file has the integer
         # one's, so it can come out worse. Judge both by their real files: never worse than no search.
-        return r if coded_objective(q, r) < coded_objective(q, y) else y
+        # (The refined latent's file is built last, so that the caller's build of it is the one kept.)
+        plain = coded_objective(q, y)
+        return r if coded_objective(q, r) < plain else y
 
     def coded_objective(q: float, latent: Tensor) -> float:
         """λ·MSE + bits per pixel of the real file at ``q``: what refinement lowers."""
@@ -149,12 +151,18 @@ def encode_image(image, quality: float | None = None, bpp: float | None = None,
                            ("z", "a2", "d4", "e8", "bw16", "leech") else "learned")
         return head.pack(), ModelId(m.name, bytes.fromhex(m.sha256))
 
+    last_built: list = []  # (quality, latent, file) of the last file built, the latent held, not copied
+
     def build(q: float, latent: Tensor) -> bytes:
+        if last_built and last_built[0] == q and last_built[1] is latent:
+            return last_built[2]  # refinement's check built this very file: range-code it once
         s = m.compress_latent(latent, q)
         chunks = [(b"ZSTR", s.z_words.astype("<u4").tobytes()), (b"YSTR", s.y_words.astype("<u4").tobytes())]
         if s.y2_words is not None:
             chunks.append((b"YST2", s.y2_words.astype("<u4").tobytes()))
-        return write_container(*header(q), chunks + extra)
+        data = write_container(*header(q), chunks + extra)
+        last_built[:] = [q, latent, data]
+        return data
 
     if bpp is None:
         q = 4.0 if quality is None else float(quality)

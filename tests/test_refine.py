@@ -102,3 +102,17 @@ def test_refinement_is_repeatable_and_leaves_the_random_state_alone():
     a = encode_image(rgb, quality=2, model=m, refine=3)
     assert torch.equal(torch.get_rng_state(), state)
     assert encode_image(rgb, quality=2, model=m, refine=3) == a
+
+
+def test_a_refined_encode_range_codes_each_file_once(monkeypatch):
+    """The never-worse check builds the plain and the refined file; the file returned is one of them,
+    not a third coding of the same latent (a third only when the plain one wins and is built again)."""
+    m = load_image_model(None)
+    img = smooth_image(128, 96, 3)
+    plain = encode_image(img, quality=6, model=m)
+    calls = []
+    original = type(m).compress_latent
+    monkeypatch.setattr(m, "compress_latent", lambda latent, q: calls.append(q) or original(m, latent, q))
+    data = encode_image(img, quality=6, model=m, refine=2)
+    assert set(calls) == {image_info(data).quality}
+    assert len(calls) == (2 if data != plain else 3)
