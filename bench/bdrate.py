@@ -21,16 +21,24 @@ def _curve(rates, quality):
     return _sorted(quality, np.log(np.asarray(rates, dtype=np.float64)))
 
 
-def bd_rate(anchor_rates, anchor_quality, test_rates, test_quality) -> float:
-    """Percentage rate difference of test vs anchor at equal quality (NaN without overlap)."""
+def _log_rate_curves(anchor_rates, anchor_quality, test_rates, test_quality):
+    """Both curves' log rate as PCHIP functions of quality and the quality range they share, or None
+    without overlap."""
     qa, la = _curve(anchor_rates, anchor_quality)
     qt, lt = _curve(test_rates, test_quality)
     lo, hi = max(qa.min(), qt.min()), min(qa.max(), qt.max())
     if len(qa) < 2 or len(qt) < 2 or hi <= lo:
+        return None
+    return PchipInterpolator(qa, la), PchipInterpolator(qt, lt), qt, lo, hi
+
+
+def bd_rate(anchor_rates, anchor_quality, test_rates, test_quality) -> float:
+    """Percentage rate difference of test vs anchor at equal quality (NaN without overlap)."""
+    curves = _log_rate_curves(anchor_rates, anchor_quality, test_rates, test_quality)
+    if curves is None:
         return math.nan
-    ia = PchipInterpolator(qa, la).integrate(lo, hi)
-    it = PchipInterpolator(qt, lt).integrate(lo, hi)
-    return (math.exp((it - ia) / (hi - lo)) - 1) * 100
+    fa, ft, _, lo, hi = curves
+    return (math.exp((ft.integrate(lo, hi) - fa.integrate(lo, hi)) / (hi - lo)) - 1) * 100
 
 
 def bd_rate_segments(anchor_rates, anchor_quality, test_rates, test_quality) -> list[dict]:
@@ -38,12 +46,10 @@ def bd_rate_segments(anchor_rates, anchor_quality, test_rates, test_quality) -> 
     each piece its share of the range (``share``) and the mean rate ratio of test to anchor over it
     (``ratio``, the exponential of the mean log difference).  The pieces make up :func:`bd_rate`
     exactly: ``exp(Σ share·log ratio) − 1``.  Empty without overlap."""
-    qa, la = _curve(anchor_rates, anchor_quality)
-    qt, lt = _curve(test_rates, test_quality)
-    lo, hi = max(qa.min(), qt.min()), min(qa.max(), qt.max())
-    if len(qa) < 2 or len(qt) < 2 or hi <= lo:
+    curves = _log_rate_curves(anchor_rates, anchor_quality, test_rates, test_quality)
+    if curves is None:
         return []
-    fa, ft = PchipInterpolator(qa, la), PchipInterpolator(qt, lt)
+    fa, ft, qt, lo, hi = curves
     cuts = [lo, *[q for q in qt if lo < q < hi], hi]
     return [{"from": float(a), "to": float(b), "share": float((b - a) / (hi - lo)),
              "ratio": math.exp((ft.integrate(a, b) - fa.integrate(a, b)) / (b - a))}

@@ -136,7 +136,9 @@ def where_lost(curves: dict[str, list[dict]], anchor: str = "webp") -> list[str]
                                   [r["bpp"] for r in t], [r["psnr"] for r in t])
         if not pieces:
             continue
-        total = math.exp(sum(p["share"] * math.log(p["ratio"]) for p in pieces)) - 1
+        logs = [p["share"] * math.log(p["ratio"]) for p in pieces]  # they add up to log(1 + BD-rate)
+        whole = sum(logs)
+        total = math.exp(whole) - 1
         lines += ["", f"## Where the BD-rate of {n} against {anchor} comes from", "",
                   f"The BD-rate ({total * 100:+.1f}%) averages the log of the bits ratio over the PSNR range both "
                   f"curves cover ({pieces[0]['from']:.2f}–{pieces[-1]['to']:.2f} dB); cut at {n}'s own points, "
@@ -144,8 +146,6 @@ def where_lost(curves: dict[str, list[dict]], anchor: str = "webp") -> list[str]
                   "adds to the BD-rate's log:", "",
                   f"| PSNR (dB) | share of the range | {n} bits / {anchor} bits | share of the log |",
                   "|---|---|---|---|"]
-        logs = [p["share"] * math.log(p["ratio"]) for p in pieces]
-        whole = sum(logs)
         lines += [f"| {p['from']:.2f}–{p['to']:.2f} | {p['share'] * 100:.0f}% | {p['ratio']:.3f} | "
                   + (f"{g / whole * 100:+.0f}% |" if whole else "– |") for p, g in zip(pieces, logs)]
     return lines

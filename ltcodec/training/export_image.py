@@ -92,9 +92,10 @@ def fit_scale_floor(net: LatticeHyperprior, images: list[np.ndarray], candidates
     return cands[int(np.argmin(ratio))]
 
 
-def calibration_images(folder: Path) -> list[np.ndarray]:
-    """Every tenth training image: their hyper-latents set the integer h_s's activation ranges."""
-    return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))[::10]]
+def calibration_images(folder: Path, every: int = 10) -> list[np.ndarray]:
+    """Every ``every``-th training image: every tenth sets the integer h_s's activation ranges (their
+    hyper-latents); the box-code tables are refitted to more (``--table-every``)."""
+    return [np.asarray(Image.open(f).convert("RGB")) for f in sorted(folder.glob("*.png"))[::every]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,8 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     path = args.out / f"{args.name}.safetensors"
     meta = {"train_step": state["step"], "train_cpu_hours": round(state.get("cpu_seconds", 0) / 3600, 2),
             "history": json.dumps(state.get("history", []))}
-    table_images = ([np.asarray(Image.open(f).convert("RGB")) for f in sorted(args.calibration.glob("*.png"))
-                     [::args.table_every]] if args.table_every else None)
+    table_images = calibration_images(args.calibration, args.table_every) if args.table_every else None
     sha = export_image_model(net, calibration, path, args.name, extra_meta=meta, table_images=table_images)
     print(f"wrote {path} sha256 {sha}")
     model = ImageCodecModel.from_file(path, args.name)
